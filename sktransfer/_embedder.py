@@ -1,0 +1,75 @@
+"""Frozen-feature transformers shared by ``ImageEmbedder`` and ``TextEmbedder``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from sktransfer._base import resolve_device
+from sktransfer.backbones import resolve_backbone
+from sktransfer.freezing import TransferNet
+from sktransfer.training import Collate, make_loader, run_blocks
+
+
+class EmbedderBase(TransformerMixin, BaseEstimator):
+    """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
+
+    ``fit`` only loads the backbone; nothing is learned from ``X``.
+    """
+
+    _modality = None
+
+    def _weights_param(self):
+        return "default"
+
+    def fit(self, X, y=None):
+        """Load the backbone (``X`` is validated, not learned from)."""
+        self._validate_params()
+        items, kind = self._check_X(X, fitting=True)
+        backbone = resolve_backbone(self.backbone, self._modality, weights=self._weights_param())
+        prep = self._preprocessing(backbone)
+        blocks = [m for _, m in backbone.blocks]
+        net = TransferNet(
+            blocks, [n for n, _ in backbone.blocks], backbone.pool, nn.Identity(), len(blocks)
+        )
+        net.eval()
+        self.module_ = net
+        self.preprocessing_ = prep
+        self.backbone_name_ = backbone.name
+        self.n_blocks_ = backbone.n_blocks
+        self.input_kind_ = kind
+        self.n_features_out_ = backbone.feature_dim
+        if self.n_features_out_ is None:  # a user module: one forward pass tells
+            self.n_features_out_ = self.transform(items[:1]).shape[1]
+        return self
+
+    def transform(self, X):
+        """Pooled backbone features, float32 of shape ``(n_samples, n_features_out_)``."""
+        check_is_fitted(self)
+        items, kind = self._check_X(X, fitting=False)
+        device = resolve_device(self.device)
+        self.module_.to(device)
+        dataset = self._make_dataset(items, kind, self.preprocessing_, training=False)
+        loader = make_loader(
+            dataset, self.batch_size, Collate(self._collate(kind, self.preprocessing_)), device
+        )
+        with torch.random.fork_rng(devices=[]):
+            feats = run_blocks(self.module_, loader, device)
+        return np.ascontiguousarray(feats, dtype=np.float32)
+
+    def get_feature_names_out(self, input_features=None):
+        """``<prefix>0 .. <prefix>{d-1}``; the prefix names the modality."""
+        check_is_fitted(self)
+        prefix = f"{self._modality}_embedding"
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = self._modality == "image"
+        tags.input_tags.string = self._modality == "text"
+        tags.requires_fit = True
+        return tags

@@ -1,0 +1,25 @@
+"""Backbone registry and resolution (one leaf module per source)."""
+
+from sktransfer.backbones._base import (
+    Backbone,
+    ImagePreprocessing,
+    TextPreprocessing,
+    TextState,
+)
+from sktransfer.backbones.registry import (
+    BackboneInfo,
+    list_backbones,
+    register_backbone,
+    resolve_backbone,
+)
+
+__all__ = [
+    "Backbone",
+    "BackboneInfo",
+    "ImagePreprocessing",
+    "TextPreprocessing",
+    "TextState",
+    "list_backbones",
+    "register_backbone",
+    "resolve_backbone",
+]

@@ -1,0 +1,163 @@
+"""Backbone registry: names -> loaders, and resolution of every ``backbone=`` form.
+
+``backbone`` may be a registry name, a local Hugging Face model directory or hub
+id (text), a ``torch.nn.Module`` or a fitted sktransfer estimator. Resolution
+happens at ``fit`` time; the estimator only ever stores what the user passed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from sktransfer.backbones._base import Backbone
+
+DEFAULTS = {"image": "efficientnet_lite0", "text": "all-MiniLM-L6-v2"}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One registry entry as :func:`list_backbones` shows it."""
+
+    name: str
+    modality: str
+    source: str  # "packaged" (offline weights) | "torchvision"
+    description: str
+    default: bool
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: BackboneInfo
+    loader: Callable[..., Backbone]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_POPULATED = False
+
+
+def register_backbone(name, *, modality, source, description=""):
+    """Decorator adding ``loader(weights=...) -> Backbone`` under ``name``.
+
+    Duplicate names are refused so two sources can never shadow each other.
+    """
+
+    def decorate(loader):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        info = BackboneInfo(name, modality, source, description, DEFAULTS.get(modality) == name)
+        _REGISTRY[name] = _Entry(info, loader)
+        return loader
+
+    return decorate
+
+
+def _populate():
+    global _POPULATED
+    if _POPULATED:
+        return
+    _POPULATED = True
+    import sktransfer.backbones.packaged  # noqa: F401  (registers on import)
+    from sktransfer.backbones.torchvision import TORCHVISION_MODELS, load_torchvision
+
+    for tv_name in TORCHVISION_MODELS:
+        if tv_name in _REGISTRY:
+            continue
+
+        def _load(weights="default", _name=tv_name):
+            return load_torchvision(_name, weights="DEFAULT" if weights == "default" else weights)
+
+        register_backbone(
+            tv_name,
+            modality="image",
+            source="torchvision",
+            description=f"torchvision {tv_name} (weights: download/cache, local state dict, or None)",
+        )(_load)
+
+
+def list_backbones(modality=None) -> list[BackboneInfo]:
+    """The registered backbones, packaged offline defaults first.
+
+    Parameters
+    ----------
+    modality : {"image", "text"} or None
+        Only entries of this modality.
+
+    Returns
+    -------
+    list of BackboneInfo
+    """
+    _populate()
+    if modality not in (None, "image", "text"):
+        raise ValueError(f"modality must be 'image', 'text' or None, got {modality!r}")
+    rows = [e.info for e in _REGISTRY.values() if modality in (None, e.info.modality)]
+    return sorted(rows, key=lambda r: (r.source != "packaged", r.modality, r.name))
+
+
+def _unknown_name(name, modality):
+    names = [n for n, e in _REGISTRY.items() if e.info.modality == modality]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(
+        f"unknown {modality} backbone {name!r}: not a registered name"
+        + (" nor a local model directory" if modality == "text" else "")
+        + f".{hint} Known {modality} backbones: {', '.join(sorted(names))}."
+    )
+
+
+def resolve_backbone(spec, modality, *, weights="default") -> Backbone:
+    """Turn any accepted ``backbone=`` value into a fresh :class:`Backbone`.
+
+    The returned modules are new objects (a user-supplied module is deep-copied),
+    so fitting never mutates what the user passed.
+    """
+    _populate()
+    if spec is None:
+        spec = DEFAULTS[modality]
+    if getattr(spec, "_is_sktransfer_estimator", False):
+        backbone = spec._export_backbone()
+    elif isinstance(spec, nn.Module):
+        from sktransfer.backbones.custom import backbone_from_module
+
+        backbone = backbone_from_module(spec, modality)
+    elif isinstance(spec, (str, os.PathLike)):
+        name = os.fspath(spec)
+        if name in _REGISTRY:
+            entry = _REGISTRY[name]
+            if entry.info.modality != modality:
+                raise ValueError(
+                    f"backbone {name!r} is a {entry.info.modality} backbone, "
+                    f"but this estimator takes {modality} input"
+                )
+            return entry.loader(weights=weights)
+        if modality == "text" and (os.path.isdir(name) or _looks_like_hub_id(name)):
+            from sktransfer.backbones.huggingface import load_huggingface
+
+            return load_huggingface(name)
+        if os.path.exists(name):
+            raise ValueError(
+                f"backbone path {name!r} is not a Hugging Face model directory; for image "
+                "weights pass the architecture name and the file: "
+                "backbone='resnet18', weights='/path/to/state_dict.pth'"
+            )
+        raise _unknown_name(name, modality)
+    else:
+        raise TypeError(
+            "backbone must be None, a registered name, a local model path, a torch.nn.Module "
+            f"or a fitted sktransfer estimator; got {type(spec).__name__}"
+        )
+    if backbone.modality != modality:
+        raise ValueError(
+            f"backbone {backbone.name!r} is a {backbone.modality} backbone, "
+            f"but this estimator takes {modality} input"
+        )
+    return backbone
+
+
+def _looks_like_hub_id(name):
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and " " not in name and not os.path.exists(name)

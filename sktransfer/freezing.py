@@ -1,0 +1,106 @@
+"""Blocks, ``freeze_depth`` and frozen-for-real handling.
+
+A :class:`TransferNet` is a backbone's blocks, its pool and a linear head. The
+first ``n_frozen`` blocks are frozen for real: their parameters have
+``requires_grad=False``, they run under ``torch.no_grad`` and they stay in eval
+mode even when the training loop calls ``net.train()`` (so BatchNorm running
+statistics never move and dropout is off).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+
+def resolve_freeze_depth(freeze_depth, n_blocks: int) -> int:
+    """Number of frozen blocks for ``freeze_depth`` on a backbone of ``n_blocks``.
+
+    ``"all"`` freezes every block (feature extraction); ``k >= 0`` freezes the
+    first ``k`` (0 = full fine-tuning); ``-k`` freezes all but the last ``k``.
+    """
+    if isinstance(freeze_depth, str):
+        if freeze_depth == "all":
+            return n_blocks
+        raise ValueError(f"freeze_depth must be 'all' or an int, got {freeze_depth!r}")
+    if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Integral):
+        raise TypeError(f"freeze_depth must be 'all' or an int, got {type(freeze_depth).__name__}")
+    k = int(freeze_depth)
+    if not -n_blocks <= k <= n_blocks:
+        raise ValueError(
+            f"freeze_depth={k} is out of range for a backbone with {n_blocks} blocks: "
+            f"use 'all', 0..{n_blocks} (first k frozen) or -{n_blocks}..-1 (all but the last k)"
+        )
+    return n_blocks + k if k < 0 else k
+
+
+class TransferNet(nn.Module):
+    """Backbone blocks -> pool -> linear head, with the first ``n_frozen`` blocks frozen.
+
+    ``forward(x, start=0)`` runs blocks ``start..`` on ``x`` (the output of block
+    ``start - 1``, or the raw batch when ``start == 0``), so cached activations of
+    a frozen prefix can be fed in directly.
+    """
+
+    def __init__(self, blocks, block_names, pool, head, n_frozen=0):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.block_names = list(block_names)
+        self.pool = pool
+        self.head = head
+        self.n_frozen = 0
+        self.set_frozen(n_frozen)
+
+    def set_frozen(self, n_frozen: int) -> None:
+        self.n_frozen = int(n_frozen)
+        for i, block in enumerate(self.blocks):
+            frozen = i < self.n_frozen
+            for p in block.parameters():
+                p.requires_grad_(not frozen)
+        # the pool is part of the backbone: frozen with it when everything is frozen
+        all_frozen = self.n_frozen >= len(self.blocks)
+        for p in self.pool.parameters():
+            p.requires_grad_(not all_frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for block in self.blocks[: self.n_frozen]:
+            block.eval()
+        if self.n_frozen >= len(self.blocks):
+            self.pool.eval()
+        return self
+
+    def features(self, x, start: int = 0, stop: int | None = None):
+        """Run blocks ``start:stop``; pool when running to the end."""
+        stop = len(self.blocks) if stop is None else stop
+        n_frozen = min(self.n_frozen, stop)
+        if start < n_frozen:
+            with torch.no_grad():
+                for block in self.blocks[start:n_frozen]:
+                    x = block(x)
+            start = n_frozen
+        for block in self.blocks[start:stop]:
+            x = block(x)
+        if stop == len(self.blocks):
+            if self.n_frozen >= len(self.blocks):
+                with torch.no_grad():
+                    return self.pool(x)
+            return self.pool(x)
+        return x
+
+    def forward(self, x, start: int = 0):
+        return self.head(self.features(x, start=start))
+
+
+def bn_state(module: nn.Module) -> dict:
+    """Copies of every BatchNorm buffer (running mean/var, batches tracked)."""
+    return {
+        f"{name}.{b}": getattr(m, b).detach().clone()
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in ("running_mean", "running_var", "num_batches_tracked")
+        if getattr(m, b, None) is not None
+    }

@@ -1,0 +1,221 @@
+"""Image modality: ``PretrainedImageClassifier`` and ``ImageEmbedder``."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import os
+
+import numpy as np
+from scipy import sparse
+from sklearn.utils._param_validation import Interval
+from torch import nn
+
+from sktransfer._base import COMMON_CONSTRAINTS, PretrainedClassifierBase
+from sktransfer._embedder import EmbedderBase
+from sktransfer.data import ImageDataset, check_images
+from sktransfer.training import ArrayDataset
+
+_IMAGE_CONSTRAINTS = {
+    "backbone": "no_validation",
+    "weights": [None, str, os.PathLike],
+    "image_size": [None, Interval(numbers.Integral, 8, None, closed="left")],
+    "augment": [None, callable],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "device": [str],
+}
+
+
+class _ImageInput:
+    """Image input handling shared by the classifier and the embedder."""
+
+    _modality = "image"
+
+    def _weights_param(self):
+        return self.weights
+
+    def _is_vector_input(self, X):
+        if not isinstance(self.backbone, nn.Module):
+            return False
+        if sparse.issparse(X) or hasattr(X, "iloc") and getattr(X, "ndim", 1) == 2:
+            return True
+        if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike)):
+            return False
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError):
+            return False
+        return arr.dtype != object and arr.ndim <= 2
+
+    def _check_X(self, X, *, fitting):
+        fitted_kind = None if fitting else getattr(self, "input_kind_", None)
+        if fitted_kind == "vector" or (fitted_kind is None and self._is_vector_input(X)):
+            from sklearn.utils.validation import validate_data
+
+            arr = validate_data(self, X, reset=fitting, dtype=np.float32)
+            return list(arr), "vector"
+        return check_images(X), "image"
+
+    def _make_dataset(self, items, kind, prep, *, training):
+        if kind == "vector":
+            return ArrayDataset(items)
+        augment = getattr(self, "augment", None)
+        return ImageDataset(items, prep, transform=augment if training else None)
+
+    def _collate(self, kind, prep):
+        return None
+
+    def _preprocessing(self, backbone):
+        prep = copy.deepcopy(backbone.preprocessing)
+        if self.image_size is not None:
+            if prep.resize_size is not None:
+                prep.resize_size = int(round(self.image_size * prep.resize_size / prep.image_size))
+            prep.image_size = int(self.image_size)
+        return prep
+
+
+class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
+    """Image classifier on a pretrained backbone.
+
+    Parameters
+    ----------
+    backbone : str, path, torch.nn.Module, fitted PretrainedImageClassifier or None
+        ``None`` is the packaged offline ``"efficientnet_lite0"``. A registry name
+        (see :func:`sktransfer.list_backbones`), a ``torch.nn.Module`` (an
+        ``nn.Sequential``'s children are its blocks), or a fitted classifier whose
+        fine-tuned backbone is reused with a new head.
+    freeze_depth : "all" or int, default="all"
+        ``"all"``: frozen features + a logistic-regression head fitted to
+        convergence. ``k >= 0``: the first ``k`` blocks frozen, the rest
+        fine-tuned (0 = full fine-tuning). ``-k``: all but the last ``k`` frozen.
+    lr : float, default=1e-4
+        Learning rate for fine-tuning (unused when ``freeze_depth="all"``).
+    max_epochs : int, default=10
+    batch_size : int, default=32
+        Training and inference batch size.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    weight_decay : float, default=0.01
+    C : float, default=1.0
+        Inverse L2 strength of the logistic-regression head (as in
+        ``LogisticRegression``); used in frozen mode and for the head warm start.
+    head_init : {"probe", "random"}, default="probe"
+        Before fine-tuning, start the head from the linear probe on frozen
+        features ("probe", LP-FT) or from a random init.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` (stratified) while fine-tuning, stop after
+        ``n_iter_no_change`` epochs without a better validation loss and restore
+        the best epoch's weights.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=3
+    device : str, default="auto"
+        "auto" (cuda when available, resolved at fit/predict time), "cpu", "cuda", "cuda:N".
+    random_state : int, RandomState or None, default=None
+    verbose : int, default=0
+    weights : str, path or None, default="default"
+        The backbone's pretrained weights: "default", a torchvision weights name,
+        a local state-dict path, or None (random init).
+    image_size : int or None, default=None
+        Input resolution; None uses the backbone's own.
+    augment : callable or None, default=None
+        ``PIL.Image -> PIL.Image`` applied to training images only.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Labels seen in ``fit`` (``predict`` returns these).
+    n_blocks_ : int
+        Number of freezable backbone blocks.
+    n_frozen_blocks_ : int
+    block_names_ : list of str
+    history_ : list of dict
+        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``.
+    module_ : sktransfer.freezing.TransferNet
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sktransfer import PretrainedImageClassifier
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    >>> X = np.random.RandomState(0).randint(0, 255, (20, 16, 16, 3), dtype=np.uint8)
+    >>> y = ["cat", "dog"] * 10
+    >>> clf = PretrainedImageClassifier(cnn, image_size=16, random_state=0).fit(X, y)
+    >>> clf.predict(X[:2]).shape
+    (2,)
+    """
+
+    _parameter_constraints = {**COMMON_CONSTRAINTS, **_IMAGE_CONSTRAINTS}
+
+    def __init__(
+        self,
+        backbone=None,
+        *,
+        freeze_depth="all",
+        lr=1e-4,
+        max_epochs=10,
+        batch_size=32,
+        optimizer="adamw",
+        weight_decay=0.01,
+        C=1.0,
+        head_init="probe",
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        weights="default",
+        image_size=None,
+        augment=None,
+    ):
+        self.backbone = backbone
+        self.freeze_depth = freeze_depth
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.C = C
+        self.head_init = head_init
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.weights = weights
+        self.image_size = image_size
+        self.augment = augment
+
+
+class ImageEmbedder(_ImageInput, EmbedderBase):
+    """Frozen, pooled backbone features of images: ``transform(X) -> (n, d) float32``.
+
+    Parameters
+    ----------
+    backbone : str, path, torch.nn.Module, fitted estimator or None
+        As for :class:`PretrainedImageClassifier`.
+    weights : str, path or None, default="default"
+    image_size : int or None, default=None
+    batch_size : int, default=32
+    device : str, default="auto"
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sktransfer import ImageEmbedder
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    >>> X = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    >>> ImageEmbedder(cnn, image_size=16).fit_transform(X).shape
+    (4, 8)
+    """
+
+    _parameter_constraints = dict(_IMAGE_CONSTRAINTS)
+
+    def __init__(
+        self, backbone=None, *, weights="default", image_size=None, batch_size=32, device="auto"
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device

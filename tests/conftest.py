@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny in-code backbones and small real datasets (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+POS = ["good", "great", "wonderful", "excellent", "lovely", "superb", "fun", "brilliant"]
+NEG = ["bad", "awful", "terrible", "boring", "dull", "poor", "ugly", "weak"]
+FILL = ["the", "movie", "film", "was", "plot", "acting", "a", "really", "quite", "and", "story"]
+
+
+def make_cnn(seed=0, width=8):
+    """A small CNN with BatchNorm and Dropout: 4 blocks (Sequential children)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU()),
+        nn.Dropout(0.2),
+        nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU()),
+    )
+
+
+@pytest.fixture
+def cnn():
+    return make_cnn()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits as uint8 (n, 8, 8) grey images, 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = (d.images / 16.0 * 255).round().astype(np.uint8)
+    return X, d.target
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits):
+    X, y = digits
+    idx = np.random.RandomState(0).permutation(len(y))[:240]
+    return X[idx], y[idx]
+
+
+def make_texts(n=120, seed=0):
+    rng = np.random.RandomState(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = list(rng.choice(FILL, 5)) + list(rng.choice(POS if label else NEG, 2))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append("pos" if label else "neg")
+    return texts, np.asarray(labels, dtype=object)
+
+
+@pytest.fixture(scope="session")
+def texts():
+    return make_texts()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer random BERT with a real WordPiece tokenizer saved to a directory."""
+    from sktransfer.backbones._compat import ensure_transformers_importable
+
+    ensure_transformers_importable()
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POS + NEG + FILL))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 ignores BertTokenizerFast(vocab_file=...); from_pretrained(dir) reads it
+    tok = BertTokenizerFast.from_pretrained(str(path))
+    assert tok("good movie")["input_ids"][1] != tok.unk_token_id
+    tok.save_pretrained(str(path))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(str(path))
+    return str(path)
