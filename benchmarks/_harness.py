@@ -1,6 +1,7 @@
-"""Measurement harness: machine description, interleaved timing, peak memory, result rows and their files.
+"""Measurement harness: machine description, interleaved timing, peak memory, result rows, files.
 
-Nothing here imports ``sktransfer``; ``torch`` is imported only by :func:`machine_info` to name a GPU.
+Nothing here imports ``sktransfer``; ``torch`` is imported only by :func:`machine_info`, to name
+the GPU.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _GOAL_RE = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-# -------------------------------------------------------------------------------------------- machine
+# ----------------------------------------------------------------------------------------- machine
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -74,7 +75,7 @@ def _gpu_name() -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, RAM, OS, Python, library versions (``None`` = not installed) and the GPU, if any."""
+    """CPU model, cores, RAM, OS, Python, library versions (``None``: not installed), GPU if any."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -95,12 +96,13 @@ def machine_summary(info: Mapping[str, Any]) -> str:
     """One line describing ``info`` (from :func:`machine_info`)."""
     versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items() if v)
     return (
-        f"{info.get('cpu')}, {info.get('cores_usable')}/{info.get('cores')} cores, {info.get('ram_gb')} GB RAM, "
-        f"GPU: {info.get('gpu') or 'none'}; {info.get('os')}; Python {info.get('python')}; {versions}"
+        f"{info.get('cpu')}, {info.get('cores_usable')}/{info.get('cores')} cores, "
+        f"{info.get('ram_gb')} GB RAM, GPU: {info.get('gpu') or 'none'}; {info.get('os')}; "
+        f"Python {info.get('python')}; {versions}"
     )
 
 
-# ------------------------------------------------------------------------------------------------ time
+# -------------------------------------------------------------------------------------------- time
 def time_interleaved(
     fns: Mapping[str, Callable[[], Any]],
     repeats: int = 3,
@@ -109,7 +111,7 @@ def time_interleaved(
     collect: bool = True,
     timer: Callable[[], float] = time.perf_counter,
 ) -> dict[str, dict[str, Any]]:
-    """Time several candidates in one process, interleaved ``A B A B ...`` so that drift hits all equally.
+    """Time candidates in one process, interleaved ``A B A B ...``, so that drift hits all equally.
 
     Each round calls every candidate once, in the given order; ``warmup`` untimed rounds come first.
     ``collect`` runs the garbage collector (untimed) before each call. Returns
@@ -132,11 +134,13 @@ def time_interleaved(
     return {name: {"median_s": statistics.median(ts), "times_s": ts} for name, ts in times.items()}
 
 
-# ---------------------------------------------------------------------------------------------- memory
+# ------------------------------------------------------------------------------------------ memory
 def peak_rss_mb() -> float:
     """This process's lifetime peak resident set size (``getrusage`` high-water mark), in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+    return (
+        peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    )  # bytes on macOS, KiB elsewhere
 
 
 def _proc_status_mb(field: str) -> float | None:
@@ -163,19 +167,24 @@ def _reset_peak_rss() -> bool:
 @dataclasses.dataclass
 class RssMeasurement:
     result: Any
-    peak_mb: float  # the process's resident size at its highest point while fn ran (or a lower bound)
+    peak_mb: (
+        float  # the process's resident size at its highest point while fn ran (or a lower bound)
+    )
     baseline_mb: float  # resident size just before fn ran
     delta_mb: float  # peak_mb - baseline_mb: the extra memory fn needed at its peak
-    method: str  # "vmhwm-reset" (exact) or "ru_maxrss-delta" (lower bound, 0 if below an earlier peak)
+    method: (
+        str  # "vmhwm-reset" (exact) or "ru_maxrss-delta" (lower bound, 0 if below an earlier peak)
+    )
 
 
 def measure_peak_rss(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RssMeasurement:
     """Run ``fn(*args, **kwargs)`` in this process and report the peak resident memory it reached.
 
-    On Linux the kernel's high-water mark is reset first (``/proc/self/clear_refs``), so ``peak_mb`` is the
-    true peak while ``fn`` ran, however much the process used before. Elsewhere it falls back to the
-    ``getrusage`` high-water mark, whose delta is only a lower bound (0 when ``fn`` stays below an earlier
-    peak): run such measurements first, or in a fresh ``python -m benchmarks --only NAME`` process.
+    On Linux the kernel's high-water mark is reset first (``/proc/self/clear_refs``), so
+    ``peak_mb`` is the true peak while ``fn`` ran, however much the process used before. Elsewhere
+    it falls back to the ``getrusage`` high-water mark, whose delta is only a lower bound (0 when
+    ``fn`` stays below an earlier peak): run such measurements first, or in a fresh
+    ``python -m benchmarks --only NAME`` process.
     """
     gc.collect()
     current = _proc_status_mb("VmRSS")
@@ -192,9 +201,9 @@ def measure_peak_rss(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RssMe
     return RssMeasurement(result, after, before, max(0.0, after - before), "ru_maxrss-delta")
 
 
-# --------------------------------------------------------------------------------------------- results
+# ----------------------------------------------------------------------------------------- results
 def meets_goal(value: Any, goal: str | None) -> bool | None:
-    """``True``/``False`` if ``value`` meets ``goal`` (``"<= 1.2"``, ``"> 0.77"``, ...); ``None`` if undecidable."""
+    """Whether ``value`` meets ``goal`` (``"<= 1.2"``, ``"> 0.77"``, ...); ``None``: undecidable."""
     if goal is None or isinstance(value, bool):
         return None
     match = _GOAL_RE.match(goal)
@@ -216,7 +225,7 @@ def meets_goal(value: Any, goal: str | None) -> bool | None:
 
 @dataclasses.dataclass
 class Result:
-    """One measured number. ``passed`` is computed from ``goal`` when not given (``None`` = no verdict)."""
+    """One measured number; ``passed`` comes from ``goal`` unless given (``None``: no verdict)."""
 
     benchmark: str
     metric: str
@@ -236,7 +245,9 @@ class Result:
     def format(self) -> str:
         verdict = {True: "met", False: "NOT MET", None: ""}[self.passed]
         goal = f"  goal {self.goal}" if self.goal else ""
-        return f"{self.metric:<44} {format_value(self.value, self.unit):>14}{goal}  {verdict}".rstrip()
+        return (
+            f"{self.metric:<44} {format_value(self.value, self.unit):>14}{goal}  {verdict}".rstrip()
+        )
 
 
 def format_value(value: Any, unit: str = "") -> str:
@@ -273,6 +284,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are meant to be read by anyone
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -296,7 +308,7 @@ def write_results(
     duration_s: float | None = None,
     error: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``{results_dir}/{name}.json`` atomically (temp file + ``os.replace``) and return its path."""
+    """Write ``{results_dir}/{name}.json`` atomically (temp file + ``os.replace``); its path."""
     if not _NAME_RE.match(name):
         raise ValueError(f"benchmark name {name!r} must match {_NAME_RE.pattern}")
     payload = {
@@ -315,7 +327,7 @@ def write_results(
 
 
 def load_results(results_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every ``*.json`` result payload in ``results_dir``, sorted by benchmark name (unreadable files skipped)."""
+    """Every ``*.json`` payload in ``results_dir``, by benchmark name (unreadable ones skipped)."""
     out = []
     for path in sorted(Path(results_dir or RESULTS_DIR).glob("*.json")):
         try:
@@ -335,13 +347,16 @@ def render_markdown(
     all_results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
     info: Mapping[str, Any] | None = None,
 ) -> str:
-    """Markdown report: one ``metric | value | goal | met?`` table per benchmark payload (see ``write_results``)."""
+    """Markdown: one ``metric | value | goal | met?`` table per payload of ``write_results``."""
     payloads = list(all_results.values()) if isinstance(all_results, Mapping) else list(all_results)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Benchmark results", "", f"Generated {now}."]
     if info:
         lines += ["", f"Machine: {machine_summary(info)}"]
-    lines += ["", "Regenerate with `python -m benchmarks --quick` (or `--full`); see `benchmarks/README.md`."]
+    lines += [
+        "",
+        "Regenerate with `python -m benchmarks --quick` (or `--full`); see `benchmarks/README.md`.",
+    ]
     for p in payloads:
         lines += ["", f"## {p.get('benchmark')}", ""]
         meta = [f"{p.get('mode') or '?'} run", str(p.get("date") or "date unknown")]
@@ -358,14 +373,22 @@ def render_markdown(
             lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for r in rows:
                 met = {True: "yes", False: "**no**", None: "–"}[r.get("passed")]
-                cells = [r.get("metric"), format_value(r.get("value"), r.get("unit") or ""), r.get("goal") or "–", met]
+                cells = [
+                    r.get("metric"),
+                    format_value(r.get("value"), r.get("unit") or ""),
+                    r.get("goal") or "–",
+                    met,
+                ]
                 if with_notes:
                     cells.append(r.get("notes") or "")
                 lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         error = p.get("error")
         if error:
             tb = str(error.get("traceback") or "").replace("```", "'''")
-            lines += ["", f"**FAILED** — `{_cell(error.get('type'))}: {_cell(error.get('message'))}`"]
+            lines += [
+                "",
+                f"**FAILED** — `{_cell(error.get('type'))}: {_cell(error.get('message'))}`",
+            ]
             if tb:
                 lines += ["", "```", tb.rstrip(), "```"]
         elif not rows:

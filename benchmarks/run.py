@@ -1,10 +1,10 @@
 """Benchmark runner: ``python -m benchmarks [--quick|--full] [--only NAME ...] [--list]``.
 
 Discovers the modules ``benchmarks/bench_*.py``; each exposes ``NAME: str`` and
-``run(quick: bool) -> list[Result]``. All selected benchmarks run in this one process, one after the other.
-Each writes ``results/{NAME}.json`` (also when it raised: the error and a traceback summary are recorded),
-then ``results/RESULTS.md`` is re-rendered from every JSON file there. Exit status: 0 if all ran,
-1 if any raised (the others still ran), 2 for an unknown ``--only`` name.
+``run(quick: bool) -> list[Result]``. All selected benchmarks run in this one process, one after
+the other. Each writes ``results/{NAME}.json`` (also when it raised: the error and a traceback
+summary are recorded), then ``results/RESULTS.md`` is re-rendered from every JSON file there.
+Exit status: 0 if all ran, 1 if any raised (the others still ran), 2 for an unknown ``--only`` name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
 from typing import IO, Any
 
 from benchmarks._harness import (
@@ -35,7 +34,7 @@ TRACEBACK_LINES = 25
 
 
 class ImportFailure:
-    """Stands in for a ``bench_*`` module that could not be imported; running it re-raises the error."""
+    """Stands in for a ``bench_*`` module that failed to import; running it re-raises the error."""
 
     def __init__(self, modname: str, exc: BaseException) -> None:
         self.__name__ = modname
@@ -49,7 +48,7 @@ class ImportFailure:
 def discover(package: str = "benchmarks") -> dict[str, Any]:
     """``{NAME: module}`` for every ``bench_*`` module of ``package``, in file-name order.
 
-    A module that fails to import is returned as an :class:`ImportFailure` so that it is reported, not fatal.
+    A module that fails to import is returned as an :class:`ImportFailure`: reported, not fatal.
     """
     pkg = importlib.import_module(package)
     found: dict[str, Any] = {}
@@ -61,19 +60,23 @@ def discover(package: str = "benchmarks") -> dict[str, Any]:
             module: Any = importlib.import_module(modname)
             name = module.NAME
             if not isinstance(name, str) or not callable(getattr(module, "run", None)):
-                raise TypeError(f"{modname} must define NAME: str and run(quick: bool) -> list[Result]")
+                raise TypeError(
+                    f"{modname} must define NAME: str and run(quick: bool) -> list[Result]"
+                )
         except Exception as exc:  # noqa: BLE001 - reported as a failed benchmark
             module = ImportFailure(modname, exc)
             name = module.NAME
         if name in found:
-            module = ImportFailure(modname, ValueError(f"duplicate benchmark NAME {name!r} in {modname}"))
+            module = ImportFailure(
+                modname, ValueError(f"duplicate benchmark NAME {name!r} in {modname}")
+            )
             name = f"{name}__{info.name}"
         found[name] = module
     return found
 
 
 def select(modules: dict[str, Any], only: list[str] | None) -> dict[str, Any]:
-    """Keep the benchmarks named in ``only`` (by ``NAME`` or module file name); raise KeyError for unknown ones."""
+    """The benchmarks named in ``only`` (``NAME`` or module file name); KeyError if unknown."""
     if not only:
         return dict(modules)
     by_file = {getattr(m, "__name__", "").rsplit(".", 1)[-1]: n for n, m in modules.items()}
@@ -87,7 +90,9 @@ def select(modules: dict[str, Any], only: list[str] | None) -> dict[str, Any]:
 
 
 def _error_record(exc: BaseException) -> dict[str, str]:
-    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip().splitlines()
+    lines = (
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip().splitlines()
+    )
     if len(lines) > TRACEBACK_LINES:
         lines = ["..."] + lines[-TRACEBACK_LINES:]
     return {"type": type(exc).__name__, "message": str(exc), "traceback": "\n".join(lines)}
@@ -114,7 +119,7 @@ def run_benchmarks(
     results_dir: Path,
     out: IO[str],
 ) -> dict[str, dict[str, Any]]:
-    """Run each benchmark, print its rows as it finishes, write its JSON. Returns ``{NAME: summary}``."""
+    """Run each benchmark, print its rows when it finishes, write its JSON; ``{NAME: summary}``."""
     mode = "quick" if quick else "full"
     summary: dict[str, dict[str, Any]] = {}
     for name, module in modules.items():
@@ -130,11 +135,21 @@ def run_benchmarks(
         for row in rows:
             print("  " + row.format(), file=out, flush=True)
         if error:
-            print(f"  FAILED after {duration:.1f} s:\n" + _indent(error["traceback"]), file=out, flush=True)
+            print(
+                f"  FAILED after {duration:.1f} s:\n" + _indent(error["traceback"]),
+                file=out,
+                flush=True,
+            )
         else:
             print(f"  ({duration:.1f} s)", file=out, flush=True)
         path = write_results(
-            name, rows, info, results_dir=results_dir, mode=mode, duration_s=round(duration, 3), error=error
+            name,
+            rows,
+            info,
+            results_dir=results_dir,
+            mode=mode,
+            duration_s=round(duration, 3),
+            error=error,
         )
         summary[name] = {"rows": rows, "error": error, "duration_s": duration, "path": path}
     return summary
@@ -145,17 +160,25 @@ def _indent(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0]
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True, help="small subsets (default)")
+    mode.add_argument(
+        "--quick", dest="quick", action="store_true", default=True, help="small subsets (default)"
+    )
     mode.add_argument("--full", dest="quick", action="store_false", help="full data sets")
-    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument(
+        "--only", nargs="+", action="extend", metavar="NAME", help="run only these benchmarks"
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {RESULTS_DIR}")
     return parser
 
 
-def main(argv: list[str] | None = None, *, package: str = "benchmarks", out: IO[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, *, package: str = "benchmarks", out: IO[str] | None = None
+) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     modules = discover(package)
@@ -166,17 +189,28 @@ def main(argv: list[str] | None = None, *, package: str = "benchmarks", out: IO[
     try:
         chosen = select(modules, args.only)
     except KeyError as exc:
-        print(f"unknown benchmark {exc.args[0]!r}; available: {', '.join(modules) or 'none'}", file=sys.stderr)
+        print(
+            f"unknown benchmark {exc.args[0]!r}; available: {', '.join(modules) or 'none'}",
+            file=sys.stderr,
+        )
         return 2
     results_dir = Path(args.results_dir or RESULTS_DIR)
     info = machine_info()
     print(f"Machine: {machine_summary(info)}", file=out, flush=True)
     start = time.perf_counter()
     summary = run_benchmarks(chosen, args.quick, info=info, results_dir=results_dir, out=out)
-    report = write_markdown(render_markdown(load_results(results_dir), info=info), results_dir / "RESULTS.md")
+    report = write_markdown(
+        render_markdown(load_results(results_dir), info=info), results_dir / "RESULTS.md"
+    )
     failed = [name for name, s in summary.items() if s["error"]]
-    missed = [f"{name}:{r.metric}" for name, s in summary.items() for r in s["rows"] if r.passed is False]
-    print(f"\nRan {len(summary)} benchmark(s) in {time.perf_counter() - start:.1f} s; report: {report}", file=out)
+    missed = [
+        f"{name}:{r.metric}" for name, s in summary.items() for r in s["rows"] if r.passed is False
+    ]
+    print(
+        f"\nRan {len(summary)} benchmark(s) in {time.perf_counter() - start:.1f} s; "
+        f"report: {report}",
+        file=out,
+    )
     if missed:
         print(f"Goals not met: {', '.join(missed)}", file=out)
     if failed:

@@ -21,12 +21,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
+    column_or_1d,
     validate_data,
 )
 from torch import nn
 
 from sktransfer.backbones import resolve_backbone
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
+from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.training import (
     Collate,
     LabeledDataset,
@@ -78,11 +80,13 @@ def resolve_device(device: str) -> torch.device:
 def check_labels(y, n_samples):
     """Validate ``y`` for classification; returns it as a 1-D ndarray."""
     if y is None:
-        raise ValueError("y is required: pass one label per sample")
-    y = np.asarray(y, dtype=object) if not hasattr(y, "dtype") else np.asarray(y)
+        raise ValueError(
+            "this classifier requires y to be passed, but the target y is None: "
+            "pass one label per sample"
+        )
+    y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
-        warnings.warn("y is a column vector; it was flattened to 1-D", stacklevel=3)
-        y = y.ravel()
+        y = column_or_1d(y, warn=True)  # DataConversionWarning, as scikit-learn does
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per sample), got shape {y.shape}")
     if len(y) != n_samples:
@@ -94,7 +98,7 @@ def check_labels(y, n_samples):
     return y
 
 
-class PretrainedClassifierBase(ClassifierMixin, BaseEstimator):
+class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstimator):
     """Fit/predict skeleton shared by the image and text classifiers."""
 
     _modality = None  # "image" | "text"
@@ -178,7 +182,7 @@ class PretrainedClassifierBase(ClassifierMixin, BaseEstimator):
         classes = encoder.classes_
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes[0]!r}); a classifier needs at least 2 classes"
+                f"y contains only one class ({classes[0]!r}); a classifier needs at least 2 classes"
             )
         y_idx = encoder.transform(y)
         sw = _check_sample_weight(sample_weight, np.empty((len(items), 0)), dtype=np.float64)
@@ -218,12 +222,15 @@ class PretrainedClassifierBase(ClassifierMixin, BaseEstimator):
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=len(blocks))
         net.to(device)
         full = self._make_dataset(items, kind, prep, training=False)
+        dim = backbone.feature_dim
+        if dim is None:  # a user module: one forward pass tells (and materialises lazies)
+            dim = self._probe_dim(net, full, kind, prep, device)
+            net.set_frozen(len(blocks))
         frozen = n_frozen == len(blocks)
         if frozen or self.head_init == "probe":
             feats = run_blocks(net, self._loader(full, kind, prep, device), device)
             head, info = fit_linear_head(feats, y_idx, n_classes, sw, C=self.C)
         else:
-            dim = backbone.feature_dim or self._probe_dim(net, full, kind, prep, device)
             head, info = nn.Linear(dim, n_classes), None
         net.head = head.to(device)
         n_features_out = head.in_features
@@ -305,7 +312,8 @@ class PretrainedClassifierBase(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Predicted labels (same dtype as the labels given to ``fit``)."""
-        return self.classes_[np.argmax(self._logits(X), axis=1)]
+        logits = self._logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

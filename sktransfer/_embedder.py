@@ -11,10 +11,11 @@ from torch import nn
 from sktransfer._base import resolve_device
 from sktransfer.backbones import resolve_backbone
 from sktransfer.freezing import TransferNet
+from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.training import Collate, make_loader, run_blocks
 
 
-class EmbedderBase(TransformerMixin, BaseEstimator):
+class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
     """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
 
     ``fit`` only loads the backbone; nothing is learned from ``X``.

@@ -13,6 +13,7 @@ import numbers
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 
 def resolve_freeze_depth(freeze_depth, n_blocks: int) -> int:
@@ -58,11 +59,13 @@ class TransferNet(nn.Module):
         for i, block in enumerate(self.blocks):
             frozen = i < self.n_frozen
             for p in block.parameters():
-                p.requires_grad_(not frozen)
+                if not is_lazy(p):  # lazy modules are frozen again once materialised
+                    p.requires_grad_(not frozen)
         # the pool is part of the backbone: frozen with it when everything is frozen
         all_frozen = self.n_frozen >= len(self.blocks)
         for p in self.pool.parameters():
-            p.requires_grad_(not all_frozen)
+            if not is_lazy(p):
+                p.requires_grad_(not all_frozen)
         self.train(self.training)
 
     def train(self, mode: bool = True):

@@ -45,7 +45,9 @@ class _ImageInput:
             arr = np.asarray(X)
         except (TypeError, ValueError):
             return False
-        return arr.dtype != object and arr.ndim <= 2
+        if arr.ndim == 2:  # (n_samples, n_features): never a batch of images
+            return True
+        return arr.ndim == 1 and len(arr) > 0 and arr.dtype != object
 
     def _check_X(self, X, *, fitting):
         fitted_kind = None if fitting else getattr(self, "input_kind_", None)

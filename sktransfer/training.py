@@ -76,7 +76,7 @@ def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=N
     )
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: lazy modules may materialise here
 def run_blocks(net, loader, device, start=0, stop=None, out_dtype=np.float32):
     """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``."""
     was_training = net.training
@@ -91,7 +91,7 @@ def run_blocks(net, loader, device, start=0, stop=None, out_dtype=np.float32):
     return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=out_dtype)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict_logits(net, loader, device, start=0):
     net.eval()
     return np.concatenate(

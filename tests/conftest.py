@@ -25,7 +25,13 @@ def make_cnn(seed=0, width=8):
         nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
         nn.Sequential(nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU()),
         nn.Dropout(0.2),
-        nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU()),
+        nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),  # keep a little spatial layout for the features
+            nn.Flatten(),
+        ),
     )
 
 

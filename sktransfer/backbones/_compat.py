@@ -27,8 +27,9 @@ __all__ = ["ensure_transformers_importable", "import_torchvision", "torchvision_
 
 TORCHVISION_PIN = "torchvision==0.28.0"
 
-# Schemas copied from torchvision/csrc/ops/nms.cpp and the fake kernels in
-# torchvision/_meta_registrations.py (both ops take the same arguments).
+# Schemas as torchvision's C++ sources define them (csrc/ops/nms.cpp and
+# csrc/ops/quantized/cpu/qnms_kernel.cpp); _meta_registrations.py registers fake
+# kernels with the same arguments.
 _OP_SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",

@@ -131,7 +131,9 @@ def _split(model: nn.Module, family: str):
         stem = nn.Sequential(
             OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool)
         )
-        blocks = [("stem", stem)] + [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)]
+        blocks = [("stem", stem)] + [
+            (f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)
+        ]
         return blocks, _flatten_pool(model.avgpool), model.fc.in_features
     if family in ("MobileNetV3", "EfficientNet"):
         feats = list(model.features)
@@ -346,8 +348,7 @@ def load_torchvision(name: str, weights=None) -> Backbone:
         close = difflib.get_close_matches(str(name), TORCHVISION_MODELS, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(
-            f"unknown torchvision model {name!r}.{hint} "
-            f"Supported: {', '.join(TORCHVISION_MODELS)}."
+            f"unknown torchvision model {name!r}.{hint} Supported: {', '.join(TORCHVISION_MODELS)}."
         )
     tv = import_torchvision()
     source = {"kind": "torchvision", "name": name, "weights": weights}
