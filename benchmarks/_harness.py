@@ -6,6 +6,7 @@ the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import gc
@@ -99,6 +100,7 @@ def machine_summary(info: Mapping[str, Any]) -> str:
         f"{info.get('cpu')}, {info.get('cores_usable')}/{info.get('cores')} cores, "
         f"{info.get('ram_gb')} GB RAM, GPU: {info.get('gpu') or 'none'}; {info.get('os')}; "
         f"Python {info.get('python')}; {versions}"
+        + (f"; threads capped at {info['threads_limit']}" if info.get("threads_limit") else "")
     )
 
 
@@ -132,6 +134,30 @@ def time_interleaved(
             if round_ >= warmup:
                 times[name].append(elapsed)
     return {name: {"median_s": statistics.median(ts), "times_s": ts} for name, ts in times.items()}
+
+
+@contextlib.contextmanager
+def limit_threads(n: int | None):
+    """Cap BLAS/OpenMP pools (threadpoolctl) and torch's intra-op threads at ``n``; None: no change.
+
+    On a small shared machine, 2+ BLAS threads can be many times slower than 1 when another process
+    holds a core (threads spin waiting for each other), so thread counts are part of a measurement.
+    """
+    if not n:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        with threadpool_limits(limits=n):
+            if torch is not None:
+                torch.set_num_threads(n)
+            yield
+    finally:
+        if torch is not None and before:
+            torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ memory

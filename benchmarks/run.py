@@ -21,6 +21,7 @@ from typing import IO, Any
 from benchmarks._harness import (
     RESULTS_DIR,
     Result,
+    limit_threads,
     load_results,
     machine_info,
     machine_summary,
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only", nargs="+", action="extend", metavar="NAME", help="run only these benchmarks"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="cap BLAS/OpenMP/torch threads at N"
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {RESULTS_DIR}")
     return parser
@@ -196,9 +200,11 @@ def main(
         return 2
     results_dir = Path(args.results_dir or RESULTS_DIR)
     info = machine_info()
+    info["threads_limit"] = args.threads
     print(f"Machine: {machine_summary(info)}", file=out, flush=True)
     start = time.perf_counter()
-    summary = run_benchmarks(chosen, args.quick, info=info, results_dir=results_dir, out=out)
+    with limit_threads(args.threads):
+        summary = run_benchmarks(chosen, args.quick, info=info, results_dir=results_dir, out=out)
     report = write_markdown(
         render_markdown(load_results(results_dir), info=info), results_dir / "RESULTS.md"
     )

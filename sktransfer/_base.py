@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -27,11 +28,15 @@ from sklearn.utils.validation import (
 from torch import nn
 
 from sktransfer.backbones import resolve_backbone
-from sktransfer.freezing import TransferNet, resolve_freeze_depth
+from sktransfer.cache import count_forwards, get_config, lookup
+from sktransfer.data import sample_keys
+from sktransfer.freezing import TransferNet, block_namespace, resolve_freeze_depth
 from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.training import (
     Collate,
     LabeledDataset,
+    PadTokens,
+    RowsDataset,
     fine_tune,
     fit_linear_head,
     make_loader,
@@ -52,6 +57,7 @@ COMMON_CONSTRAINTS = {
     "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
     "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
+    "cache_dir": [None, str, os.PathLike],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
@@ -219,18 +225,19 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_classes = len(classes)
         blocks = [m for _, m in backbone.blocks]
         names = [n for n, _ in backbone.blocks]
-        net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=len(blocks))
+        n_blocks = len(blocks)
+        net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.to(device)
-        full = self._make_dataset(items, kind, prep, training=False)
-        dim = backbone.feature_dim
-        if dim is None:  # a user module: one forward pass tells (and materialises lazies)
-            dim = self._probe_dim(net, full, kind, prep, device)
-            net.set_frozen(len(blocks))
-        frozen = n_frozen == len(blocks)
+        if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
+            self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
+            net.set_frozen(n_blocks)
+        frozen = n_frozen == n_blocks
         if frozen or self.head_init == "probe":
-            feats = run_blocks(net, self._loader(full, kind, prep, device), device)
+            feats = np.stack(self._outputs(net, items, kind, prep, device, stop=n_blocks))
             head, info = fit_linear_head(feats, y_idx, n_classes, sw, C=self.C)
         else:
+            dim = self._outputs(net, items[:1], kind, prep, device, stop=n_blocks)[0].shape[-1]
+            torch.manual_seed(seed)
             head, info = nn.Linear(dim, n_classes), None
         net.head = head.to(device)
         n_features_out = head.in_features
@@ -238,41 +245,80 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
             return net, history, n_features_out
         net.set_frozen(n_frozen)
+        # train only the suffix on cached frozen-prefix activations, unless the
+        # input is augmented (then the prefix must see every augmented sample)
+        start = n_frozen if self._use_boundary_cache(n_frozen) else 0
         train_idx, valid_idx = self._split(y_idx, seed)
         train_ds = LabeledDataset(
-            self._make_dataset([items[i] for i in train_idx], kind, prep, training=True),
+            self._suffix_dataset(net, items, train_idx, kind, prep, device, start, training=True),
             y_idx[train_idx],
             sw[train_idx],
         )
         valid_ds = None
         if valid_idx is not None:
             valid_ds = LabeledDataset(
-                self._make_dataset([items[i] for i in valid_idx], kind, prep, training=False),
+                self._suffix_dataset(net, items, valid_idx, kind, prep, device, start),
                 y_idx[valid_idx],
                 sw[valid_idx],
             )
-        history = fine_tune(
-            net,
-            train_ds,
-            valid_ds,
-            Collate(self._collate(kind, prep)),
-            lr=self.lr,
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            device=device,
-            seed=seed,
-            early_stopping=self.early_stopping,
-            n_iter_no_change=self.n_iter_no_change,
-            verbose=self.verbose,
-        )
+        net.input_block = start
+        # cache hits skip DataLoader iterations that draw from the global RNG:
+        # re-seed so training is identical whether the activations were cached
+        torch.manual_seed(seed)
+        try:
+            history = fine_tune(
+                net,
+                train_ds,
+                valid_ds,
+                Collate(self._suffix_collate(kind, prep, start)),
+                lr=self.lr,
+                max_epochs=self.max_epochs,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,
+                weight_decay=self.weight_decay,
+                device=device,
+                seed=seed,
+                early_stopping=self.early_stopping,
+                n_iter_no_change=self.n_iter_no_change,
+                verbose=self.verbose,
+            )
+        finally:
+            net.input_block = 0
         net.eval()
         return net, history, n_features_out
 
-    def _probe_dim(self, net, dataset, kind, prep, device):
-        loader = self._loader(torch.utils.data.Subset(dataset, [0]), kind, prep, device)
-        return run_blocks(net, loader, device).shape[1]
+    # ------------------------------------------------------------------ cached block outputs
+    def _use_boundary_cache(self, n_frozen):
+        return n_frozen > 0 and get_config()["cache"] and getattr(self, "augment", None) is None
+
+    def _outputs(self, net, items, kind, prep, device, *, stop, use_cache=True):
+        """Per-sample outputs of blocks ``[:stop]`` (pooled when ``stop`` is the end).
+
+        Looked up in the content-addressed cache; only misses run the backbone.
+        """
+
+        def compute(idx):
+            dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
+            if use_cache:  # (uncached: a one-sample shape probe, not feature extraction)
+                count_forwards(len(idx))
+            return run_blocks(net, self._loader(dataset, kind, prep, device), device, stop=stop)
+
+        if not use_cache:
+            return compute(list(range(len(items))))
+        namespace = block_namespace(net, stop, prep, kind)
+        keys = sample_keys(items, "text" if kind == "text" else "image")
+        return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
+
+    def _suffix_dataset(self, net, items, idx, kind, prep, device, start, training=False):
+        subset = [items[i] for i in idx]
+        if start == 0:
+            return self._make_dataset(subset, kind, prep, training=training)
+        return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start))
+
+    def _suffix_collate(self, kind, prep, start):
+        if start == 0:
+            return self._collate(kind, prep)
+        return PadTokens() if kind == "text" else None
 
     def _split(self, y_idx, seed):
         """Stratified train/validation split, or no split when it cannot be stratified."""
@@ -299,11 +345,18 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         if kind != self.input_kind_:
             raise ValueError(f"this model was fitted on {self.input_kind_} input, got {kind} input")
         device = resolve_device(self.device)
-        self.module_.to(device)
-        dataset = self._make_dataset(items, kind, self.preprocessing_, training=False)
-        return predict_logits(
-            self.module_, self._loader(dataset, kind, self.preprocessing_, device), device
+        net, prep = self.module_.to(device), self.preprocessing_
+        k = net.n_frozen if self._use_boundary_cache(net.n_frozen) else 0
+        if k == len(net.blocks):  # frozen: cached features -> head
+            rows = self._outputs(net, items, kind, prep, device, stop=k)
+            with torch.no_grad():
+                feats = torch.from_numpy(np.stack(rows)).to(device)
+                return net.head(feats).float().cpu().numpy()
+        dataset = self._suffix_dataset(net, items, range(len(items)), kind, prep, device, k)
+        loader = make_loader(
+            dataset, self.batch_size, Collate(self._suffix_collate(kind, prep, k)), device
         )
+        return predict_logits(net, loader, device, start=k)
 
     def predict_proba(self, X):
         """Class probabilities, columns in ``classes_`` order; rows sum to 1."""

@@ -52,6 +52,7 @@ class TransferNet(nn.Module):
         self.pool = pool
         self.head = head
         self.n_frozen = 0
+        self.input_block = 0  # which block ``forward`` feeds x to (cached activations: > 0)
         self.set_frozen(n_frozen)
 
     def set_frozen(self, n_frozen: int) -> None:
@@ -94,7 +95,8 @@ class TransferNet(nn.Module):
             return self.pool(x)
         return x
 
-    def forward(self, x, start: int = 0):
+    def forward(self, x, start: int | None = None):
+        start = self.input_block if start is None else start
         return self.head(self.features(x, start=start))
 
 
@@ -107,3 +109,18 @@ def bn_state(module: nn.Module) -> dict:
         for b in ("running_mean", "running_var", "num_batches_tracked")
         if getattr(m, b, None) is not None
     }
+
+
+def block_namespace(net: TransferNet, stop: int, prep, kind: str) -> str:
+    """Cache namespace of the outputs of ``net.blocks[:stop]`` (+ pool at the end).
+
+    Hashes each block's structure (``repr``) and weights, and the preprocessing,
+    so a changed weight, architecture, resolution or tokenizer is a miss.
+    """
+    from sktransfer.cache import digest, module_digest, prep_identity
+
+    modules = list(net.blocks[:stop]) + ([net.pool] if stop == len(net.blocks) else [])
+    parts = [kind, stop, len(net.blocks), prep_identity(prep)]
+    for m in modules:
+        parts += [digest(repr(m)), module_digest(m)]
+    return digest(*parts)

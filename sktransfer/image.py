@@ -23,6 +23,7 @@ _IMAGE_CONSTRAINTS = {
     "augment": [None, callable],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
+    "cache_dir": [None, str, os.PathLike],
 }
 
 
@@ -111,6 +112,9 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
     n_iter_no_change : int, default=3
     device : str, default="auto"
         "auto" (cuda when available, resolved at fit/predict time), "cpu", "cuda", "cuda:N".
+    cache_dir : str, path or None, default=None
+        Directory for the on-disk tier of the feature cache, shared by processes
+        (None: the global ``sktransfer.set_config(cache_dir=...)``, by default off).
     random_state : int, RandomState or None, default=None
     verbose : int, default=0
     weights : str, path or None, default="default"
@@ -163,6 +167,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         validation_fraction=0.1,
         n_iter_no_change=3,
         device="auto",
+        cache_dir=None,
         random_state=None,
         verbose=0,
         weights="default",
@@ -182,6 +187,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.device = device
+        self.cache_dir = cache_dir
         self.random_state = random_state
         self.verbose = verbose
         self.weights = weights
@@ -200,6 +206,7 @@ class ImageEmbedder(_ImageInput, EmbedderBase):
     image_size : int or None, default=None
     batch_size : int, default=32
     device : str, default="auto"
+    cache_dir : str, path or None, default=None
 
     Examples
     --------
@@ -214,10 +221,18 @@ class ImageEmbedder(_ImageInput, EmbedderBase):
     _parameter_constraints = dict(_IMAGE_CONSTRAINTS)
 
     def __init__(
-        self, backbone=None, *, weights="default", image_size=None, batch_size=32, device="auto"
+        self,
+        backbone=None,
+        *,
+        weights="default",
+        image_size=None,
+        batch_size=32,
+        device="auto",
+        cache_dir=None,
     ):
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
         self.batch_size = batch_size
         self.device = device
+        self.cache_dir = cache_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
@@ -17,6 +18,7 @@ _TEXT_CONSTRAINTS = {
     "pooling": [None, StrOptions({"mean", "cls"})],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
+    "cache_dir": [None, str, os.PathLike],
 }
 
 
@@ -63,7 +65,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
     max_epochs : int, default=4
     batch_size : int, default=32
     optimizer, weight_decay, C, head_init, early_stopping, validation_fraction,
-    n_iter_no_change, device, random_state, verbose
+    n_iter_no_change, device, cache_dir, random_state, verbose
         As for :class:`~sktransfer.PretrainedImageClassifier`.
     max_length : int or None, default=None
         Truncation length in tokens (None: the backbone's own, at most 512).
@@ -94,6 +96,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         validation_fraction=0.1,
         n_iter_no_change=3,
         device="auto",
+        cache_dir=None,
         random_state=None,
         verbose=0,
         max_length=None,
@@ -112,6 +115,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.device = device
+        self.cache_dir = cache_dir
         self.random_state = random_state
         self.verbose = verbose
         self.max_length = max_length
@@ -129,15 +133,24 @@ class TextEmbedder(_TextInput, EmbedderBase):
     pooling : {"mean", "cls"} or None, default=None
     batch_size : int, default=32
     device : str, default="auto"
+    cache_dir : str, path or None, default=None
     """
 
     _parameter_constraints = dict(_TEXT_CONSTRAINTS)
 
     def __init__(
-        self, backbone=None, *, max_length=None, pooling=None, batch_size=32, device="auto"
+        self,
+        backbone=None,
+        *,
+        max_length=None,
+        pooling=None,
+        batch_size=32,
+        device="auto",
+        cache_dir=None,
     ):
         self.backbone = backbone
         self.max_length = max_length
         self.pooling = pooling
         self.batch_size = batch_size
         self.device = device
+        self.cache_dir = cache_dir

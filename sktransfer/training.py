@@ -22,6 +22,8 @@ from skorch.utils import to_tensor
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sktransfer.backbones._base import TextState
+
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -60,9 +62,48 @@ class Collate:
 def to_device(x, device):
     if isinstance(x, dict):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    if isinstance(x, TextState):
+        return TextState(*(to_device(v, device) for v in x))
     if isinstance(x, (tuple, list)):
         return type(x)(to_device(v, device) for v in x)
     return x.to(device, non_blocking=True)
+
+
+def split_output(out, dtype=np.float32) -> list:
+    """A batch of block outputs -> one array per sample (text: real tokens only)."""
+    if isinstance(out, TextState):
+        hidden = out.hidden.float().cpu().numpy().astype(dtype, copy=False)
+        mask = out.attention_mask.bool().cpu().numpy()
+        return [h[m] for h, m in zip(hidden, mask)]
+    return list(out.float().cpu().numpy().astype(dtype, copy=False))
+
+
+class RowsDataset(Dataset):
+    """Cached per-sample block outputs as a dataset: ``(tensor, 0)``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return torch.tensor(self.rows[i], dtype=torch.float32), 0  # a copy: rows are shared
+
+
+class PadTokens:
+    """Collate cached token states ``(L_i, d)`` into a right-padded :class:`TextState`."""
+
+    def __call__(self, batch):
+        rows = [x for x, _ in batch]
+        n, d = len(rows), rows[0].shape[-1]
+        length = max(r.shape[0] for r in rows)
+        hidden = torch.zeros(n, length, d)
+        mask = torch.zeros(n, length, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            hidden[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        return TextState(hidden, mask), torch.zeros(n)
 
 
 def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=None):
@@ -77,18 +118,21 @@ def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=N
 
 
 @torch.no_grad()  # not inference_mode: lazy modules may materialise here
-def run_blocks(net, loader, device, start=0, stop=None, out_dtype=np.float32):
-    """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``."""
+def run_blocks(net, loader, device, start=0, stop=None, out_dtype=np.float32) -> list:
+    """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``.
+
+    Returns one array per sample (see :func:`split_output`).
+    """
     was_training = net.training
     net.eval()
-    chunks = []
+    rows = []
     try:
         for x, _ in loader:
             out = net.features(to_device(x, device), start=start, stop=stop)
-            chunks.append(out.float().cpu().numpy().astype(out_dtype, copy=False))
+            rows.extend(split_output(out, out_dtype))
     finally:
         net.train(was_training)
-    return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=out_dtype)
+    return rows
 
 
 @torch.no_grad()
@@ -150,7 +194,8 @@ def fit_linear_head(features, labels, n_classes, sample_weight=None, C=1.0, max_
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(W).float())
         head.bias.copy_(torch.from_numpy(b).float())
-    return head, {"train_loss": float(res.fun), "n_iter": int(res.nit), "converged": bool(res.success)}
+    info = {"train_loss": float(res.fun), "n_iter": int(res.nit), "converged": bool(res.success)}
+    return head, info
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -180,7 +225,7 @@ class TransferNeuralNet(NeuralNet):
     """
 
     def infer(self, x, **fit_params):
-        return self.module_(to_tensor(x, device=self.device), **fit_params)
+        return self.module_(to_device(x, self.device), **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         labels, weights = (to_tensor(t, device=self.device) for t in y_true)

@@ -184,7 +184,9 @@ def test_failing_benchmark_does_not_stop_the_others(tmp_path, monkeypatch):
     )
     out = io.StringIO()
     results = tmp_path / "results"
-    code = run.main(["--quick", "--results-dir", str(results)], package=pkg, out=out)
+    code = run.main(
+        ["--quick", "--threads", "1", "--results-dir", str(results)], package=pkg, out=out
+    )
     assert code == 1
     text = out.getvalue()
     assert "beta exploded" in text and "no_such_module_xyz" in text
@@ -224,13 +226,28 @@ def test_only_selects_by_name_and_full_mode(tmp_path, monkeypatch):
 
 def test_measure_peak_rss_sees_a_temporary_allocation():
     def allocate():
-        a = np.ones(40 * 2**20 // 8)  # 40 MiB, freed before returning
-        return float(a[-1])
+        # fresh anonymous pages (a numpy buffer may reuse memory already resident
+        # from earlier tests in the same process and so not raise the RSS)
+        import mmap
+
+        buf = mmap.mmap(-1, 40 * 2**20)
+        buf.write(b"x" * (40 * 2**20))
+        buf.close()
+        return 1.0
 
     m = _harness.measure_peak_rss(allocate)
     assert m.result == 1.0 and m.peak_mb >= m.baseline_mb and _harness.peak_rss_mb() > 0
     if m.method == "vmhwm-reset":
         assert m.delta_mb > 30
+
+
+def test_limit_threads_caps_the_pools():
+    from threadpoolctl import threadpool_info
+
+    with _harness.limit_threads(1):
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    with _harness.limit_threads(None):
+        pass
 
 
 def test_machine_info_fields():

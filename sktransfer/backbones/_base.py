@@ -58,7 +58,7 @@ class Backbone:
     modality: str  # "image" | "text" | "vector" (user module on 2-D numeric input)
     blocks: list[tuple[str, nn.Module]]
     pool: nn.Module
-    feature_dim: int
+    feature_dim: int | None  # None: found by a forward pass at fit time
     preprocessing: ImagePreprocessing | TextPreprocessing | None
     source: dict = field(default_factory=dict)  # how to rebuild it (persistence / cache key)
 

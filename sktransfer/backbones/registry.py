@@ -7,10 +7,12 @@ happens at ``fit`` time; the estimator only ever stores what the user passed.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -75,7 +77,7 @@ def _populate():
             tv_name,
             modality="image",
             source="torchvision",
-            description=f"torchvision {tv_name} (weights: download/cache, local state dict, or None)",
+            description=f"torchvision {tv_name} (weights: cache/download, state-dict path, None)",
         )(_load)
 
 
@@ -133,11 +135,11 @@ def resolve_backbone(spec, modality, *, weights="default") -> Backbone:
                     f"backbone {name!r} is a {entry.info.modality} backbone, "
                     f"but this estimator takes {modality} input"
                 )
-            return entry.loader(weights=weights)
+            return _load_registered(entry, weights)
         if modality == "text" and (os.path.isdir(name) or _looks_like_hub_id(name)):
             from sktransfer.backbones.huggingface import load_huggingface
 
-            return load_huggingface(name)
+            return _cached_load(("hf", _dir_key(name)), lambda: load_huggingface(name))
         if os.path.exists(name):
             raise ValueError(
                 f"backbone path {name!r} is not a Hugging Face model directory; for image "
@@ -156,6 +158,64 @@ def resolve_backbone(spec, modality, *, weights="default") -> Backbone:
             f"but this estimator takes {modality} input"
         )
     return backbone
+
+
+_TEMPLATES: OrderedDict = OrderedDict()
+_MAX_TEMPLATES = 3
+
+
+def _weights_key(weights):
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        st = os.stat(weights)
+        return (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
+    return weights
+
+
+def _load_registered(entry, weights) -> Backbone:
+    key = (entry.info.name, _weights_key(weights))
+    return _cached_load(key, lambda: entry.loader(weights=weights))
+
+
+def _dir_key(path):
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        return ("hub", path)
+    stats = []
+    for name in sorted(os.listdir(path)):
+        st = os.stat(os.path.join(path, name))
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    return ("dir", path, tuple(stats))
+
+
+def _cached_load(key, load) -> Backbone:
+    """A fresh copy of a registry backbone; the loaded template is kept (LRU of 3).
+
+    Grid searches refit many times: reading weights from disk once and copying
+    them after is much cheaper, and the copies inherit the template's content
+    digests so the feature cache needs no re-hashing.
+    """
+    from sktransfer.cache import module_digest, stamp_digest
+
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = load()
+        _TEMPLATES[key] = template
+        while len(_TEMPLATES) > _MAX_TEMPLATES:
+            _TEMPLATES.popitem(last=False)
+    _TEMPLATES.move_to_end(key)
+    modules = [m for _, m in template.blocks] + [template.pool]
+    copies = copy.deepcopy(modules)  # one deepcopy: modules shared between blocks stay shared
+    for original, clone in zip(modules, copies):
+        stamp_digest(clone, module_digest(original))
+    return Backbone(
+        name=template.name,
+        modality=template.modality,
+        blocks=[(name, m) for (name, _), m in zip(template.blocks, copies[:-1])],
+        pool=copies[-1],
+        feature_dim=template.feature_dim,
+        preprocessing=copy.copy(template.preprocessing),
+        source=dict(template.source),
+    )
 
 
 def _looks_like_hub_id(name):

@@ -1,0 +1,287 @@
+"""Content-addressed cache of backbone outputs (features and frozen-prefix activations).
+
+An entry's key is ``namespace + per-sample content key``: the namespace hashes the
+backbone identity (its source and the bytes of the blocks that produced the
+output), the preprocessing and the block boundary; the sample key hashes the
+array bytes, the file path + size + mtime, or the text (:func:`sktransfer.data.sample_keys`).
+Per-sample keys let overlapping cross-validation folds share entries, so a
+GridSearchCV runs the backbone once per unique sample.
+
+Two tiers: an in-process LRU bounded in bytes (always on unless disabled) and an
+optional directory (``cache_dir``) that separate processes share (GridSearchCV
+with ``n_jobs > 1``). Disk entries are written atomically (temp file +
+``os.replace``) and carry a checksum; a corrupt or truncated entry is ignored and
+recomputed. Nothing of the cache is ever pickled with an estimator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+_MAGIC = b"SKTC1\n"
+_LOCK = threading.RLock()
+_CONFIG = {"cache": True, "cache_dir": None, "cache_max_bytes": 2 * 1024**3}
+_STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "backbone_forwards": 0, "evictions": 0}
+
+
+def set_config(*, cache=None, cache_dir=None, cache_max_bytes=None):
+    """Set global cache options (``None`` leaves an option unchanged).
+
+    Parameters
+    ----------
+    cache : bool
+        Turn feature caching on or off.
+    cache_dir : str or path, or ""
+        Directory shared by processes; ``""`` turns the disk tier off.
+    cache_max_bytes : int
+        Bound of the in-memory tier; least recently used entries are evicted.
+    """
+    with _LOCK:
+        if cache is not None:
+            _CONFIG["cache"] = bool(cache)
+        if cache_dir is not None:
+            _CONFIG["cache_dir"] = os.fspath(cache_dir) or None
+        if cache_max_bytes is not None:
+            if int(cache_max_bytes) < 0:
+                raise ValueError(f"cache_max_bytes must be >= 0, got {cache_max_bytes}")
+            _CONFIG["cache_max_bytes"] = int(cache_max_bytes)
+            _MEMORY.evict()
+
+
+def get_config() -> dict:
+    """The current global cache options."""
+    return dict(_CONFIG)
+
+
+@contextmanager
+def config_context(**options):
+    """Temporarily :func:`set_config` within a ``with`` block."""
+    old = get_config()
+    set_config(**options)
+    try:
+        yield
+    finally:
+        _CONFIG.update(old)
+
+
+def cache_info() -> dict:
+    """Counters since the last :func:`clear_cache`.
+
+    ``hits``/``misses`` count samples looked up; ``backbone_forwards`` counts samples
+    run through the backbone from raw input; ``entries``/``bytes`` describe the
+    in-memory tier.
+    """
+    with _LOCK:
+        return {**_STATS, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
+
+
+def clear_cache(*, disk=False) -> None:
+    """Empty the in-memory tier (and the disk tier with ``disk=True``); reset counters."""
+    with _LOCK:
+        _MEMORY.data.clear()
+        _MEMORY.nbytes = 0
+        for k in _STATS:
+            _STATS[k] = 0
+        if disk and _CONFIG["cache_dir"]:
+            for root, _, files in os.walk(_CONFIG["cache_dir"]):
+                for f in files:
+                    if f.endswith(".sktc"):
+                        os.unlink(os.path.join(root, f))
+
+
+def count_forwards(n: int) -> None:
+    with _LOCK:
+        _STATS["backbone_forwards"] += int(n)
+
+
+def digest(*parts) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for p in parts:
+        h.update(p if isinstance(p, (bytes, memoryview)) else str(p).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- tiers
+class _MemoryLRU:
+    def __init__(self):
+        self.data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key):
+        value = self.data.get(key)
+        if value is not None:
+            self.data.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        if key in self.data:
+            self.nbytes -= self.data.pop(key).nbytes
+        if value.nbytes > _CONFIG["cache_max_bytes"]:
+            return
+        self.data[key] = value
+        self.nbytes += value.nbytes
+        self.evict()
+
+    def evict(self):
+        while self.nbytes > _CONFIG["cache_max_bytes"] and self.data:
+            _, old = self.data.popitem(last=False)
+            self.nbytes -= old.nbytes
+            _STATS["evictions"] += 1
+
+
+_MEMORY = _MemoryLRU()
+
+
+def _disk_path(cache_dir, key):
+    return os.path.join(cache_dir, key[:2], key + ".sktc")
+
+
+def _disk_read(cache_dir, key):
+    path = _disk_path(cache_dir, key)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    try:
+        if not blob.startswith(_MAGIC):
+            raise ValueError("bad magic")
+        header_end = blob.index(b"\n", len(_MAGIC))
+        header = json.loads(blob[len(_MAGIC) : header_end])
+        payload = blob[header_end + 1 :]
+        if len(payload) != header["nbytes"] or digest(payload) != header["digest"]:
+            raise ValueError("checksum mismatch")
+        return np.frombuffer(payload, dtype=header["dtype"]).reshape(header["shape"]).copy()
+    except (ValueError, KeyError, TypeError):
+        try:  # corrupt: drop it so it gets recomputed
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
+
+
+def _disk_write(cache_dir, key, value):
+    path = _disk_path(cache_dir, key)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    value = np.ascontiguousarray(value)
+    payload = value.tobytes()
+    header = {
+        "dtype": value.dtype.str,
+        "shape": list(value.shape),
+        "nbytes": len(payload),
+        "digest": digest(payload),
+    }
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + json.dumps(header).encode() + b"\n" + payload)
+        os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- lookup
+def lookup(namespace, sample_keys, compute, *, cache_dir=None):
+    """Per-sample outputs for ``sample_keys``; ``compute(missing_indices)`` fills misses.
+
+    ``compute`` returns a list of per-sample arrays (shapes may differ between
+    samples, e.g. token sequences). Returns the list in ``sample_keys`` order.
+    """
+    if not _CONFIG["cache"]:
+        out = compute(list(range(len(sample_keys))))
+        return list(out)
+    cache_dir = cache_dir or _CONFIG["cache_dir"]
+    keys = [digest(namespace, k) for k in sample_keys]
+    out = [None] * len(keys)
+    missing = []
+    with _LOCK:
+        for i, key in enumerate(keys):
+            value = _MEMORY.get(key)
+            if value is None and cache_dir:
+                value = _disk_read(cache_dir, key)
+                if value is not None:
+                    _STATS["disk_hits"] += 1
+                    _MEMORY.put(key, value)
+            if value is None:
+                missing.append(i)
+            else:
+                out[i] = value
+        _STATS["hits"] += len(keys) - len(missing)
+        _STATS["misses"] += len(missing)
+    # duplicates inside one call are computed once
+    first = {}
+    unique_missing = [i for i in missing if first.setdefault(keys[i], i) == i]
+    if unique_missing:
+        computed = compute(unique_missing)
+        with _LOCK:
+            for i, value in zip(unique_missing, computed):
+                value = np.ascontiguousarray(value)
+                value.setflags(write=False)
+                _MEMORY.put(keys[i], value)
+                if cache_dir:
+                    _disk_write(cache_dir, keys[i], value)
+                out[i] = value
+    for i in missing:
+        if out[i] is None:
+            out[i] = out[first[keys[i]]]
+    return out
+
+
+# --------------------------------------------------------------------------- identity
+def _tensor_state(module):
+    """Identity of the module's current tensors: replaced or modified tensors change it."""
+    return tuple(
+        (name, t.data_ptr(), t._version, tuple(t.shape))
+        for name, t in module.state_dict(keep_vars=True).items()
+    )
+
+
+def module_digest(module) -> str:
+    """Hash of a module's parameters and buffers.
+
+    Memoised on the module object (stamped with its tensors' identities and
+    in-place version counters), so an unchanged module is hashed once and any
+    change to its weights gives a new digest.
+    """
+    state = _tensor_state(module)
+    stamp = getattr(module, "_sktransfer_digest", None)
+    if stamp is not None and stamp[0] == state:
+        return stamp[1]
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in module.state_dict().items():
+        arr = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(arr.view(torch.uint8).numpy().tobytes())
+    value = h.hexdigest()
+    stamp_digest(module, value, state)
+    return value
+
+
+def stamp_digest(module, value, state=None) -> None:
+    """Record ``value`` as the digest of ``module``'s current tensors."""
+    object.__setattr__(module, "_sktransfer_digest", (state or _tensor_state(module), value))
+
+
+def prep_identity(prep) -> str:
+    """A stable description of the preprocessing (tokenizer by name, vocab size, length)."""
+    if prep is None:
+        return "none"
+    fields = dict(vars(prep))
+    tok = fields.pop("tokenizer", None)
+    if tok is not None:
+        fields["tokenizer"] = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
+    return json.dumps(fields, sort_keys=True, default=str)
