@@ -10,7 +10,9 @@ from torch import nn
 
 from sktransfer._base import resolve_device
 from sktransfer.backbones import resolve_backbone
-from sktransfer.freezing import TransferNet
+from sktransfer.cache import count_forwards, lookup
+from sktransfer.data import sample_keys
+from sktransfer.freezing import TransferNet, block_namespace
 from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.training import Collate, make_loader, run_blocks
 
@@ -48,18 +50,29 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        """Pooled backbone features, float32 of shape ``(n_samples, n_features_out_)``."""
+        """Pooled backbone features, float32 of shape ``(n_samples, n_features_out_)``.
+
+        Features come from the shared content-addressed cache: a second
+        ``transform`` of the same samples runs no backbone forward.
+        """
         check_is_fitted(self)
         items, kind = self._check_X(X, fitting=False)
         device = resolve_device(self.device)
-        self.module_.to(device)
-        dataset = self._make_dataset(items, kind, self.preprocessing_, training=False)
-        loader = make_loader(
-            dataset, self.batch_size, Collate(self._collate(kind, self.preprocessing_)), device
-        )
-        with torch.random.fork_rng(devices=[]):
-            feats = run_blocks(self.module_, loader, device)
-        return np.ascontiguousarray(feats, dtype=np.float32)
+        net, prep = self.module_.to(device), self.preprocessing_
+
+        def compute(idx):
+            dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
+            loader = make_loader(
+                dataset, self.batch_size, Collate(self._collate(kind, prep)), device
+            )
+            count_forwards(len(idx))
+            with torch.random.fork_rng(devices=[]):
+                return run_blocks(net, loader, device)
+
+        namespace = block_namespace(net, len(net.blocks), prep, kind)
+        keys = sample_keys(items, "text" if kind == "text" else "image")
+        rows = lookup(namespace, keys, compute, cache_dir=self.cache_dir)
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
     def get_feature_names_out(self, input_features=None):
         """``<prefix>0 .. <prefix>{d-1}``; the prefix names the modality."""
