@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
@@ -27,26 +28,41 @@ from sklearn.utils.validation import (
 )
 from torch import nn
 
+from sktransfer._batches import resolve_device, seeded_globals  # noqa: F401 - re-exported
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
 from sktransfer.freezing import TransferNet, block_namespace, resolve_freeze_depth
 from sktransfer.persistence import PicklableModulesMixin
+from sktransfer.regularization import L2SP
+from sktransfer.schedules import SCHEDULES
 from sktransfer.training import (
     Collate,
     LabeledDataset,
     PadTokens,
     RowsDataset,
+    TrainConfig,
     fine_tune,
     fit_linear_head,
     make_loader,
     predict_logits,
+    resolve_precision,
     run_blocks,
+    run_phases,
 )
 
 COMMON_CONSTRAINTS = {
     "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
-    "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+    "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "lr_schedule": [StrOptions(set(SCHEDULES))],
+    "layer_decay": [None, Interval(numbers.Real, 0, 1, closed="right")],
+    "unfreeze_schedule": [None, Interval(numbers.Integral, 1, None, closed="left")],
+    "l2sp_alpha": [Interval(numbers.Real, 0, None, closed="left")],
+    "l2sp_beta": [Interval(numbers.Real, 0, None, closed="left")],
+    "class_weight": [None, dict, StrOptions({"balanced"})],
+    "precision": [StrOptions({"auto", "fp32", "bf16"})],
+    "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+    "compile": ["boolean"],
     "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
@@ -61,26 +77,6 @@ COMMON_CONSTRAINTS = {
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; explicit devices are checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but no CUDA device is available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
-    return dev
 
 
 def check_labels(y, n_samples):
@@ -116,7 +112,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         """Return ``(items, kind)``; ``kind`` is the modality or ``"vector"``."""
         raise NotImplementedError
 
-    def _make_dataset(self, items, kind, prep, *, training):  # pragma: no cover - abstract
+    def _make_dataset(self, items, kind, prep, *, training, view=None):  # pragma: no cover
         raise NotImplementedError
 
     def _collate(self, kind, prep):  # pragma: no cover - abstract
@@ -124,6 +120,10 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
 
     def _preprocessing(self, backbone):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _tta_views(self, kind):
+        """Deterministic extra test-time views (PIL -> PIL); images only."""
+        return []
 
     # ------------------------------------------------------------------ helpers
     def _seed(self):
@@ -158,11 +158,13 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             source={"kind": "estimator", "name": self.backbone_name_},
         )
 
-    def _loader(self, dataset, kind, prep, device, *, labels=None, weights=None, shuffle=False):
-        collate = Collate(self._collate(kind, prep))
-        if labels is not None:
-            dataset = LabeledDataset(dataset, labels, weights)
-        return make_loader(dataset, self.batch_size, collate, device, shuffle=shuffle)
+    def _runtime(self, device, kind):
+        """``(precision, channels_last)`` for this device and input kind."""
+        return resolve_precision(self.precision, device), device.type == "cuda" and kind == "image"
+
+    def _loader(self, dataset, kind, prep, device, collate=None):
+        collate = Collate(self._collate(kind, prep)) if collate is None else collate
+        return make_loader(dataset, self.batch_size, collate, device, num_workers=self.num_workers)
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):
@@ -174,7 +176,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         y : array-like of shape (n_samples,)
             Class labels of any dtype (strings, ints, bools).
         sample_weight : array-like of shape (n_samples,), default=None
-            Per-sample weights applied to the loss.
+            Per-sample weights applied to the loss (multiplied by ``class_weight``).
 
         Returns
         -------
@@ -192,6 +194,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             )
         y_idx = encoder.transform(y)
         sw = _check_sample_weight(sample_weight, np.empty((len(items), 0)), dtype=np.float64)
+        if self.class_weight is not None:
+            sw = sw * compute_class_weight(self.class_weight, classes=classes, y=y)[y_idx]
         device = resolve_device(self.device)
         seed = self._seed()
         backbone = self._resolve_backbone()
@@ -200,13 +204,14 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                result = self._fit_net(
-                    backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed
-                )
+                with seeded_globals(seed):
+                    result = self._fit_net(
+                        backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed
+                    )
         except BaseException:
             self._reset()
             raise
-        net, history, n_features_out = result
+        net, history, n_features_out, info = result
         self.module_ = net
         self.classes_ = classes
         self.n_blocks_ = backbone.n_blocks
@@ -219,6 +224,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         self.input_kind_ = kind
         self.n_features_out_ = n_features_out
         self.history_ = history
+        for key, value in info.items():
+            setattr(self, key, value)
         return self
 
     def _fit_net(self, backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed):
@@ -228,6 +235,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_blocks = len(blocks)
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.to(device)
+        if self._runtime(device, kind)[1]:
+            net.to(memory_format=torch.channels_last)
         if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
             self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
             net.set_frozen(n_blocks)
@@ -243,49 +252,50 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_features_out = head.in_features
         if frozen:
             history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
-            return net, history, n_features_out
+            return net, history, n_features_out, {"lr_": None if self.lr == "auto" else self.lr}
         net.set_frozen(n_frozen)
-        # train only the suffix on cached frozen-prefix activations, unless the
-        # input is augmented (then the prefix must see every augmented sample)
-        start = n_frozen if self._use_boundary_cache(n_frozen) else 0
-        train_idx, valid_idx = self._split(y_idx, seed)
-        train_ds = LabeledDataset(
-            self._suffix_dataset(net, items, train_idx, kind, prep, device, start, training=True),
-            y_idx[train_idx],
-            sw[train_idx],
-        )
-        valid_ds = None
-        if valid_idx is not None:
-            valid_ds = LabeledDataset(
-                self._suffix_dataset(net, items, valid_idx, kind, prep, device, start),
-                y_idx[valid_idx],
-                sw[valid_idx],
-            )
-        net.input_block = start
-        # cache hits skip DataLoader iterations that draw from the global RNG:
-        # re-seed so training is identical whether the activations were cached
-        torch.manual_seed(seed)
-        try:
-            history = fine_tune(
-                net,
-                train_ds,
-                valid_ds,
-                Collate(self._suffix_collate(kind, prep, start)),
-                lr=self.lr,
-                max_epochs=self.max_epochs,
-                batch_size=self.batch_size,
-                optimizer=self.optimizer,
-                weight_decay=self.weight_decay,
-                device=device,
-                seed=seed,
-                early_stopping=self.early_stopping,
-                n_iter_no_change=self.n_iter_no_change,
-                verbose=self.verbose,
-            )
-        finally:
-            net.input_block = 0
+        history, info = self._fine_tune(net, items, kind, prep, y_idx, sw, n_frozen, device, seed)
         net.eval()
-        return net, history, n_features_out
+        return net, history, n_features_out, info
+
+    def _fine_tune(self, net, items, kind, prep, y_idx, sw, n_frozen, device, seed):
+        """Optional head-only epochs, then the configured blocks; ``lr="auto"`` first.
+
+        Each phase trains on cached activations at its own frozen boundary (the
+        head-only phase on the cached pooled features); the model ends with the
+        final boundary ``n_frozen``.
+        """
+        n_blocks = len(net.blocks)
+        train_idx, valid_idx = self._split(y_idx, seed)
+
+        def data(boundary):
+            start = boundary if self._use_boundary_cache(boundary) else 0
+            sub = self._suffix_dataset
+            train = sub(net, items, train_idx, kind, prep, device, start, training=True)
+            train = LabeledDataset(train, y_idx[train_idx], sw[train_idx])
+            valid = None
+            if valid_idx is not None:
+                valid = sub(net, items, valid_idx, kind, prep, device, start)
+                valid = LabeledDataset(valid, y_idx[valid_idx], sw[valid_idx])
+            return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
+
+        precision, channels_last = self._runtime(device, kind)
+        l2sp = None
+        if self.l2sp_alpha > 0:  # anchor: the weights at fit start (pretrained / source)
+            backbone = [p for m in (*net.blocks, net.pool) for p in m.parameters()]
+            l2sp = L2SP(backbone, [net.head.weight], self.l2sp_alpha, self.l2sp_beta)
+        cfg = TrainConfig(
+            lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
+            optimizer=self.optimizer, weight_decay=self.weight_decay, device=device, seed=seed,
+            early_stopping=self.early_stopping, n_iter_no_change=self.n_iter_no_change,
+            verbose=self.verbose, lr_schedule=self.lr_schedule, layer_decay=self.layer_decay,
+            l2sp=l2sp, precision=precision, channels_last=channels_last,
+            num_workers=self.num_workers, compile=self.compile,
+        )  # fmt: skip
+        return run_phases(
+            net, data, cfg, n_frozen=n_frozen, head_epochs=self.unfreeze_schedule,
+            auto_lr=self.lr == "auto", train=fine_tune,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ cached block outputs
     def _use_boundary_cache(self, n_frozen):
@@ -296,16 +306,21 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
 
         Looked up in the content-addressed cache; only misses run the backbone.
         """
+        precision, channels_last = self._runtime(device, kind)
 
         def compute(idx):
             dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
             if use_cache:  # (uncached: a one-sample shape probe, not feature extraction)
                 count_forwards(len(idx))
-            return run_blocks(net, self._loader(dataset, kind, prep, device), device, stop=stop)
+            loader = self._loader(dataset, kind, prep, device)
+            return run_blocks(
+                net, loader, device, stop=stop, precision=precision,
+                channels_last=channels_last, verbose=self.verbose and use_cache,
+            )  # fmt: skip
 
         if not use_cache:
             return compute(list(range(len(items))))
-        namespace = block_namespace(net, stop, prep, kind)
+        namespace = block_namespace(net, stop, prep, kind, precision)
         keys = sample_keys(items, "text" if kind == "text" else "image")
         return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
 
@@ -315,10 +330,10 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             return self._make_dataset(subset, kind, prep, training=training)
         return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start))
 
-    def _suffix_collate(self, kind, prep, start):
+    def _suffix_collate(self, kind, prep, start, n_blocks):
         if start == 0:
             return self._collate(kind, prep)
-        return PadTokens() if kind == "text" else None
+        return PadTokens() if kind == "text" and start < n_blocks else None
 
     def _split(self, y_idx, seed):
         """Stratified train/validation split, or no split when it cannot be stratified."""
@@ -330,7 +345,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             warnings.warn(
                 "too few samples for a stratified validation split; training without "
                 "early stopping",
-                stacklevel=4,
+                stacklevel=5,
             )
             return np.arange(len(y_idx)), None
         train_idx, valid_idx = train_test_split(
@@ -339,34 +354,51 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         return np.sort(train_idx), np.sort(valid_idx)
 
     # ------------------------------------------------------------------ predict
-    def _logits(self, X):
+    def _items(self, X):
         check_is_fitted(self)
         items, kind = self._check_X(X, fitting=False)
         if kind != self.input_kind_:
             raise ValueError(f"this model was fitted on {self.input_kind_} input, got {kind} input")
+        return items, kind
+
+    def _logits(self, items, kind, view=None):
         device = resolve_device(self.device)
         net, prep = self.module_.to(device), self.preprocessing_
-        k = net.n_frozen if self._use_boundary_cache(net.n_frozen) else 0
+        precision, channels_last = self._runtime(device, kind)
+        k = net.n_frozen if view is None and self._use_boundary_cache(net.n_frozen) else 0
         if k == len(net.blocks):  # frozen: cached features -> head
             rows = self._outputs(net, items, kind, prep, device, stop=k)
-            with torch.no_grad():
+            with torch.inference_mode():
                 feats = torch.from_numpy(np.stack(rows)).to(device)
                 return net.head(feats).float().cpu().numpy()
-        dataset = self._suffix_dataset(net, items, range(len(items)), kind, prep, device, k)
-        loader = make_loader(
-            dataset, self.batch_size, Collate(self._suffix_collate(kind, prep, k)), device
+        if view is None:
+            dataset = self._suffix_dataset(net, items, range(len(items)), kind, prep, device, k)
+        else:  # an augmented view: never from the cache
+            dataset = self._make_dataset(items, kind, prep, training=False, view=view)
+        collate = Collate(self._suffix_collate(kind, prep, k, len(net.blocks)))
+        loader = self._loader(dataset, kind, prep, device, collate)
+        return predict_logits(
+            net, loader, device, start=k, precision=precision, channels_last=channels_last
         )
-        return predict_logits(net, loader, device, start=k)
 
     def predict_proba(self, X):
-        """Class probabilities, columns in ``classes_`` order; rows sum to 1."""
-        logits = torch.from_numpy(self._logits(X)).double()
-        return torch.softmax(logits, dim=1).numpy()
+        """Class probabilities, columns in ``classes_`` order; rows sum to 1.
+
+        With ``tta=n`` (images) the probabilities of the image and of ``n``
+        deterministic augmented views (flips, shifted crops) are averaged.
+        """
+        items, kind = self._items(X)
+        views = [None] + self._tta_views(kind)
+        proba = 0.0
+        for view in views:
+            logits = torch.from_numpy(self._logits(items, kind, view)).double()
+            proba = proba + torch.softmax(logits, dim=1).numpy()
+        return proba / len(views)
 
     def predict(self, X):
         """Predicted labels (same dtype as the labels given to ``fit``)."""
-        logits = self._logits(X)
-        return self.classes_[np.argmax(logits, axis=1)]
+        proba = self.predict_proba(X)  # checks fitted first
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

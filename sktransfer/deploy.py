@@ -41,7 +41,11 @@ def _quiet():
 def is_quantized(est) -> bool:
     """Whether ``est``'s network holds dynamically quantised layers."""
     module = getattr(est, "module_", None)
-    return module is not None and any("Quantized" in type(m).__name__ for m in module.modules())
+    return module is not None and any(_is_quantized_module(m) for m in module.modules())
+
+
+def _is_quantized_module(module) -> bool:
+    return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
 
 
 def quantize_dynamic(est):

@@ -42,7 +42,8 @@ class TransferNet(nn.Module):
 
     ``forward(x, start=0)`` runs blocks ``start..`` on ``x`` (the output of block
     ``start - 1``, or the raw batch when ``start == 0``), so cached activations of
-    a frozen prefix can be fed in directly.
+    a frozen prefix can be fed in directly. ``start == len(blocks)`` means ``x``
+    already is the pooled feature vector (the cached output of the whole backbone).
     """
 
     def __init__(self, blocks, block_names, pool, head, n_frozen=0):
@@ -80,6 +81,8 @@ class TransferNet(nn.Module):
     def features(self, x, start: int = 0, stop: int | None = None):
         """Run blocks ``start:stop``; pool when running to the end."""
         stop = len(self.blocks) if stop is None else stop
+        if start >= len(self.blocks):  # already pooled features
+            return x
         n_frozen = min(self.n_frozen, stop)
         if start < n_frozen:
             with torch.no_grad():
@@ -111,16 +114,19 @@ def bn_state(module: nn.Module) -> dict:
     }
 
 
-def block_namespace(net: TransferNet, stop: int, prep, kind: str) -> str:
+def block_namespace(net: TransferNet, stop: int, prep, kind: str, precision="fp32") -> str:
     """Cache namespace of the outputs of ``net.blocks[:stop]`` (+ pool at the end).
 
     Hashes each block's structure (``repr``) and weights, and the preprocessing,
-    so a changed weight, architecture, resolution or tokenizer is a miss.
+    so a changed weight, architecture, resolution or tokenizer is a miss; outputs
+    computed under bf16 autocast get their own namespace.
     """
     from sktransfer.cache import digest, module_digest, prep_identity
 
     modules = list(net.blocks[:stop]) + ([net.pool] if stop == len(net.blocks) else [])
     parts = [kind, stop, len(net.blocks), prep_identity(prep)]
+    if precision != "fp32":
+        parts.append(f"precision={precision}")
     for m in modules:
         parts += [digest(repr(m)), module_digest(m)]
     return digest(*parts)

@@ -8,11 +8,12 @@ import os
 
 import numpy as np
 from scipy import sparse
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from sktransfer._base import COMMON_CONSTRAINTS, PretrainedClassifierBase
 from sktransfer._embedder import EmbedderBase
+from sktransfer.augment import PRESETS, make_augment, tta_views
 from sktransfer.data import ImageDataset, check_images
 from sktransfer.training import ArrayDataset
 
@@ -20,7 +21,8 @@ _IMAGE_CONSTRAINTS = {
     "backbone": "no_validation",
     "weights": [None, str, os.PathLike],
     "image_size": [None, Interval(numbers.Integral, 8, None, closed="left")],
-    "augment": [None, callable],
+    "augment": [None, StrOptions(set(PRESETS)), callable],
+    "tta": [None, Interval(numbers.Integral, 0, None, closed="left")],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
     "cache_dir": [None, str, os.PathLike],
@@ -59,11 +61,17 @@ class _ImageInput:
             return list(arr), "vector"
         return check_images(X), "image"
 
-    def _make_dataset(self, items, kind, prep, *, training):
+    def _make_dataset(self, items, kind, prep, *, training, view=None):
         if kind == "vector":
             return ArrayDataset(items)
-        augment = getattr(self, "augment", None)
-        return ImageDataset(items, prep, transform=augment if training else None)
+        transform = view
+        if training:
+            transform = make_augment(getattr(self, "augment", None), prep)
+        return ImageDataset(items, prep, transform=transform)
+
+    def _tta_views(self, kind):
+        n = getattr(self, "tta", None)
+        return tta_views(n) if kind == "image" and n else []
 
     def _collate(self, kind, prep):
         return None
@@ -91,25 +99,54 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         ``"all"``: frozen features + a logistic-regression head fitted to
         convergence. ``k >= 0``: the first ``k`` blocks frozen, the rest
         fine-tuned (0 = full fine-tuning). ``-k``: all but the last ``k`` frozen.
-    lr : float, default=1e-4
-        Learning rate for fine-tuning (unused when ``freeze_depth="all"``).
+    lr : float or "auto", default=1e-4
+        Peak learning rate for fine-tuning (unused when ``freeze_depth="all"``).
+        ``"auto"``: an LR range test on the training split picks it inside
+        ``fit`` (fastai's ``lr_find``: a tenth of the rate at the loss minimum);
+        the rate used is stored as ``lr_``.
+    lr_schedule : {"warmup_cosine", "onecycle", "constant"}, default="warmup_cosine"
+        Per-batch schedule: linear warmup over 10% of the steps then cosine decay
+        to 0; one-cycle (Smith); or constant.
     max_epochs : int, default=10
     batch_size : int, default=32
         Training and inference batch size.
     optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
     weight_decay : float, default=0.01
+        Ignored when ``l2sp_alpha > 0`` (the L2-SP penalty replaces it).
+    layer_decay : float in (0, 1] or None, default=None
+        Discriminative rates: the head gets ``lr``, the last block
+        ``lr * layer_decay``, the one below ``lr * layer_decay**2``, ...
+    unfreeze_schedule : int or None, default=None
+        Gradual unfreezing (fastai ``fine_tune``): train the head alone for this
+        many epochs first, then the blocks ``freeze_depth`` leaves trainable for
+        ``max_epochs`` epochs.
+    l2sp_alpha : float, default=0.0
+        L2-SP strength (Li et al. 2018): ``alpha/2 ||w - w0||^2`` pulls the
+        fine-tuned backbone weights toward their pretrained values ``w0``.
+    l2sp_beta : float, default=0.01
+        With L2-SP, ``beta/2 ||W_head||^2`` on the head's weights.
     C : float, default=1.0
         Inverse L2 strength of the logistic-regression head (as in
         ``LogisticRegression``); used in frozen mode and for the head warm start.
     head_init : {"probe", "random"}, default="probe"
         Before fine-tuning, start the head from the linear probe on frozen
         features ("probe", LP-FT) or from a random init.
+    class_weight : "balanced", dict or None, default=None
+        Per-class loss weights (``{label: weight}`` or ``n / (k * count)``),
+        multiplied into ``sample_weight``; honoured by the probe head and the
+        fine-tuning loss.
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` (stratified) while fine-tuning, stop after
         ``n_iter_no_change`` epochs without a better validation loss and restore
-        the best epoch's weights.
+        the best epoch's weights (flagged ``best`` in ``history_``).
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=3
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+        "auto": bf16 autocast on CUDA, fp32 on the CPU.
+    num_workers : int, default=0
+        ``DataLoader`` worker processes for decoding and augmentation.
+    compile : bool, default=False
+        ``torch.compile`` the trained part of the network.
     device : str, default="auto"
         "auto" (cuda when available, resolved at fit/predict time), "cpu", "cuda", "cuda:N".
     cache_dir : str, path or None, default=None
@@ -117,13 +154,23 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         (None: the global ``sktransfer.set_config(cache_dir=...)``, by default off).
     random_state : int, RandomState or None, default=None
     verbose : int, default=0
+        0 prints nothing; 1 shows tqdm progress bars (stderr) for feature
+        extraction and epochs, and an epoch table (stdout: train loss, valid
+        loss, valid accuracy, lr, time).
     weights : str, path or None, default="default"
         The backbone's pretrained weights: "default", a torchvision weights name,
         a local state-dict path, or None (random init).
     image_size : int or None, default=None
         Input resolution; None uses the backbone's own.
-    augment : callable or None, default=None
-        ``PIL.Image -> PIL.Image`` applied to training images only.
+    augment : {"light", "standard"}, callable or None, default=None
+        Training-time augmentation: "light" = horizontal flip + random-resized
+        crop of 80-100% of the area; "standard" = random-resized crop of 35-100%,
+        flip and a small colour jitter; or a ``PIL.Image -> PIL.Image`` callable.
+        Seeded by ``random_state``. Disables the frozen-prefix activation cache
+        during training.
+    tta : int or None, default=0
+        Test-time augmentation: the probabilities of ``tta`` deterministic extra
+        views (flip, shifted crops) are averaged with the image's own.
 
     Attributes
     ----------
@@ -134,7 +181,13 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
     n_frozen_blocks_ : int
     block_names_ : list of str
     history_ : list of dict
-        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``.
+        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``lr``, ``dur``;
+        ``best`` marks the epoch whose weights were kept; ``phase`` ("head" or
+        "all") with ``unfreeze_schedule``.
+    lr_ : float or None
+        The learning rate used (``lr``, or the LR range test's pick).
+    lr_find_ : dict
+        With ``lr="auto"``: the range test's ``lrs`` and raw ``losses``.
     module_ : sktransfer.freezing.TransferNet
 
     Examples
@@ -157,15 +210,24 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         *,
         freeze_depth="all",
         lr=1e-4,
+        lr_schedule="warmup_cosine",
         max_epochs=10,
         batch_size=32,
         optimizer="adamw",
         weight_decay=0.01,
+        layer_decay=None,
+        unfreeze_schedule=None,
+        l2sp_alpha=0.0,
+        l2sp_beta=0.01,
         C=1.0,
         head_init="probe",
+        class_weight=None,
         early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=3,
+        precision="auto",
+        num_workers=0,
+        compile=False,
         device="auto",
         cache_dir=None,
         random_state=None,
@@ -173,19 +235,29 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         weights="default",
         image_size=None,
         augment=None,
+        tta=0,
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.unfreeze_schedule = unfreeze_schedule
+        self.l2sp_alpha = l2sp_alpha
+        self.l2sp_beta = l2sp_beta
         self.C = C
         self.head_init = head_init
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
+        self.num_workers = num_workers
+        self.compile = compile
         self.device = device
         self.cache_dir = cache_dir
         self.random_state = random_state
@@ -193,6 +265,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         self.weights = weights
         self.image_size = image_size
         self.augment = augment
+        self.tta = tta
 
 
 class ImageEmbedder(_ImageInput, EmbedderBase):

@@ -71,8 +71,25 @@ def _on_cpu(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to("cpu")
 
 
+def _rebuild(cls):
+    """Unpickling entry point: make torchvision/transformers importable, then an empty ``cls``.
+
+    Pickle calls this before it unpickles the estimator's state, which may hold
+    transformers tokenizers or torchvision modules; in a fresh process (a joblib
+    file, a Dask worker) their imports would otherwise hit the CPU-torch /
+    CUDA-torchvision mismatch that :mod:`sktransfer.backbones._compat` works around.
+    """
+    from sktransfer.backbones._compat import ensure_transformers_importable
+
+    ensure_transformers_importable()
+    return cls.__new__(cls)
+
+
 class PicklableModulesMixin:
     """``__getstate__`` moves fitted modules to the CPU and stamps the version."""
+
+    def __reduce_ex__(self, protocol):
+        return (_rebuild, (type(self),), self.__getstate__())
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
@@ -189,7 +206,9 @@ def _check_savable(est):
             f"cannot save {name} safely: a parameter is not a plain value ({exc}). The safe "
             "format rebuilds the model from plain parameters only" + _JOBLIB_HINT
         ) from exc
-    if any("Quantized" in type(m).__name__ for m in est.module_.modules()):
+    from sktransfer.deploy import is_quantized
+
+    if is_quantized(est):
         raise TypeError(
             "cannot save a quantised model; save the float model and use "
             "sktransfer.load(path, quantize='dynamic')"

@@ -30,7 +30,7 @@ class _TextInput:
     def _check_X(self, X, *, fitting):
         return check_texts(X), "text"
 
-    def _make_dataset(self, items, kind, prep, *, training):
+    def _make_dataset(self, items, kind, prep, *, training, view=None):
         return TextDataset(items)
 
     def _collate(self, kind, prep):
@@ -61,12 +61,37 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         ``"all"``: frozen sentence embeddings + a logistic-regression head.
         ``k >= 0``: embeddings and the first ``k - 1`` layers frozen; 0 = full
         fine-tuning; ``-k``: all but the last ``k`` blocks frozen.
-    lr : float, default=5e-5
+    lr : float or "auto", default=5e-5
+        Peak fine-tuning rate; "auto" runs an LR range test in ``fit`` (see
+        :class:`~sktransfer.PretrainedImageClassifier`).
+    lr_schedule : {"warmup_cosine", "onecycle", "constant"}, default="warmup_cosine"
     max_epochs : int, default=4
     batch_size : int, default=32
-    optimizer, weight_decay, C, head_init, early_stopping, validation_fraction,
-    n_iter_no_change, device, cache_dir, random_state, verbose
-        As for :class:`~sktransfer.PretrainedImageClassifier`.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+    weight_decay : float, default=0.01
+    layer_decay : float in (0, 1] or None, default=None
+        The head gets ``lr``, layer ``i`` from the top ``lr * layer_decay**i``.
+    unfreeze_schedule : int or None, default=None
+        Head-only epochs before the configured layers are trained.
+    l2sp_alpha : float, default=0.0
+        L2-SP pull of the fine-tuned weights toward the pretrained ones.
+    l2sp_beta : float, default=0.01
+        With L2-SP, L2 strength on the head's weights.
+    C : float, default=1.0
+    head_init : {"probe", "random"}, default="probe"
+    class_weight : "balanced", dict or None, default=None
+    early_stopping : bool, default=True
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=3
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+    num_workers : int, default=0
+    compile : bool, default=False
+    device : str, default="auto"
+    cache_dir : str, path or None, default=None
+    random_state : int, RandomState or None, default=None
+    verbose : int, default=0
+        0 silent; 1 progress bars (stderr) and an epoch table (stdout).
+        All as for :class:`~sktransfer.PretrainedImageClassifier`.
     max_length : int or None, default=None
         Truncation length in tokens (None: the backbone's own, at most 512).
     pooling : {"mean", "cls"} or None, default=None
@@ -74,7 +99,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
 
     Attributes
     ----------
-    classes_, n_blocks_, n_frozen_blocks_, block_names_, history_, module_
+    classes_, n_blocks_, n_frozen_blocks_, block_names_, history_, lr_, module_
         As for :class:`~sktransfer.PretrainedImageClassifier`.
     """
 
@@ -86,15 +111,24 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         *,
         freeze_depth="all",
         lr=5e-5,
+        lr_schedule="warmup_cosine",
         max_epochs=4,
         batch_size=32,
         optimizer="adamw",
         weight_decay=0.01,
+        layer_decay=None,
+        unfreeze_schedule=None,
+        l2sp_alpha=0.0,
+        l2sp_beta=0.01,
         C=1.0,
         head_init="probe",
+        class_weight=None,
         early_stopping=True,
         validation_fraction=0.1,
         n_iter_no_change=3,
+        precision="auto",
+        num_workers=0,
+        compile=False,
         device="auto",
         cache_dir=None,
         random_state=None,
@@ -105,15 +139,24 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.unfreeze_schedule = unfreeze_schedule
+        self.l2sp_alpha = l2sp_alpha
+        self.l2sp_beta = l2sp_beta
         self.C = C
         self.head_init = head_init
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
+        self.num_workers = num_workers
+        self.compile = compile
         self.device = device
         self.cache_dir = cache_dir
         self.random_state = random_state

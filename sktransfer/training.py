@@ -8,139 +8,43 @@
 * Fine-tuning: a :class:`skorch.NeuralNet` drives the epochs. It is wrapped, not
   inherited by the estimators: it only sees the trainable parameters, keeps the
   frozen blocks in eval mode (``TransferNet.train``), weighs the loss by
-  ``sample_weight`` and records validation accuracy.
+  ``sample_weight`` and records validation accuracy. Per-block parameter groups
+  (``layer_decay``), per-batch schedules (:mod:`sktransfer.schedules`), L2-SP
+  (:mod:`sktransfer.regularization`), bf16 autocast and channels-last are options of
+  :class:`TrainConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
 
-from sktransfer.backbones._base import TextState
+from sktransfer._batches import (  # noqa: F401 - re-exported (embedders, estimators)
+    ArrayDataset,
+    Collate,
+    LabeledDataset,
+    PadTokens,
+    RowsDataset,
+    autocast,
+    make_loader,
+    predict_logits,
+    resolve_precision,
+    run_blocks,
+    split_output,
+    to_device,
+)
+from sktransfer.schedules import BatchLRScheduler, lr_range_test
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-# --------------------------------------------------------------------------- data plumbing
-class LabeledDataset(Dataset):
-    """``base[i] = (x, _)`` -> ``(x, (label, weight))`` for the training loop."""
-
-    def __init__(self, base, labels, weights):
-        self.base, self.labels, self.weights = base, labels, weights
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        x, _ = self.base[i]
-        return x, (int(self.labels[i]), float(self.weights[i]))
-
-
-class Collate:
-    """Collate ``(x, target)`` pairs with ``inner`` for x; targets stay (labels, weights)."""
-
-    def __init__(self, inner=None):
-        self.inner = inner
-
-    def __call__(self, batch):
-        xs = [(x, 0) for x, _ in batch]
-        x = self.inner(xs)[0] if self.inner is not None else default_collate(xs)[0]
-        targets = [t for _, t in batch]
-        if targets and isinstance(targets[0], tuple):
-            labels = torch.tensor([t[0] for t in targets], dtype=torch.int64)
-            weights = torch.tensor([t[1] for t in targets], dtype=torch.float32)
-            return x, (labels, weights)
-        return x, torch.as_tensor(targets)
-
-
-def to_device(x, device):
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    if isinstance(x, TextState):
-        return TextState(*(to_device(v, device) for v in x))
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, device) for v in x)
-    return x.to(device, non_blocking=True)
-
-
-def split_output(out, dtype=np.float32) -> list:
-    """A batch of block outputs -> one array per sample (text: real tokens only)."""
-    if isinstance(out, TextState):
-        hidden = out.hidden.float().cpu().numpy().astype(dtype, copy=False)
-        mask = out.attention_mask.bool().cpu().numpy()
-        return [h[m] for h, m in zip(hidden, mask)]
-    return list(out.float().cpu().numpy().astype(dtype, copy=False))
-
-
-class RowsDataset(Dataset):
-    """Cached per-sample block outputs as a dataset: ``(tensor, 0)``."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return torch.tensor(self.rows[i], dtype=torch.float32), 0  # a copy: rows are shared
-
-
-class PadTokens:
-    """Collate cached token states ``(L_i, d)`` into a right-padded :class:`TextState`."""
-
-    def __call__(self, batch):
-        rows = [x for x, _ in batch]
-        n, d = len(rows), rows[0].shape[-1]
-        length = max(r.shape[0] for r in rows)
-        hidden = torch.zeros(n, length, d)
-        mask = torch.zeros(n, length, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            hidden[i, : r.shape[0]] = r
-            mask[i, : r.shape[0]] = 1
-        return TextState(hidden, mask), torch.zeros(n)
-
-
-def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=None):
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=collate,
-        generator=generator,
-        pin_memory=str(device).startswith("cuda"),
-    )
-
-
-@torch.no_grad()  # not inference_mode: lazy modules may materialise here
-def run_blocks(net, loader, device, start=0, stop=None, out_dtype=np.float32) -> list:
-    """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``.
-
-    Returns one array per sample (see :func:`split_output`).
-    """
-    was_training = net.training
-    net.eval()
-    rows = []
-    try:
-        for x, _ in loader:
-            out = net.features(to_device(x, device), start=start, stop=stop)
-            rows.extend(split_output(out, out_dtype))
-    finally:
-        net.train(was_training)
-    return rows
-
-
-@torch.no_grad()
-def predict_logits(net, loader, device, start=0):
-    net.eval()
-    return np.concatenate(
-        [net(to_device(x, device), start=start).float().cpu().numpy() for x, _ in loader]
-    )
 
 
 # --------------------------------------------------------------------------- frozen head
@@ -217,98 +121,244 @@ class ValidAccuracy(Callback):
             net.history.record("valid_acc", self.correct_ / self.count_)
 
 
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one fine-tuning run needs besides the net and the data."""
+
+    lr: float
+    max_epochs: int
+    batch_size: int
+    optimizer: Any
+    weight_decay: float
+    device: Any
+    seed: int
+    early_stopping: bool = True
+    n_iter_no_change: int = 3
+    verbose: int = 0
+    lr_schedule: str = "warmup_cosine"
+    layer_decay: float | None = None
+    l2sp: Any = None  # a sktransfer.regularization.L2SP, or None
+    precision: str = "fp32"  # resolved: "fp32" | "bf16"
+    channels_last: bool = False
+    num_workers: int = 0
+    compile: bool = False
+
+    @property
+    def optimizer_class(self):
+        return OPTIMIZERS[self.optimizer] if isinstance(self.optimizer, str) else self.optimizer
+
+
+def param_groups(net, lr, cfg: TrainConfig) -> list[dict]:
+    """Optimizer groups of ``net``'s trainable parameters.
+
+    The head (and the pool) get ``lr``; block ``i`` gets ``lr * layer_decay ** (n - i)``
+    (the last block one factor, the one below it two, ...). With L2-SP the penalty
+    replaces weight decay in every group.
+    """
+    wd = 0.0 if cfg.l2sp is not None else cfg.weight_decay
+    n = len(net.blocks)
+    top = [p for m in (net.head, net.pool) for p in m.parameters() if p.requires_grad]
+    groups = [{"params": top, "lr": lr, "weight_decay": wd}] if top else []
+    for i, block in enumerate(net.blocks):
+        params = [p for p in block.parameters() if p.requires_grad]
+        if params:
+            scale = cfg.layer_decay ** (n - i) if cfg.layer_decay is not None else 1.0
+            groups.append({"params": params, "lr": lr * scale, "weight_decay": wd})
+    if cfg.layer_decay is None and len(groups) > 1:  # one group is enough
+        groups = [
+            {"params": [p for g in groups for p in g["params"]], "lr": lr, "weight_decay": wd}
+        ]
+    return groups
+
+
+def weighted_loss(logits, labels, weights):
+    losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
 class TransferNeuralNet(NeuralNet):
     """skorch net over a :class:`~sktransfer.freezing.TransferNet`.
 
     Batches are ``(x, (labels, weights))``; ``x`` may be a dict (text) and is
-    passed to the module whole.
+    passed to the module whole. ``config`` adds the parameter groups, the L2-SP
+    gradient, autocast, channels-last and an optional compiled forward.
     """
 
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config = config
+
+    def initialize_module(self):
+        super().initialize_module()
+        cfg = self.config
+        forward = torch.compile(self.module_) if cfg and cfg.compile else self.module_
+        object.__setattr__(self, "forward_", forward)  # not a registered skorch module
+        return self
+
     def infer(self, x, **fit_params):
-        return self.module_(to_device(x, self.device), **fit_params)
+        cfg = self.config
+        x = to_device(x, self.device, cfg.channels_last if cfg else False)
+        with autocast(self.device, cfg.precision if cfg else "fp32"):
+            return self.forward_(x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         labels, weights = (to_tensor(t, device=self.device) for t in y_true)
-        losses = self.criterion_(y_pred, labels)
-        return (losses * weights).sum() / weights.sum()
+        return weighted_loss(y_pred, labels, weights)
+
+    def train_step_single(self, batch, **fit_params):
+        step = super().train_step_single(batch, **fit_params)
+        if self.config is not None and self.config.l2sp is not None:
+            self.config.l2sp.add_gradients()
+        return step
 
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():
             if param.requires_grad:
                 yield name, param
 
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer" and self.config is not None:
+            args = (param_groups(self.module_, kwargs["lr"], self.config),)
+        return args, kwargs
 
-def history_records(history) -> list[dict]:
-    keep = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur")
-    return [{k: row[k] for k in keep if k in row} for row in history]
+
+HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_acc", "lr", "dur")
 
 
-def fine_tune(
-    net,
-    train_ds,
-    valid_ds,
-    collate,
-    *,
-    lr,
-    max_epochs,
-    batch_size,
-    optimizer,
-    weight_decay,
-    device,
-    seed,
-    early_stopping,
-    n_iter_no_change,
-    verbose,
-):
-    """Train ``net``'s unfrozen part with skorch; returns the per-epoch history."""
-    opt_cls = OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
-    callbacks = [("valid_acc", ValidAccuracy())]
-    if early_stopping and valid_ds is not None:
-        callbacks.append(
-            (
-                "early_stopping",
-                EarlyStopping(
-                    monitor="valid_loss", patience=n_iter_no_change, load_best=True, sink=_null
-                ),
-            )
+def history_records(history, best_epoch=None, epoch_offset=0, phase=None) -> list[dict]:
+    out = []
+    for row in history:
+        rec = {k: float(row[k]) for k in HISTORY_KEYS if k in row}
+        rec["epoch"] = int(row["epoch"]) + epoch_offset
+        if best_epoch is not None:
+            rec["best"] = row["epoch"] == best_epoch
+        if phase is not None:
+            rec["phase"] = phase
+        out.append(rec)
+    return out
+
+
+def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offset=0, phase=None):
+    """Train ``net``'s unfrozen part with skorch; returns the per-epoch history.
+
+    With a validation set and ``cfg.early_stopping`` the best epoch (lowest
+    validation loss) is restored at the end and flagged ``best`` in the history.
+    """
+    callbacks = [("valid_acc", ValidAccuracy()), ("lr", BatchLRScheduler(cfg.lr_schedule))]
+    stopper = None
+    if cfg.early_stopping and valid_ds is not None:
+        stopper = EarlyStopping(
+            monitor="valid_loss", patience=cfg.n_iter_no_change, load_best=True, sink=_null
         )
+        callbacks.append(("early_stopping", stopper))
+    if cfg.verbose:
+        callbacks.append(("progress", ProgressBar(postfix_keys=["train_loss"])))
     gen = torch.Generator()
-    gen.manual_seed(seed)
+    gen.manual_seed(cfg.seed)
+    cuda = torch.device(cfg.device).type == "cuda"
     skorch_net = TransferNeuralNet(
         module=net,
         criterion=nn.CrossEntropyLoss,
         criterion__reduction="none",
-        optimizer=opt_cls,
-        optimizer__weight_decay=weight_decay,
-        lr=lr,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
+        optimizer=cfg.optimizer_class,
+        lr=cfg.lr,
+        max_epochs=cfg.max_epochs,
+        batch_size=cfg.batch_size,
         iterator_train__shuffle=True,
         iterator_train__generator=gen,
         iterator_train__collate_fn=collate,
         iterator_valid__collate_fn=collate,
-        iterator_train__pin_memory=str(device).startswith("cuda"),
+        iterator_train__pin_memory=cuda,
+        iterator_valid__pin_memory=cuda,
+        iterator_train__num_workers=cfg.num_workers,
+        iterator_train__persistent_workers=cfg.num_workers > 0,
+        iterator_valid__num_workers=cfg.num_workers,
         train_split=predefined_split(valid_ds) if valid_ds is not None else None,
         callbacks=callbacks,
-        device=device,
-        verbose=int(verbose),
+        device=cfg.device,
+        verbose=int(cfg.verbose),
+        config=cfg,
     )
     skorch_net.fit(train_ds, y=None)
-    return history_records(skorch_net.history)
+    best = None
+    if stopper is not None:
+        best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
+    return history_records(skorch_net.history, best, epoch_offset, phase)
+
+
+def lr_range_test_for(net, train_ds, collate, cfg: TrainConfig, n_steps: int) -> tuple[float, dict]:
+    """:func:`sktransfer.schedules.lr_range_test` with ``cfg``'s optimizer, groups and loss."""
+
+    def make_optimizer(module, lr):
+        return cfg.optimizer_class(param_groups(module, lr, cfg), lr=lr)
+
+    def loss_fn(module, batch):
+        x, (labels, weights) = batch
+        with autocast(cfg.device, cfg.precision):
+            logits = module(to_device(x, cfg.device, cfg.channels_last))
+        return weighted_loss(logits, labels.to(cfg.device), weights.to(cfg.device))
+
+    return lr_range_test(
+        net,
+        train_ds,
+        collate,
+        make_optimizer,
+        loss_fn,
+        batch_size=cfg.batch_size,
+        n_iter=min(100, n_steps),
+        seed=cfg.seed,
+    )
 
 
 def _null(*args, **kwargs):
     return None
 
 
-class ArrayDataset(Dataset):
-    """Rows of a 2-D float array (the numeric-vector input of a user module)."""
+def run_phases(
+    net, data, cfg: TrainConfig, *, n_frozen, head_epochs=None, auto_lr=False, train=None
+):
+    """Fine-tune ``net``: optional head-only epochs, then blocks ``n_frozen:``.
 
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return torch.as_tensor(np.asarray(self.rows[i], dtype=np.float32)), 0
+    ``data(boundary) -> (start, train_ds, valid_ds, collate)`` gives each phase's
+    datasets at its own frozen boundary (cached activations start at ``start``;
+    the head-only phase reads cached pooled features), so no phase ever trains on
+    activations cached below a block it trains. ``auto_lr`` first runs the LR
+    range test in the final configuration. ``train`` runs one phase (default
+    :func:`fine_tune`). Returns ``(history, info)`` with ``info["lr_"]`` (and
+    ``info["lr_find_"]``); ``net`` ends with ``n_frozen`` frozen.
+    """
+    train_phase = fine_tune if train is None else train
+    info = {}
+    phases = [(n_frozen, cfg.max_epochs, None)]
+    if head_epochs:
+        phases = [(len(net.blocks), head_epochs, "head"), (n_frozen, cfg.max_epochs, "all")]
+    history = []
+    try:
+        if auto_lr:
+            net.set_frozen(n_frozen)
+            start, train, _, collate = data(n_frozen)
+            net.input_block = start
+            steps = math.ceil(len(train) / cfg.batch_size) * cfg.max_epochs
+            cfg = dataclasses.replace(cfg)
+            cfg.lr, info["lr_find_"] = lr_range_test_for(net, train, collate, cfg, steps)
+            if cfg.verbose:
+                print(f"LR range test: lr={cfg.lr:.3g}")
+        info["lr_"] = float(cfg.lr)
+        for boundary, epochs, phase in phases:
+            net.set_frozen(boundary)
+            start, train, valid, collate = data(boundary)
+            net.input_block = start
+            # cache hits skip DataLoader iterations that draw from the global RNG:
+            # re-seed so training is identical whether the activations were cached
+            torch.manual_seed(cfg.seed)
+            run = dataclasses.replace(
+                cfg, max_epochs=epochs, early_stopping=cfg.early_stopping and phase != "head"
+            )
+            history += train_phase(
+                net, train, valid, collate, run, epoch_offset=len(history), phase=phase
+            )
+    finally:
+        net.input_block = 0
+        net.set_frozen(n_frozen)
+    return history, info

@@ -1,0 +1,224 @@
+"""Batches for the torch loops: datasets, collation, device moves, block runs.
+
+Shared by the fine-tuning loop (:mod:`sktransfer.training`), the estimators'
+feature extraction and prediction, and the embedders; plus the device and RNG
+helpers those loops run under.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from sktransfer.backbones._base import TextState
+
+
+class LabeledDataset(Dataset):
+    """``base[i] = (x, _)`` -> ``(x, (label, weight))`` for the training loop."""
+
+    def __init__(self, base, labels, weights):
+        self.base, self.labels, self.weights = base, labels, weights
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, _ = self.base[i]
+        return x, (int(self.labels[i]), float(self.weights[i]))
+
+
+class Collate:
+    """Collate ``(x, target)`` pairs with ``inner`` for x; targets stay (labels, weights)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __call__(self, batch):
+        xs = [(x, 0) for x, _ in batch]
+        x = self.inner(xs)[0] if self.inner is not None else default_collate(xs)[0]
+        targets = [t for _, t in batch]
+        if targets and isinstance(targets[0], tuple):
+            labels = torch.tensor([t[0] for t in targets], dtype=torch.int64)
+            weights = torch.tensor([t[1] for t in targets], dtype=torch.float32)
+            return x, (labels, weights)
+        return x, torch.as_tensor(targets)
+
+
+def to_device(x, device, channels_last=False):
+    """Move a batch (tensor, dict, :class:`TextState`, tuple) to ``device``.
+
+    ``channels_last``: 4-D tensors (image batches) in channels-last memory format.
+    """
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    if isinstance(x, TextState):
+        return TextState(*(to_device(v, device) for v in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device, channels_last) for v in x)
+    if channels_last and x.dim() == 4:
+        return x.to(device, memory_format=torch.channels_last, non_blocking=True)
+    return x.to(device, non_blocking=True)
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device, precision: str):
+    """bf16 autocast for ``precision="bf16"``, else a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def split_output(out, dtype=np.float32) -> list:
+    """A batch of block outputs -> one array per sample (text: real tokens only)."""
+    if isinstance(out, TextState):
+        hidden = out.hidden.float().cpu().numpy().astype(dtype, copy=False)
+        mask = out.attention_mask.bool().cpu().numpy()
+        return [h[m] for h, m in zip(hidden, mask)]
+    return list(out.float().cpu().numpy().astype(dtype, copy=False))
+
+
+class RowsDataset(Dataset):
+    """Cached per-sample block outputs as a dataset: ``(tensor, 0)``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return torch.tensor(self.rows[i], dtype=torch.float32), 0  # a copy: rows are shared
+
+
+class PadTokens:
+    """Collate cached token states ``(L_i, d)`` into a right-padded :class:`TextState`."""
+
+    def __call__(self, batch):
+        rows = [x for x, _ in batch]
+        n, d = len(rows), rows[0].shape[-1]
+        length = max(r.shape[0] for r in rows)
+        hidden = torch.zeros(n, length, d)
+        mask = torch.zeros(n, length, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            hidden[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        return TextState(hidden, mask), torch.zeros(n)
+
+
+def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=None, num_workers=0):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=generator,
+        pin_memory=str(device).startswith("cuda"),
+        num_workers=num_workers,
+    )
+
+
+def _progress(loader, verbose, desc):
+    if not verbose:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, total=len(loader), leave=False, file=sys.stderr)
+
+
+@torch.no_grad()  # not inference_mode: lazy modules may materialise here
+def run_blocks(
+    net,
+    loader,
+    device,
+    start=0,
+    stop=None,
+    out_dtype=np.float32,
+    *,
+    precision="fp32",
+    channels_last=False,
+    verbose=0,
+) -> list:
+    """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``.
+
+    Returns one array per sample (see :func:`split_output`).
+    """
+    was_training = net.training
+    net.eval()
+    rows = []
+    try:
+        for x, _ in _progress(loader, verbose, "features"):
+            with autocast(device, precision):
+                out = net.features(to_device(x, device, channels_last), start=start, stop=stop)
+            rows.extend(split_output(out, out_dtype))
+    finally:
+        net.train(was_training)
+    return rows
+
+
+def predict_logits(net, loader, device, start=0, *, precision="fp32", channels_last=False):
+    """Logits of ``net`` (from block ``start``) over ``loader``, float32 numpy."""
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for x, _ in loader:
+            with autocast(device, precision):
+                logits = net(to_device(x, device, channels_last), start=start)
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+class ArrayDataset(Dataset):
+    """Rows of a 2-D float array (the numeric-vector input of a user module)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return torch.as_tensor(np.asarray(self.rows[i], dtype=np.float32)), 0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when available else cpu; explicit devices are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    return dev
+
+
+@contextlib.contextmanager
+def seeded_globals(seed):
+    """Seed numpy's and Python's global RNGs (for user augmentations); restore them after."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)

@@ -1,0 +1,200 @@
+"""Learning-rate schedules (stepped per batch) and the LR range test behind ``lr="auto"``.
+
+* ``"warmup_cosine"``: linear warmup over the first 10% of the steps, then cosine
+  decay to 0 (the fine-tuning default).
+* ``"onecycle"``: :class:`torch.optim.lr_scheduler.OneCycleLR` (Smith 2018; 25%
+  warmup from lr/25, cosine annealing to lr/1e5, momentum / Adam beta1 cycled);
+  runs shorter than 8 steps use ``"warmup_cosine"``.
+* ``"constant"``: the rate never changes.
+
+Per-group rates (``layer_decay``) are kept: every schedule multiplies each group's
+own base rate.
+
+:func:`lr_range_test` is fastai's ``lr_find``: a throwaway copy of the net trains on
+exponentially increasing rates for a few mini-batches; :func:`suggest_lr` picks the
+rate from the smoothed loss curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+
+SCHEDULES = ("warmup_cosine", "onecycle", "constant")
+WARMUP_FRACTION = 0.1
+
+
+def warmup_cosine(step: int, total: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
+    """Multiplier of the base rate at ``step`` (0-based) of ``total`` steps."""
+    total = max(int(total), 1)
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup + 1) / (total - warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_scheduler(optimizer, schedule: str, total_steps: int):
+    """A per-batch torch scheduler for ``schedule`` over ``total_steps`` steps (None: constant)."""
+    if schedule == "constant":
+        return None
+    if schedule == "onecycle" and total_steps < 8:  # too short for three phases
+        schedule = "warmup_cosine"
+    if schedule == "warmup_cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total_steps)
+        )
+    if schedule == "onecycle":
+        defaults = optimizer.defaults
+        momentum = "betas" in defaults or defaults.get("momentum", 0) > 0
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(int(total_steps), 1),
+            pct_start=0.25,
+            cycle_momentum=momentum,
+        )
+    raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+class BatchLRScheduler(Callback):
+    """Step a schedule after every training batch; record the rate per epoch as ``lr``.
+
+    The schedule spans ``max_epochs`` epochs of ``ceil(n_train / batch_size)``
+    batches; early stopping just ends it sooner. The recorded ``lr`` is the head
+    group's rate on the epoch's last batch.
+    """
+
+    def __init__(self, schedule="warmup_cosine"):
+        self.schedule = schedule
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        n_batches = math.ceil(len(X) / net.batch_size)
+        self.total_ = n_batches * net.max_epochs
+        self.steps_ = 0
+        self.scheduler_ = make_scheduler(net.optimizer_, self.schedule, self.total_)
+        self.last_lr_ = net.optimizer_.param_groups[0]["lr"]
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:
+            self.last_lr_ = net.optimizer_.param_groups[0]["lr"]
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and self.scheduler_ is not None and self.steps_ < self.total_ - 1:
+            self.scheduler_.step()
+        self.steps_ += int(bool(training))
+
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("lr", float(self.last_lr_))
+
+
+# --------------------------------------------------------------------------- LR range test
+def suggest_lr(lrs, losses, beta: float = 0.98) -> float:
+    """The rate fastai's ``lr_find`` suggests: a tenth of the rate at the smoothed minimum.
+
+    ``losses`` are smoothed (debiased exponential moving average, ``beta``); the curve
+    is cut where it diverges (4x its minimum). When the minimum lies at the very
+    start, the rate of the steepest descent is returned instead (both are fastai
+    ``lr_find`` suggestions), or the smallest rate tried if the loss never falls.
+    """
+    lrs = np.asarray(lrs, dtype=np.float64)
+    raw = np.asarray(losses, dtype=np.float64)
+    if len(lrs) == 0:
+        raise ValueError("the LR range test recorded no losses")
+    smooth, avg = [], 0.0
+    for i, loss in enumerate(raw):
+        if not np.isfinite(loss):
+            break
+        avg = beta * avg + (1 - beta) * loss
+        value = avg / (1 - beta ** (i + 1))
+        smooth.append(value)
+        if i > 0 and value > 4 * min(smooth):
+            break
+    smooth = np.asarray(smooth)
+    if len(smooth) < 2:
+        return float(lrs[0])
+    best = int(np.argmin(smooth))
+    if best > 0:
+        return float(lrs[best] / 10.0)
+    slope = np.gradient(smooth, np.log(lrs[: len(smooth)]))
+    steepest = int(np.argmin(slope))
+    return float(lrs[steepest] if slope[steepest] < 0 else lrs[0])
+
+
+def lr_range_test(
+    net,
+    dataset,
+    collate,
+    make_optimizer,
+    loss_fn,
+    *,
+    batch_size: int,
+    n_iter: int,
+    seed: int,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+) -> tuple[float, dict]:
+    """Run the LR range test on a copy of ``net``; returns ``(suggested_lr, curve)``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Trained in place on a deep copy; ``net`` itself is not modified.
+    dataset, collate
+        The training split and its collate function (batches ``(x, target)``).
+    make_optimizer : callable
+        ``module, lr -> optimizer`` (the same parameter groups as the real fit; each
+        group keeps its ratio to ``lr``).
+    loss_fn : callable
+        ``(module, batch) -> scalar loss``.
+    batch_size, n_iter, seed : int
+        Mini-batch size, number of steps (the loader is cycled) and shuffling seed.
+    start_lr, end_lr : float
+        The rate grows exponentially from ``start_lr`` to ``end_lr``.
+
+    Returns
+    -------
+    lr : float
+    curve : dict
+        ``{"lrs": [...], "losses": [...]}`` (raw per-batch losses).
+    """
+    from torch.utils.data import DataLoader
+
+    model = copy.deepcopy(net)
+    model.train()
+    optimizer = make_optimizer(model, start_lr)
+    ratios = [g["lr"] / start_lr for g in optimizer.param_groups]
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=gen
+    )
+    n_iter = max(int(n_iter), 2)
+    gamma = (end_lr / start_lr) ** (1.0 / (n_iter - 1))
+    lrs, losses, best = [], [], math.inf
+    batches = iter(loader)
+    for step in range(n_iter):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        lr = start_lr * gamma**step
+        for group, ratio in zip(optimizer.param_groups, ratios):
+            group["lr"] = lr * ratio
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        lrs.append(lr)
+        losses.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or (step > 5 and value > 8 * best):
+            break
+    del model, optimizer
+    return suggest_lr(lrs, losses), {"lrs": lrs, "losses": losses}

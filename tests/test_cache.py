@@ -1,0 +1,189 @@
+"""The content-addressed feature/activation cache: reuse, invalidation, bounds, faults."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from sktransfer import (
+    ImageEmbedder,
+    PretrainedImageClassifier,
+    TextEmbedder,
+    cache_info,
+    clear_cache,
+)
+from sktransfer.cache import _disk_path, config_context, digest, lookup
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    clear_cache()
+    with config_context(cache=True, cache_dir="", cache_max_bytes=2**30):
+        yield
+    clear_cache()
+
+
+def _clf(cnn, **kw):
+    return PretrainedImageClassifier(cnn, image_size=8, batch_size=64, random_state=0, **kw)
+
+
+def test_grid_search_runs_the_backbone_once_per_unique_sample(cnn, digits_small):
+    X, y = digits_small
+    search = GridSearchCV(
+        _clf(cnn), {"C": [0.1, 1.0, 10.0], "lr": [1e-4, 1e-3]}, cv=5, refit=True
+    )
+    search.fit(X, y)
+    info = cache_info()
+    # 6 configs x 5 folds (+ refit) fits and as many scorings: one forward per sample
+    assert info["backbone_forwards"] == len(X)
+    assert info["hits"] >= 6 * 5 * len(X)
+    search.predict(X)
+    assert cache_info()["backbone_forwards"] == len(X)
+
+
+def test_partial_fine_tuning_caches_each_boundary_once(cnn, digits_small):
+    X, y = digits_small
+    search = GridSearchCV(
+        _clf(cnn, max_epochs=1),
+        {"freeze_depth": [2, 3], "lr": [1e-3, 3e-3]},
+        cv=3,
+    )
+    search.fit(X, y)
+    # pooled features (for the head warm start) + the block-2 and block-3 boundaries
+    assert cache_info()["backbone_forwards"] == 3 * len(X)
+
+
+def test_cached_and_uncached_paths_agree(cnn, digits_small):
+    X, y = digits_small
+    cached = _clf(cnn, freeze_depth=2, max_epochs=2, lr=1e-3).fit(X, y).predict_proba(X)
+    with config_context(cache=False):
+        plain = _clf(cnn, freeze_depth=2, max_epochs=2, lr=1e-3).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-6)
+    assert cache_info()["hits"] > 0
+
+
+def test_changed_file_is_a_miss(cnn, tmp_path):
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    emb = ImageEmbedder(cnn, image_size=8).fit(paths)
+    first = emb.transform(paths)
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(paths[2])
+    os.utime(paths[2], ns=(1, 1))  # a different mtime even on coarse clocks
+    before = cache_info()
+    second = emb.transform(paths)
+    after = cache_info()
+    assert after["misses"] - before["misses"] == 1
+    assert after["hits"] - before["hits"] == 5
+    np.testing.assert_array_equal(np.delete(first, 2, 0), np.delete(second, 2, 0))
+    assert not np.allclose(first[2], second[2])
+
+
+def test_changed_weights_are_a_miss(cnn, digits_small):
+    X, _ = digits_small
+    a = ImageEmbedder(cnn, image_size=8).fit(X).transform(X)
+    with torch.no_grad():
+        cnn[0][0].weight.add_(0.5)
+    before = cache_info()["misses"]
+    b = ImageEmbedder(cnn, image_size=8).fit(X).transform(X)
+    assert cache_info()["misses"] - before == len(X)
+    assert not np.allclose(a, b)
+
+
+def test_memory_bound_is_honoured_with_lru_eviction():
+    with config_context(cache_max_bytes=10 * 400):  # ten 100-float entries
+        rows = lambda idx: [np.full(100, i, np.float32) for i in idx]  # noqa: E731
+        keys = [f"k{i}" for i in range(12)]
+        lookup("ns", keys, rows)
+        info = cache_info()
+        assert info["bytes"] <= 10 * 400 and info["entries"] == 10 and info["evictions"] == 2
+        lookup("ns", ["k2"], rows)  # touch k2: now most recently used
+        lookup("ns", ["new"], rows)  # evicts the least recently used (k3), not k2
+        before = cache_info()["misses"]
+        lookup("ns", ["k2"], rows)
+        assert cache_info()["misses"] == before
+        lookup("ns", ["k3"], rows)
+        assert cache_info()["misses"] == before + 1
+
+
+def test_corrupt_disk_entries_are_recomputed(cnn, digits_small, tmp_path):
+    X, _ = digits_small
+    X = X[:20]
+    with config_context(cache_dir=str(tmp_path)):
+        emb = ImageEmbedder(cnn, image_size=8).fit(X)
+        expected = emb.transform(X)
+        files = sorted(tmp_path.rglob("*.sktc"))
+        assert len(files) == 20
+        files[0].write_bytes(files[0].read_bytes()[:-7])  # truncated
+        blob = bytearray(files[1].read_bytes())
+        blob[-3] ^= 0xFF  # one flipped bit pattern in the payload
+        files[1].write_bytes(bytes(blob))
+        files[2].write_bytes(b"garbage")
+        clear_cache()  # memory tier empty: reads must go to disk
+        again = emb.transform(X)
+        np.testing.assert_array_equal(again, expected)
+        info = cache_info()
+        assert info["disk_hits"] == 17 and info["misses"] == 3
+
+
+def _writer(cache_dir, seed, n):
+    from sktransfer.cache import config_context, lookup
+
+    with config_context(cache_dir=cache_dir):
+        for round_ in range(5):
+            lookup(
+                f"ns{round_}",
+                [f"k{i}" for i in range(n)],
+                lambda idx: [np.arange(512, dtype=np.float32) + i for i in idx],
+            )
+
+
+def test_concurrent_writers_do_not_corrupt(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), s, 40)) for s in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert not list(tmp_path.rglob("*.tmp"))
+    with config_context(cache_dir=str(tmp_path)):
+        clear_cache()
+        for round_ in range(5):
+            out = lookup(f"ns{round_}", [f"k{i}" for i in range(40)], pytest.fail)
+            for i, row in enumerate(out):
+                np.testing.assert_array_equal(row, np.arange(512, dtype=np.float32) + i)
+    assert os.path.exists(_disk_path(str(tmp_path), digest("ns0", "k0")))
+
+
+def test_cache_survives_clone_and_is_not_pickled(cnn, digits_small):
+    X, y = digits_small
+    clf = _clf(cnn).fit(X, y)
+    forwards = cache_info()["backbone_forwards"]
+    clone(clf).fit(X, y)
+    assert cache_info()["backbone_forwards"] == forwards
+    small = len(pickle.dumps(clf))
+    for _ in range(3):  # grow the cache a lot; the pickle must not grow with it
+        lookup("other", [str(i) for i in range(300)], lambda idx: [np.ones(1000)] * len(idx))
+    assert abs(len(pickle.dumps(clf)) - small) < 200
+
+
+def test_text_embedder_second_transform_is_free(tiny_bert_dir, texts):
+    X, _ = texts
+    emb = TextEmbedder(tiny_bert_dir).fit(X)
+    a = emb.transform(X)
+    forwards = cache_info()["backbone_forwards"]
+    b = emb.transform(list(X))
+    assert cache_info()["backbone_forwards"] == forwards
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.shape == (len(X), 32)

@@ -1,0 +1,201 @@
+"""The ``sktransfer`` command line (issue 5, item 3)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import types
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+
+import sktransfer
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_bert_dir, texts, tmp_path_factory):
+    X, y = texts
+    clf = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
+    path = tmp_path_factory.mktemp("models") / "text.skt"
+    sktransfer.save(clf, path)
+    return clf, str(path)
+
+
+@pytest.fixture(scope="module")
+def image_model(digits_small, tmp_path_factory):
+    from conftest import make_cnn
+
+    X, y = digits_small
+    labels = np.array(["even", "odd"])[y[:80] % 2]
+    clf = PretrainedImageClassifier(make_cnn(), image_size=16, random_state=0).fit(X[:80], labels)
+    path = tmp_path_factory.mktemp("models") / "image.joblib"
+    joblib.dump(clf, path)  # a user nn.Module backbone: joblib, not the safe format
+    return clf, str(path)
+
+
+def _run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _write_images(root, digits):
+    X, _ = digits
+    paths = []
+    for i in range(5):
+        sub = root / ("a" if i < 3 else "b/c")
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i}.png"
+        Image.fromarray(X[100 + i]).save(path)
+        paths.append(str(path))
+    return paths
+
+
+# --------------------------------------------------------------------------- text
+def test_predict_text_file_with_bad_line(text_model, texts, tmp_path, capsys):
+    clf, model = text_model
+    lines = texts[0][:6]
+    data = "\n".join(lines[:3]).encode() + b"\n\xff\xfe broken\n" + "\n".join(lines[3:]).encode()
+    (tmp_path / "in.txt").write_bytes(data + b"\n")
+    code, out, err = _run(["predict", model, tmp_path / "in.txt", "--proba"], capsys)
+    assert code == 1
+    assert "in.txt:4" in err and "UTF-8" in err
+    rows = _rows(out)
+    assert [r["id"] for r in rows] == [f"{tmp_path / 'in.txt'}:{i}" for i in range(1, 8)]
+    assert rows[3]["prediction"] == "" and rows[3]["proba_neg"] == ""
+    good = rows[:3] + rows[4:]
+    assert [r["prediction"] for r in good] == list(clf.predict(lines))
+    proba = np.array([[float(r["proba_neg"]), float(r["proba_pos"])] for r in good])
+    np.testing.assert_allclose(proba, clf.predict_proba(lines), atol=1e-5)
+
+
+def test_predict_csv_and_parquet_columns(text_model, texts, tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    clf, model = text_model
+    frame = pd.DataFrame({"n": range(5), "review": texts[0][:5]})
+    frame.loc[2, "review"] = None
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    code, out, err = _run(["predict", model, tmp_path / "in.csv", "--column", "review"], capsys)
+    assert code == 1 and "row 2: missing value" in err
+    rows = _rows(out)
+    assert [r["prediction"] for r in rows] == [
+        "" if i == 2 else p for i, p in enumerate(clf.predict(texts[0][:5]))
+    ]
+    pytest.importorskip("pyarrow")
+    frame.dropna().to_parquet(tmp_path / "in.parquet")
+    out_file = tmp_path / "pred.csv"
+    argv = ["predict", model, tmp_path / "in.parquet", "--column", "review", "-o", out_file]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and out == ""
+    rows = _rows(out_file.read_text())
+    assert [r["prediction"] for r in rows] == list(clf.predict(frame.dropna()["review"].tolist()))
+
+
+def test_batches_are_streamed(text_model, texts):
+    """Rows are written while the input is still being read (no materialised input)."""
+    clf, _ = text_model
+    pulled = []
+
+    def items():
+        for i in range(10_000):
+            pulled.append(i)
+            yield str(i), texts[0][i % len(texts[0])]
+
+    class StopAfterFirstBatch(io.StringIO):
+        def flush(self):
+            raise StopIteration("first batch written")
+
+    with pytest.raises(StopIteration):
+        cli.predict_stream(clf, items(), StopAfterFirstBatch(), batch_size=16, progress=False)
+    assert 16 <= len(pulled) <= 17
+
+
+# --------------------------------------------------------------------------- images
+def test_predict_images_dir_glob_and_corrupt_file(image_model, digits, tmp_path, capsys):
+    clf, model = image_model
+    paths = _write_images(tmp_path / "imgs", digits)
+    (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "imgs" / "a" / "notes.md").write_text("ignored: not an image extension")
+    argv = ["predict", model, tmp_path / "imgs", "--batch-size", "2", "--proba"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1 and "broken.png" in err
+    rows = {r["id"]: r for r in _rows(out)}
+    assert set(rows) == set(paths) | {str(tmp_path / "imgs" / "a" / "broken.png")}
+    expected = clf.predict(paths)
+    assert [rows[p]["prediction"] for p in paths] == list(expected)
+    sums = [float(rows[p]["proba_even"]) + float(rows[p]["proba_odd"]) for p in paths]
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    code, out, _ = _run(["predict", model, str(tmp_path / "imgs" / "**" / "img*.png")], capsys)
+    assert code == 0
+    assert sorted(r["id"] for r in _rows(out)) == sorted(paths)
+
+
+def test_predict_image_list_file_and_device(image_model, digits, tmp_path, capsys):
+    clf, model = image_model
+    paths = _write_images(tmp_path, digits)
+    (tmp_path / "list.txt").write_text("\n".join(os.path.relpath(p, tmp_path) for p in paths))
+    code, out, _ = _run(["predict", model, tmp_path / "list.txt", "--device", "cpu"], capsys)
+    assert code == 0
+    assert [r["prediction"] for r in _rows(out)] == list(clf.predict(paths))
+
+
+# --------------------------------------------------------------------------- usage
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "{model}", "{tmp}/missing.txt"], "no such file"),
+        (["predict", "{tmp}/nope.skt", "{tmp}/in.txt"], "model file not found"),
+        (["predict", "{model}", "{tmp}/in.csv"], "--column"),
+        (["predict", "{model}", "{tmp}/in.csv", "--column", "x"], "no column 'x'"),
+        (["predict", "{model}", "{tmp}/*.png"], "no file matches"),
+        (["predict", "{model}", "{tmp}/in.txt", "--batch-size", "0"], "batch-size"),
+        (["predict", "{model}", "{tmp}/in.txt", "--device", "cuda:9"], "CUDA"),
+        (["predict", "{tmp}/in.txt", "{tmp}/in.txt"], "cannot load model"),
+        (["predict", "{model}"], "required"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2(text_model, tmp_path, capsys, argv, message):
+    (tmp_path / "in.txt").write_text("good film\n")
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    argv = [a.format(model=text_model[1], tmp=tmp_path) for a in argv]
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_backbones_table(capsys):
+    code, out, _ = _run(["backbones"], capsys)
+    assert code == 0
+    assert "efficientnet_lite0" in out and "all-MiniLM-L6-v2" in out and "resnet18" in out
+    code, out, _ = _run(["backbones", "--modality", "text"], capsys)
+    assert "all-MiniLM-L6-v2" in out and "resnet18" not in out
+
+
+def test_demo_calls_run_demo(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("sktransfer.demo")
+    fake.run_demo = lambda verbose=1: calls.append(verbose)
+    monkeypatch.setitem(sys.modules, "sktransfer.demo", fake)
+    assert _run(["demo"], capsys)[0] == 0
+    assert _run(["demo", "--quiet"], capsys)[0] == 0
+    assert calls == [1, 0]
+
+
+def test_console_entry_point_runs(text_model, tmp_path):
+    (tmp_path / "in.txt").write_text("good film\nawful plot\n")
+    code = "import sys; from sktransfer.cli import main; sys.exit(main())"
+    argv = [sys.executable, "-c", code, "predict", text_model[1], str(tmp_path / "in.txt")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "id,prediction" and len(proc.stdout.splitlines()) == 3

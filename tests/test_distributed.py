@@ -1,0 +1,105 @@
+"""Scoring on a Dask cluster and GridSearchCV under joblib's dask backend (issue 5, item 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+pd = pytest.importorskip("pandas")
+
+import dask  # noqa: E402
+import dask.bag as db  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+
+from sktransfer import PretrainedTextClassifier  # noqa: E402
+from sktransfer.distributed import predict_dask  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bert_clf(tiny_bert_dir, texts):
+    X, y = texts
+    return PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
+
+
+# A 2-process LocalCluster: the workers import torch + transformers on first use (~15 s here).
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.mark.slow
+def test_bag_scored_with_model_broadcast_once(client, bert_clf, texts):
+    X = texts[0]
+    bag = db.from_sequence(X, npartitions=6)
+    lazy = predict_dask(bert_clf, bag)  # holds the scattered model while it lives
+    assert list(lazy.compute()) == list(bert_clf.predict(X))
+    proba = np.stack(predict_dask(bert_clf, bag, proba=True).compute())
+    np.testing.assert_allclose(proba, bert_clf.predict_proba(X), atol=1e-6)
+    # one copy of the model on every worker, under one key, scattered before the tasks ran
+    has_what = client.has_what()
+    model_keys = {
+        key for keys in has_what.values() for key in keys if str(key).startswith("Pretrained")
+    }
+    assert len(model_keys) == 1
+    key = next(iter(model_keys))
+    assert sum(key in keys for keys in has_what.values()) == 2
+    del lazy
+
+
+@pytest.mark.slow
+def test_dataframe_column_keeps_index(client, bert_clf, texts):
+    X = texts[0]
+    frame = pd.DataFrame({"text": X, "other": range(len(X))}, index=np.arange(len(X)) * 10)
+    ddf = dd.from_pandas(frame, npartitions=3)
+    pred = predict_dask(bert_clf, ddf, column="text").compute()
+    assert isinstance(pred, pd.Series)
+    assert list(pred.index) == list(frame.index)
+    assert list(pred) == list(bert_clf.predict(X))
+    proba = predict_dask(bert_clf, ddf["text"], proba=True).compute()
+    assert list(proba.columns) == ["proba_neg", "proba_pos"]
+    np.testing.assert_allclose(proba.to_numpy(), bert_clf.predict_proba(X), atol=1e-6)
+
+
+def test_without_client_uses_delayed_model(bert_clf, texts):
+    X = texts[0][:20]
+    with dask.config.set(scheduler="sync"):
+        bag = db.from_sequence(X, npartitions=3)
+        assert list(predict_dask(bert_clf, bag).compute()) == list(bert_clf.predict(X))
+
+
+def test_argument_errors(bert_clf, texts):
+    ddf = dd.from_pandas(pd.DataFrame({"text": texts[0][:4]}), npartitions=1)
+    with pytest.raises(ValueError, match="column="):
+        predict_dask(bert_clf, ddf)
+    with pytest.raises(TypeError, match="dask.bag.Bag"):
+        predict_dask(bert_clf, texts[0][:4])
+    with pytest.raises(ValueError, match="dataframes"):
+        predict_dask(bert_clf, db.from_sequence(texts[0][:4]), column="text")
+
+
+@pytest.mark.slow
+def test_grid_search_under_dask_backend(client, tiny_bert_dir, texts):
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = texts
+    grid = {"C": [0.01, 1.0, 100.0]}
+    est = PretrainedTextClassifier(tiny_bert_dir, random_state=0)
+    local = GridSearchCV(est, grid, cv=2).fit(X, y)
+    with distributed.get_task_stream(client) as stream, joblib.parallel_backend("dask"):
+        remote = GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(X, y)
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_allclose(
+        remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+    )
+    # the 3 candidates x 2 folds ran as tasks on the cluster's workers
+    keys = [str(task["key"]) for task in stream.data]
+    assert sum("fit_and_score" in k for k in keys) == 6, keys
