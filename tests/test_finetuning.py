@@ -75,7 +75,7 @@ def test_suggest_lr_is_a_tenth_of_the_minimum():
     assert 5e-4 <= lr <= 2e-3
     assert suggest_lr(lrs, np.linspace(1, 5, 80), beta=0.0) == lrs[0]  # never falls
     bump = np.r_[np.linspace(1, 1.5, 40), np.linspace(1.5, 1.2, 10), np.linspace(1.2, 9, 30)]
-    assert suggest_lr(lrs, bump, beta=0.0) == pytest.approx(lrs[45], rel=0.3)  # steepest fall
+    assert lrs[40] <= suggest_lr(lrs, bump, beta=0.0) <= lrs[49]  # in the steepest fall
 
 
 def test_schedules_drive_the_recorded_lr(cnn, digits_small):
@@ -86,7 +86,8 @@ def test_schedules_drive_the_recorded_lr(cnn, digits_small):
     cos = [row["lr"] for row in _clf(cnn, **kw).fit(X, y).history_]  # the default
     assert cos[0] < 1e-2 and all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] < 1e-3
     one = [row["lr"] for row in _clf(cnn, lr_schedule="onecycle", **kw).fit(X, y).history_]
-    assert max(one) < 1e-2 and one[-1] < one[1]
+    assert one[0] == pytest.approx(1e-2)  # the peak ends the first quarter (4 of 16 steps)
+    assert all(a > b for a, b in zip(one, one[1:])) and one[-1] < 1e-6
 
 
 def test_lr_auto_runs_a_range_test_and_stores_lr_(cnn, digits_small):
@@ -126,7 +127,7 @@ def test_layer_decay_slows_the_lower_blocks(cnn, digits_small):
     decayed = _clf(cnn, layer_decay=0.01, **kw).fit(X, y)
 
     def moved(clf, i):
-        return float((clf.module_.blocks[i][0].weight - cnn[i][0].weight).abs().max())
+        return float((clf.module_.blocks[i][0].weight - cnn[i][0].weight).abs().max().detach())
 
     assert moved(plain, 0) > 1e-3
     assert moved(decayed, 0) < 1e-6 < moved(decayed, 3)  # lr * 0.01**4 at the bottom

