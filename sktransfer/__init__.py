@@ -21,6 +21,7 @@ _PUBLIC = {
     "get_config": "sktransfer.cache",
     "cache_info": "sktransfer.cache",
     "clear_cache": "sktransfer.cache",
+    "plot_history": "sktransfer.plotting",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
