@@ -318,7 +318,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
                 channels_last=channels_last, verbose=self.verbose and use_cache,
             )  # fmt: skip
 
-        if not use_cache:
+        if not use_cache or not get_config()["cache"]:  # (no weight hashing either)
             return compute(list(range(len(items))))
         namespace = block_namespace(net, stop, prep, kind, precision)
         keys = sample_keys(items, "text" if kind == "text" else "image")

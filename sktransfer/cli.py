@@ -60,30 +60,53 @@ def _lines(path, modality):
             yield f"{path}:{lineno}", text
 
 
-def _table_chunks(path, column):
-    """Stream one column of a CSV/TSV/Parquet file in chunks (a list of values each)."""
-    lower = path.lower()
-    if lower.endswith((".parquet", ".pq")):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        column = _pick_column(path, names, column)
-        for batch in pf.iter_batches(batch_size=_CHUNK_ROWS, columns=[column]):
-            yield batch.column(0).to_pylist()
-        return
-    import pandas as pd
+def _is_parquet(path):
+    return path.lower().endswith((".parquet", ".pq"))
 
-    sep = "\t" if lower.endswith(".tsv") else ","
-    names = list(pd.read_csv(path, sep=sep, nrows=0).columns)
-    column = _pick_column(path, names, column)
-    reader = pd.read_csv(
-        path, sep=sep, usecols=[column], chunksize=_CHUNK_ROWS, dtype=object, keep_default_na=True
-    )
-    for chunk in reader:
-        yield [None if v is None or v != v else v for v in chunk[column].tolist()]
+
+def _parquet(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
+    return pq.ParquetFile(path)
+
+
+def _open_csv(path):
+    """A csv reader; bytes that are not UTF-8 survive as surrogates, reported per value."""
+    fh = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
+    return fh, csv.reader(fh, dialect)
+
+
+def _columns(path):
+    if _is_parquet(path):
+        return _parquet(path).schema_arrow.names
+    fh, reader = _open_csv(path)
+    with fh:
+        return next(reader, [])
+
+
+def _table_values(path, column):
+    """Stream one column of a CSV/TSV/Parquet file: ``str``, None (missing) or :class:`_Bad`."""
+    if _is_parquet(path):
+        pf = _parquet(path)
+        column = _pick_column(path, pf.schema_arrow.names, column)
+        for batch in pf.iter_batches(batch_size=_CHUNK_ROWS, columns=[column]):
+            yield from batch.column(0).to_pylist()
+        return
+    fh, reader = _open_csv(path)
+    with fh:
+        header = next(reader, [])
+        index = header.index(_pick_column(path, header, column))
+        for record in reader:
+            value = record[index] if index < len(record) else ""
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                yield _Bad("not valid UTF-8")
+                continue
+            yield value if value != "" else None
 
 
 def _pick_column(path, names, column):
@@ -98,18 +121,16 @@ def _pick_column(path, names, column):
 
 def _table(path, column, modality):
     base = os.path.dirname(path)
-    row = 0
-    for values in _table_chunks(path, column):
-        for value in values:
-            ident = f"{path}:{row}"
-            row += 1
-            if value is None:
-                yield ident, _Bad(f"row {row - 1}: missing value")
-            elif modality == "image":
-                value = str(value)
-                yield ident, value if os.path.isabs(value) else os.path.join(base, value)
-            else:
-                yield ident, str(value)
+    for row, value in enumerate(_table_values(path, column)):
+        ident = f"{path}:{row}"
+        if value is None or isinstance(value, _Bad):
+            reason = "missing value" if value is None else value.message
+            yield ident, _Bad(f"row {row}: {reason}")
+        elif modality == "image":
+            value = str(value)
+            yield ident, value if os.path.isabs(value) else os.path.join(base, value)
+        else:
+            yield ident, str(value)
 
 
 def check_inputs(inputs, modality, column):
@@ -138,18 +159,6 @@ def check_inputs(inputs, modality, column):
         else:
             raise UsageError(f"no such file or directory: {spec}")
     return plan
-
-
-def _columns(path):
-    if path.lower().endswith((".parquet", ".pq")):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
-        return pq.ParquetFile(path).schema_arrow.names
-    import pandas as pd
-
-    return list(pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",", nrows=0))
 
 
 def iter_items(plan, modality, column):
@@ -281,6 +290,12 @@ def predict_stream(est, items, out, *, proba=False, batch_size=64, progress=True
 def _cmd_predict(args):
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     est = load_model(args.model, device=args.device, quantize=args.quantize)
     if not hasattr(est, "predict_proba") or not hasattr(est, "classes_"):
         raise UsageError(f"{args.model} holds a {type(est).__name__}, not a fitted classifier")
@@ -349,6 +364,9 @@ def build_parser():
     p.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: the model's)")
     p.add_argument("--column", help="column of a CSV/Parquet input holding texts or image paths")
     p.add_argument("--quantize", choices=["dynamic"], help="int8 dynamic quantisation (CPU)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)"
+    )
     p.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
     )

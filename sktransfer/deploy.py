@@ -51,8 +51,8 @@ def _is_quantized_module(module) -> bool:
 def quantize_dynamic(est):
     """A copy of a fitted estimator with int8 dynamically quantised Linear layers.
 
-    The backbone's ``nn.Linear`` layers get int8 weights and quantise their
-    activations per batch; the classification head stays float32, so
+    The backbone's ``nn.Linear`` layers get int8 weights (one scale per output
+    channel) and quantise their activations per batch; the head stays float32, so
     probabilities keep their precision. Quantised kernels run on the CPU only:
     the copy's ``device`` parameter is set to ``"cpu"``.
 
@@ -90,9 +90,11 @@ def quantize_dynamic(est):
     out = copy.deepcopy(est)
     out.module_.cpu().eval()
     with _quiet():
-        torch.ao.quantization.quantize_dynamic(
-            out.module_.blocks, {nn.Linear}, dtype=torch.qint8, inplace=True
-        )
+        quant = torch.ao.quantization
+        # per-output-channel weight scales: as fast as per-tensor here, and on Rotten Tomatoes
+        # with MiniLM it kept 0.8 pt more accuracy (benchmarks/bench_deploy.py)
+        spec = {nn.Linear: quant.per_channel_dynamic_qconfig}
+        quant.quantize_dynamic(out.module_.blocks, spec, dtype=torch.qint8, inplace=True)
     out.set_params(device="cpu")
     return out
 

@@ -280,9 +280,9 @@ def save(est, path, *, store_backbone="embed"):
     members = {}
     prep = est.preprocessing_
     if dataclasses.is_dataclass(prep) and hasattr(prep, "tokenizer"):
-        meta["preprocessing"] = {
-            f.name: getattr(prep, f.name) for f in dataclasses.fields(prep) if f.name != "tokenizer"
-        }
+        fields = {f.name: getattr(prep, f.name) for f in dataclasses.fields(prep)}
+        fields.pop("tokenizer")
+        meta["preprocessing"] = _to_json(fields, "preprocessing")
     else:
         meta["preprocessing"] = _to_json(dataclasses.asdict(prep), "preprocessing")
     if est._modality == "text" and not _is_reference(source, store_backbone):
@@ -598,7 +598,7 @@ def load(path, device=None, quantize=None):
     if meta["modality"] == "text":
         from sktransfer.backbones import TextPreprocessing
 
-        est.preprocessing_ = TextPreprocessing(tokenizer=tokenizer, **prep_fields)
+        est.preprocessing_ = TextPreprocessing(tokenizer=tokenizer, **_from_json(prep_fields))
     else:
         from sktransfer.backbones import ImagePreprocessing
 

@@ -12,6 +12,7 @@ import types
 import joblib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import sktransfer
@@ -85,12 +86,15 @@ def test_predict_csv_and_parquet_columns(text_model, texts, tmp_path, capsys):
     frame = pd.DataFrame({"n": range(5), "review": texts[0][:5]})
     frame.loc[2, "review"] = None
     frame.to_csv(tmp_path / "in.csv", index=False)
+    with open(tmp_path / "in.csv", "ab") as fh:  # a sixth row whose text is not UTF-8
+        fh.write(b"5,caf\xe9 latte\n")
     code, out, err = _run(["predict", model, tmp_path / "in.csv", "--column", "review"], capsys)
-    assert code == 1 and "row 2: missing value" in err
+    assert code == 1 and "row 2: missing value" in err and "row 5: not valid UTF-8" in err
     rows = _rows(out)
+    assert [r["id"] for r in rows] == [f"{tmp_path / 'in.csv'}:{i}" for i in range(6)]
     assert [r["prediction"] for r in rows] == [
         "" if i == 2 else p for i, p in enumerate(clf.predict(texts[0][:5]))
-    ]
+    ] + [""]
     pytest.importorskip("pyarrow")
     frame.dropna().to_parquet(tmp_path / "in.parquet")
     out_file = tmp_path / "pred.csv"
@@ -144,7 +148,13 @@ def test_predict_image_list_file_and_device(image_model, digits, tmp_path, capsy
     clf, model = image_model
     paths = _write_images(tmp_path, digits)
     (tmp_path / "list.txt").write_text("\n".join(os.path.relpath(p, tmp_path) for p in paths))
-    code, out, _ = _run(["predict", model, tmp_path / "list.txt", "--device", "cpu"], capsys)
+    argv = ["predict", model, tmp_path / "list.txt", "--device", "cpu", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        code, out, _ = _run(argv, capsys)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     assert [r["prediction"] for r in _rows(out)] == list(clf.predict(paths))
 
@@ -159,6 +169,7 @@ def test_predict_image_list_file_and_device(image_model, digits, tmp_path, capsy
         (["predict", "{model}", "{tmp}/in.csv", "--column", "x"], "no column 'x'"),
         (["predict", "{model}", "{tmp}/*.png"], "no file matches"),
         (["predict", "{model}", "{tmp}/in.txt", "--batch-size", "0"], "batch-size"),
+        (["predict", "{model}", "{tmp}/in.txt", "--threads", "0"], "threads"),
         (["predict", "{model}", "{tmp}/in.txt", "--device", "cuda:9"], "CUDA"),
         (["predict", "{tmp}/in.txt", "{tmp}/in.txt"], "cannot load model"),
         (["predict", "{model}"], "required"),
