@@ -46,7 +46,7 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         self.input_kind_ = kind
         self.n_features_out_ = backbone.feature_dim
         if self.n_features_out_ is None:  # a user module: one forward pass tells
-            self.n_features_out_ = self.transform(items[:1]).shape[1]
+            self.n_features_out_ = self._features(items[:1], kind).shape[1]
         return self
 
     def transform(self, X):
@@ -57,6 +57,9 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         items, kind = self._check_X(X, fitting=False)
+        return self._features(items, kind)
+
+    def _features(self, items, kind):
         device = resolve_device(self.device)
         net, prep = self.module_.to(device), self.preprocessing_
 
