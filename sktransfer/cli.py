@@ -74,6 +74,7 @@ def _parquet(path):
 
 def _open_csv(path):
     """A csv reader; bytes that are not UTF-8 survive as surrogates, reported per value."""
+    csv.field_size_limit(2**31 - 1)  # long texts in one cell are fine
     fh = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
     return fh, csv.reader(fh, dialect)

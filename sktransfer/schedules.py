@@ -12,7 +12,8 @@ own base rate.
 
 :func:`lr_range_test` is fastai's ``lr_find``: a throwaway copy of the net trains on
 exponentially increasing rates for a few mini-batches; :func:`suggest_lr` picks the
-rate from the smoothed loss curve.
+rate from the smoothed loss curve (a tenth of the rate at its minimum, or of where it
+starts to climb when a warm-started net shows no descent).
 """
 
 from __future__ import annotations
@@ -93,36 +94,45 @@ class BatchLRScheduler(Callback):
 
 
 # --------------------------------------------------------------------------- LR range test
-def suggest_lr(lrs, losses, beta: float = 0.98) -> float:
-    """The rate fastai's ``lr_find`` suggests: a tenth of the rate at the smoothed minimum.
+def _centered_mean(values, window):
+    """Running mean over a centred window (no lag, unlike an exponential average)."""
+    half = window // 2
+    padded = np.pad(values, half, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
-    ``losses`` are smoothed (debiased exponential moving average, ``beta``); the curve
-    is cut where it diverges (4x its minimum). When the minimum lies at the very
-    start, the rate of the steepest descent is returned instead (both are fastai
-    ``lr_find`` suggestions), or the smallest rate tried if the loss never falls.
+
+def suggest_lr(lrs, losses, margin: float = 0.05) -> float:
+    """Pick a learning rate from an LR range test, as fastai's ``lr_find`` does.
+
+    The per-batch losses are smoothed with a centred running mean (a tenth of the
+    steps wide) and cut where they diverge (4x the minimum, or not finite).
+
+    * A real descent (the minimum is ``margin`` below the starting loss): a tenth of
+      the rate at the minimum (fastai's ``lr_min / 10``).
+    * No descent (a warm-started net, e.g. a probe head, whose loss is flat until it
+      blows up): a tenth of the rate where the loss starts to climb (``margin``
+      above the start), the same order-of-magnitude safety factor.
     """
     lrs = np.asarray(lrs, dtype=np.float64)
     raw = np.asarray(losses, dtype=np.float64)
     if len(lrs) == 0:
         raise ValueError("the LR range test recorded no losses")
-    smooth, avg = [], 0.0
-    for i, loss in enumerate(raw):
-        if not np.isfinite(loss):
-            break
-        avg = beta * avg + (1 - beta) * loss
-        value = avg / (1 - beta ** (i + 1))
-        smooth.append(value)
-        if i > 0 and value > 4 * min(smooth):
-            break
-    smooth = np.asarray(smooth)
-    if len(smooth) < 2:
-        return float(lrs[0])
+    n = len(raw) if np.all(np.isfinite(raw)) else int(np.argmin(np.isfinite(raw)))
+    if n < 2:
+        return float(lrs[0] / 10.0)
+    window = max(3, n // 10) | 1
+    smooth = _centered_mean(raw[:n], window)
+    running_min = np.minimum.accumulate(smooth)
+    diverged = np.flatnonzero(smooth > 4 * running_min)
+    if diverged.size:
+        smooth = smooth[: max(int(diverged[0]), 2)]
+    ref = smooth[0]
     best = int(np.argmin(smooth))
-    if best > 0:
+    if smooth[best] < ref - margin * abs(ref):
         return float(lrs[best] / 10.0)
-    slope = np.gradient(smooth, np.log(lrs[: len(smooth)]))
-    steepest = int(np.argmin(slope))
-    return float(lrs[steepest] if slope[steepest] < 0 else lrs[0])
+    rising = np.flatnonzero(smooth > ref + margin * abs(ref))
+    end = int(rising[0]) if rising.size else len(smooth) - 1
+    return float(lrs[end] / 10.0)
 
 
 def lr_range_test(
