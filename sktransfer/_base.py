@@ -282,7 +282,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         precision, channels_last = self._runtime(device, kind)
         l2sp = None
         if self.l2sp_alpha > 0:  # anchor: the weights at fit start (pretrained / source)
-            backbone = [p for m in (*net.blocks, net.pool) for p in m.parameters()]
+            params = (p for m in (*net.blocks, net.pool) for p in m.parameters())
+            backbone = [p for p in params if p.requires_grad]  # the final trainable set
             l2sp = L2SP(backbone, [net.head.weight], self.l2sp_alpha, self.l2sp_beta)
         cfg = TrainConfig(
             lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,

@@ -42,6 +42,7 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         self.module_ = net
         self.preprocessing_ = prep
         self.backbone_name_ = backbone.name
+        self.backbone_source_ = dict(backbone.source)
         self.n_blocks_ = backbone.n_blocks
         self.input_kind_ = kind
         self.n_features_out_ = backbone.feature_dim

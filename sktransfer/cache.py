@@ -242,11 +242,22 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
 
 
 # --------------------------------------------------------------------------- identity
+def _state_items(module, keep_vars=False):
+    """``(name, tensor)`` pairs of the state dict; a quantised layer's packed params unpacked."""
+    for name, value in module.state_dict(keep_vars=keep_vars).items():
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, (tuple, list)):  # DynamicQuantizedLinear: (int8 weight, bias)
+            for i, t in enumerate(value):
+                if isinstance(t, torch.Tensor):
+                    yield f"{name}.{i}", t
+
+
 def _tensor_state(module):
     """Identity of the module's current tensors: replaced or modified tensors change it."""
     return tuple(
         (name, t.data_ptr(), t._version, tuple(t.shape))
-        for name, t in module.state_dict(keep_vars=True).items()
+        for name, t in _state_items(module, keep_vars=True)
     )
 
 
@@ -262,10 +273,14 @@ def module_digest(module) -> str:
     if stamp is not None and stamp[0] == state:
         return stamp[1]
     h = hashlib.blake2b(digest_size=20)
-    for name, t in module.state_dict().items():
-        arr = t.detach().cpu().contiguous().reshape(-1)
+    for name, t in _state_items(module):
+        t = t.detach().cpu()
+        if t.is_quantized:  # int8 values plus their scales
+            per_tensor = t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+            h.update(str(t.q_scale() if per_tensor else t.q_per_channel_scales().tolist()).encode())
+            t = t.int_repr()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(arr.view(torch.uint8).numpy().tobytes())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     value = h.hexdigest()
     stamp_digest(module, value, state)
     return value
