@@ -401,6 +401,26 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         proba = self.predict_proba(X)  # checks fitted first
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def export_onnx(self, path, *, opset=17):
+        """Write the fitted network (preprocessed input -> class probabilities) as ONNX.
+
+        See :func:`sktransfer.deploy.export_onnx`.
+        """
+        from sktransfer.deploy import export_onnx
+
+        return export_onnx(self, path, opset=opset)
+
+    def quantize(self, method="dynamic"):
+        """An int8 dynamically quantised copy for CPU scoring.
+
+        See :func:`sktransfer.deploy.quantize_dynamic`.
+        """
+        if method != "dynamic":
+            raise ValueError(f"method must be 'dynamic', got {method!r}")
+        from sktransfer.deploy import quantize_dynamic
+
+        return quantize_dynamic(self)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         vector = isinstance(self.backbone, nn.Module) and self._modality == "image"

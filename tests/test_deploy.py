@@ -131,3 +131,18 @@ def test_quantized_minilm_close_to_float(texts):
     q = quantize_dynamic(clf)
     np.testing.assert_allclose(q.predict_proba(X[60:]), clf.predict_proba(X[60:]), atol=0.05)
     assert np.mean(q.predict(X[60:]) == clf.predict(X[60:])) >= 0.95
+
+
+def test_estimator_methods_delegate_to_deploy(cnn, digits_small, tmp_path):
+    from sktransfer import PretrainedImageClassifier
+
+    X, y = digits_small
+    clf = PretrainedImageClassifier(cnn, image_size=8, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="dynamic"):
+        clf.quantize("static")
+    q = clf.quantize()
+    assert q is not clf and q.predict(X).shape == (len(X),)
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    clf.export_onnx(tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").stat().st_size > 0
