@@ -41,9 +41,8 @@ def test_bag_scored_with_model_broadcast_once(client, bert_clf, texts):
     bag = db.from_sequence(X, npartitions=6)
     lazy = predict_dask(bert_clf, bag)  # holds the scattered model while it lives
     assert list(lazy.compute()) == list(bert_clf.predict(X))
-    proba = np.stack(predict_dask(bert_clf, bag, proba=True).compute())
-    np.testing.assert_allclose(proba, bert_clf.predict_proba(X), atol=1e-6)
     # one copy of the model on every worker, under one key, scattered before the tasks ran
+    # (checked before any other call: a released copy disappears asynchronously)
     has_what = client.has_what()
     model_keys = {
         key for keys in has_what.values() for key in keys if str(key).startswith("Pretrained")
@@ -52,6 +51,8 @@ def test_bag_scored_with_model_broadcast_once(client, bert_clf, texts):
     key = next(iter(model_keys))
     assert sum(key in keys for keys in has_what.values()) == 2
     del lazy
+    proba = np.stack(predict_dask(bert_clf, bag, proba=True).compute())
+    np.testing.assert_allclose(proba, bert_clf.predict_proba(X), atol=1e-6)
 
 
 @pytest.mark.slow
