@@ -124,7 +124,7 @@ def _best(timings):
 def _timing(quick, rows):
     from torch import nn
 
-    n, epochs, size = (160, 2, 64) if quick else (500, 3, 64)
+    n, epochs, size = (96, 2, 64) if quick else (500, 3, 64)
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=RANDOM_STATE)
     X = list(X)
     same = dict(
@@ -229,7 +229,8 @@ def _accuracy(make, X_tr, y_tr, X_te, y_te, configs, dataset, note, rows):
 def _text_accuracy(quick, rows):
     from sktransfer import PretrainedTextClassifier
 
-    n_train, n_test, epochs = (2000, 1000, 2) if quick else (10_000, 2_500, 3)
+    # quick: 1000 / 1000 (full fine-tuning of MiniLM on a 2-core CPU is ~60 texts/s)
+    n_train, n_test, epochs = (1000, 1000, 2) if quick else (10_000, 2_500, 3)
     t_tr, y_tr, t_te, y_te = datasets.rotten_tomatoes_split(test_size=0.2, random_state=0)
     rng = np.random.RandomState(RANDOM_STATE)
     i_tr = rng.choice(len(t_tr), n_train, replace=False)
@@ -249,10 +250,10 @@ def _text_accuracy(quick, rows):
         ("partial_l2sp", {"freeze_depth": -2, "l2sp_alpha": 0.01}),
         ("partial_lr_auto", {"freeze_depth": -2, "lr": "auto"}),
     ]
-    if not quick:
-        configs += [("full_layer_decay", {"freeze_depth": 0, "layer_decay": 0.8, "lr": 1e-4})]
+    if quick:  # the same frozen boundary as "partial": its cached activations are reused
+        configs += [("partial_layer_decay", {"freeze_depth": -2, "layer_decay": 0.5, "lr": 2e-4})]
     else:
-        configs += [("partial_layer_decay", {"freeze_depth": -3, "layer_decay": 0.8, "lr": 1e-4})]
+        configs += [("full_layer_decay", {"freeze_depth": 0, "layer_decay": 0.8, "lr": 1e-4})]
     _accuracy(make, X_tr, y_tr[i_tr], X_te, y_te[i_te], configs, "rotten_tomatoes", note, rows)
 
 

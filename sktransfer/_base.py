@@ -234,6 +234,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         names = [n for n, _ in backbone.blocks]
         n_blocks = len(blocks)
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
+        net.train_bn = bool(getattr(self, "train_bn", True))
         net.to(device)
         if self._runtime(device, kind)[1]:
             net.to(memory_format=torch.channels_last)

@@ -76,6 +76,13 @@ class TransferNet(nn.Module):
             block.eval()
         if self.n_frozen >= len(self.blocks):
             self.pool.eval()
+        if mode and not getattr(self, "train_bn", True):
+            # fine-tuned blocks keep their pretrained BatchNorm statistics (their
+            # affine parameters still learn): small batches of a new domain would
+            # otherwise drag the running statistics away from what the weights expect
+            for module in self.blocks.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def features(self, x, start: int = 0, stop: int | None = None):

@@ -107,11 +107,14 @@ def suggest_lr(lrs, losses, margin: float = 0.05) -> float:
     The per-batch losses are smoothed with a centred running mean (a tenth of the
     steps wide) and cut where they diverge (4x the minimum, or not finite).
 
-    * A real descent (the minimum is ``margin`` below the starting loss): a tenth of
-      the rate at the minimum (fastai's ``lr_min / 10``).
+    The starting loss and its noise come from the first fifth of the steps; a
+    change counts when it exceeds ``margin`` (relative) and three noise levels.
+
+    * A real descent (the minimum clearly below the start): a tenth of the rate at
+      the minimum (fastai's ``lr_min / 10``).
     * No descent (a warm-started net, e.g. a probe head, whose loss is flat until it
-      blows up): a tenth of the rate where the loss starts to climb (``margin``
-      above the start), the same order-of-magnitude safety factor.
+      blows up): a tenth of the rate from which the loss stays above the start,
+      the same order-of-magnitude safety factor.
     """
     lrs = np.asarray(lrs, dtype=np.float64)
     raw = np.asarray(losses, dtype=np.float64)
@@ -126,12 +129,16 @@ def suggest_lr(lrs, losses, margin: float = 0.05) -> float:
     diverged = np.flatnonzero(smooth > 4 * running_min)
     if diverged.size:
         smooth = smooth[: max(int(diverged[0]), 2)]
-    ref = smooth[0]
+    # the start: tiny rates barely change the net, so the first steps show the noise
+    n_ref = max(window, len(smooth) // 5)
+    ref = float(np.mean(raw[:n_ref]))
+    noise = float(np.std(raw[:n_ref])) / np.sqrt(window)
+    threshold = max(margin * abs(ref), 3 * noise)
     best = int(np.argmin(smooth))
-    if smooth[best] < ref - margin * abs(ref):
+    if smooth[best] < ref - threshold:
         return float(lrs[best] / 10.0)
-    rising = np.flatnonzero(smooth > ref + margin * abs(ref))
-    end = int(rising[0]) if rising.size else len(smooth) - 1
+    below = np.flatnonzero(smooth <= ref + threshold)  # the climb: above for good after
+    end = min(int(below[-1]) + 1, len(smooth) - 1) if below.size else 0
     return float(lrs[end] / 10.0)
 
 

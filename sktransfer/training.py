@@ -280,6 +280,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
         iterator_train__num_workers=cfg.num_workers,
         iterator_train__persistent_workers=cfg.num_workers > 0,
         iterator_valid__num_workers=cfg.num_workers,
+        iterator_valid__persistent_workers=cfg.num_workers > 0,
         train_split=predefined_split(valid_ds) if valid_ds is not None else None,
         callbacks=callbacks,
         device=cfg.device,

@@ -41,7 +41,7 @@ def test_early_stopping_restores_the_best_epoch(cnn, digits_small):
     X, y = digits_small
     clf = _clf(
         cnn, freeze_depth=0, lr=0.03, lr_schedule="constant", max_epochs=8,
-        n_iter_no_change=3, validation_fraction=0.25,
+        n_iter_no_change=3, validation_fraction=0.25, train_bn=True,
     )  # fmt: skip
     clf.fit(X, y)
     h = clf.history_

@@ -69,7 +69,7 @@ def test_freeze_depth_counts_blocks(cnn, digits_small, freeze_depth, n_frozen):
 
 def test_frozen_blocks_frozen_for_real(cnn, digits_small):
     X, y = digits_small
-    clf = _clf(cnn, freeze_depth=3, max_epochs=2, lr=1e-2, early_stopping=False)
+    clf = _clf(cnn, freeze_depth=3, max_epochs=2, lr=1e-2, early_stopping=False, train_bn=True)
     ref = torch.nn.Sequential(*[m for m in cnn])  # the user's module is never mutated
     before_user = bn_state(ref)
     clf.fit(X, y)
@@ -220,3 +220,17 @@ def test_source_to_target_transfer(cnn, digits):
     assert not torch.equal(target.module_.blocks[0][0].weight.cpu(), cnn[0][0].weight)
     # and reusing it did not modify the source model
     assert target.module_.blocks[0][0].weight is not source.module_.blocks[0][0].weight
+
+
+def test_train_bn_false_keeps_pretrained_bn_statistics(cnn, digits_small):
+    X, y = digits_small
+    clf = _clf(cnn, freeze_depth=0, max_epochs=2, lr=1e-2, early_stopping=False).fit(X, y)
+    assert clf.train_bn is False
+    net = clf.module_
+    # block 3 is fine-tuned: its conv and BN affine weights move, its BN statistics do not
+    assert not torch.equal(net.blocks[3][0].weight.cpu(), cnn[3][0].weight)
+    assert not torch.equal(net.blocks[3][1].weight.cpu(), cnn[3][1].weight)
+    for k, v in bn_state(net.blocks[3]).items():
+        assert torch.equal(v.cpu(), bn_state(cnn[3])[k]), k
+    net.train()
+    assert not net.blocks[3][1].training and net.blocks[3][0].training
