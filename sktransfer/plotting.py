@@ -49,7 +49,9 @@ def plot_history(est, ax=None, *, title=None):
         more = ax2.get_legend_handles_labels()
         lines, labels = lines + more[0], labels + more[1]
     if len(history) == 1 and "n_iter" in history[0]:
-        ax.set_title(title or f"frozen features: head fitted in {history[0]['n_iter']} L-BFGS steps")
+        ax.set_title(
+            title or f"frozen features: head fitted in {history[0]['n_iter']} L-BFGS steps"
+        )
     else:
         ax.set_title(title or f"{type(est).__name__}, freeze_depth={est.freeze_depth!r}")
     ax.legend(lines, labels, loc="best")

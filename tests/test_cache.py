@@ -37,9 +37,7 @@ def _clf(cnn, **kw):
 
 def test_grid_search_runs_the_backbone_once_per_unique_sample(cnn, digits_small):
     X, y = digits_small
-    search = GridSearchCV(
-        _clf(cnn), {"C": [0.1, 1.0, 10.0], "lr": [1e-4, 1e-3]}, cv=5, refit=True
-    )
+    search = GridSearchCV(_clf(cnn), {"C": [0.1, 1.0, 10.0], "lr": [1e-4, 1e-3]}, cv=5, refit=True)
     search.fit(X, y)
     info = cache_info()
     # 6 configs x 5 folds (+ refit) fits and as many scorings: one forward per sample

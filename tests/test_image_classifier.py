@@ -164,7 +164,7 @@ def test_bad_input_errors_name_the_sample(cnn, digits_small, tmp_path):
 def test_unknown_and_wrong_modality_backbones(digits_small):
     X, y = digits_small
     with pytest.raises(ValueError, match="efficientnet_lite0"):
-        PretrainedImageClassifier("efficientnet_lite") .fit(X, y)
+        PretrainedImageClassifier("efficientnet_lite").fit(X, y)
     with pytest.raises(ValueError, match="text backbone"):
         PretrainedImageClassifier("all-MiniLM-L6-v2").fit(X, y)
     with pytest.raises(TypeError, match="backbone must be"):
@@ -212,7 +212,9 @@ def test_source_to_target_transfer(cnn, digits):
     X, y = digits
     source = _clf(cnn, freeze_depth=0, max_epochs=2, lr=3e-3).fit(X[:400], y[:400])
     mask = y >= 5
-    target = _clf(source, freeze_depth=-1, max_epochs=1, lr=1e-3).fit(X[mask][:200], y[mask][:200] * 2)
+    target = _clf(source, freeze_depth=-1, max_epochs=1, lr=1e-3).fit(
+        X[mask][:200], y[mask][:200] * 2
+    )
     assert set(target.classes_) == {10, 12, 14, 16, 18}
     assert target.n_blocks_ == source.n_blocks_
     # the frozen prefix is the *fine-tuned* source backbone, not the original module

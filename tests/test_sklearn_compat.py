@@ -67,7 +67,12 @@ def test_clone_and_params_are_plain(cnn):
 
 def test_invalid_params_raise_at_fit(cnn, digits_small):
     X, y = digits_small
-    for bad in [{"lr": -1.0}, {"freeze_depth": "some"}, {"optimizer": "rmsprop"}, {"batch_size": 0}]:
+    for bad in [
+        {"lr": -1.0},
+        {"freeze_depth": "some"},
+        {"optimizer": "rmsprop"},
+        {"batch_size": 0},
+    ]:
         with pytest.raises(ValueError):
             PretrainedImageClassifier(cnn, image_size=8, **bad).fit(X, y)
     with pytest.raises(TypeError):
@@ -87,7 +92,9 @@ def test_pipeline_and_nested_params(cnn, digits_small):
 
 def test_grid_search_over_freeze_depth_and_lr_with_string_labels(cnn, digits_small):
     X, y = digits_small
-    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    names = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
     ys = names[y]
     search = GridSearchCV(
         PretrainedImageClassifier(cnn, image_size=8, max_epochs=1, random_state=0),
@@ -103,7 +110,9 @@ def test_grid_search_over_freeze_depth_and_lr_with_string_labels(cnn, digits_sma
 
 def test_cross_val_score(cnn, digits_small):
     X, y = digits_small
-    scores = cross_val_score(PretrainedImageClassifier(cnn, image_size=8, random_state=0), X, y, cv=3)
+    scores = cross_val_score(
+        PretrainedImageClassifier(cnn, image_size=8, random_state=0), X, y, cv=3
+    )
     assert scores.shape == (3,) and np.all(scores > 0.15)
 
 
