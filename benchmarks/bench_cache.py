@@ -61,19 +61,27 @@ def _grid_search(quick, rows):
     rows[-2].passed = forwards == 1
 
     # the scikit-learn way: Pipeline(memory=...) caches the embedder's fit_transform on each
-    # training fold, but scoring transforms every validation fold again
+    # training fold, but scoring transforms every validation fold again. Compared on a 4 x 5
+    # grid (C only) to keep the quick run short; sktransfer is timed on the same grid.
+    small = {"C": grid["C"]}
+    sktransfer.clear_cache()
+    _, ours_small = _timed(
+        lambda: GridSearchCV(
+            PretrainedImageClassifier(image_size=size, random_state=0), small, cv=5
+        ).fit(X, y)
+    )
     sktransfer.clear_cache()
     with sktransfer.cache.config_context(cache=False), tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(
             [("emb", ImageEmbedder(image_size=size)), ("clf", LogisticRegression(max_iter=1000))],
             memory=joblib.Memory(tmp, verbose=0),
         )
-        grid_p = {"clf__C": grid["C"], "clf__tol": [1e-4, 3e-4, 1e-3]}
-        _, piped = _timed(lambda: GridSearchCV(pipe, grid_p, cv=5).fit(X, y))
-    rows.append(
-        Result(NAME, "pipeline_memory_12x5/time_over_one_fit", piped / plain, "x", notes=note)
-    )
-    rows.append(Result(NAME, "speedup_vs_pipeline_memory", piped / searched, "x", ">= 1"))
+        _, piped = _timed(lambda: GridSearchCV(pipe, {"clf__C": grid["C"]}, cv=5).fit(X, y))
+    rows += [
+        Result(NAME, "gridsearch_4x5/time_over_one_fit", ours_small / plain, "x", notes=note),
+        Result(NAME, "pipeline_memory_4x5/time_over_one_fit", piped / plain, "x", notes=note),
+        Result(NAME, "gridsearch_4x5/speedup_vs_pipeline_memory", piped / ours_small, "x", ">= 1"),
+    ]
 
 
 def _partial_epochs(quick, rows):
