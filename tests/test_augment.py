@@ -101,3 +101,25 @@ def test_tta_averages_the_flipped_view(cnn, digits_small):
     clf.set_params(tta=4)
     np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(X))
     assert np.array_equal(clf.predict(X), clf.classes_[clf.predict_proba(X).argmax(1)])
+
+
+def test_user_augment_drawing_from_numpy_and_random_is_seeded(cnn, digits_small):
+    import random
+
+    X, y = digits_small
+
+    def noisy(img):  # a user callable using the global numpy / random generators
+        a = np.asarray(img).astype(np.int16) + np.random.randint(-20, 20, size=(1, 1, 3))
+        a = np.clip(a, 0, 255).astype(np.uint8)
+        return ImageOps.mirror(Image.fromarray(a)) if random.random() < 0.5 else img
+
+    def fit():
+        return PretrainedImageClassifier(
+            cnn, image_size=8, freeze_depth=1, max_epochs=1, augment=noisy, random_state=0,
+            batch_size=64, lr=1e-2,
+        ).fit(X, y)  # fmt: skip
+
+    state = np.random.get_state()[1].copy()
+    a, b = fit().predict_proba(X), fit().predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # the user's RNG restored
