@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+
+from sktransfer._atomic import atomic_write
 
 _MAGIC = b"SKTC1\n"
 _LOCK = threading.RLock()
@@ -181,17 +182,8 @@ def _disk_write(cache_dir, key, value):
         "nbytes": len(payload),
         "digest": digest(payload),
     }
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + json.dumps(header).encode() + b"\n" + payload)
-        os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path) as f:  # readers see the old entry or the whole new one
+        f.write(_MAGIC + json.dumps(header).encode() + b"\n" + payload)
 
 
 # --------------------------------------------------------------------------- lookup

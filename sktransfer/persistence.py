@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sktransfer._atomic import atomic_write
+
 _VERSION_KEY = "_sktransfer_version"
 FORMAT_NAME = "sktransfer-model"
 FORMAT_VERSION = 1
@@ -368,29 +370,8 @@ def _write_zip(fh, meta, members):
 
 
 def _atomic_write(path, meta, members):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_zip(fh, meta, members)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
+    with atomic_write(path, durable=True, mode=0o644) as fh:
+        _write_zip(fh, meta, members)
 
 
 # --------------------------------------------------------------------------- load
