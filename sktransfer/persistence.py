@@ -1,54 +1,51 @@
-"""Persistence: device-safe pickling and a safe, self-describing file format.
+"""Persistence: device-safe pickling (joblib) and the version stamp.
 
-Pickling (joblib): a pickled estimator carries CPU tensors only (no optimizer
-state, no cache, no training data) and records the sktransfer version that wrote
-it, so it loads on a machine without a GPU and then resolves ``device="auto"``
-there.
+A pickled estimator carries CPU tensors only (no optimizer state, no cache, no
+training data) and records the sktransfer version that wrote it, so it loads on
+a machine without a GPU and then resolves ``device="auto"`` there. Unpickling
+first makes torchvision/transformers importable (see :func:`_rebuild`).
 
-:func:`save` / :func:`load`: one zip file holding the weights in safetensors and
-everything else as JSON (versions, estimator class, parameters, classes,
-preprocessing, how to rebuild the backbone), Hugging Face config and tokenizer
-files, and a SHA-256 checksum per member. Loading runs no pickled code: the
-architecture is rebuilt from the recorded backbone source and the weights are
-loaded with ``load_state_dict(strict=True)``.
+The safe, pickle-free file format behind :func:`sktransfer.save` /
+:func:`sktransfer.load` lives in :mod:`sktransfer.safe_format` (estimator <->
+file) and :mod:`sktransfer._archive` (the checksummed zip); its names stay
+importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
-import importlib
-import json
-import os
-import tempfile
 import warnings
-import zipfile
-import zlib
+from importlib import import_module
 
-import numpy as np
 import torch
 from torch import nn
 
-from sktransfer._atomic import atomic_write
-
 _VERSION_KEY = "_sktransfer_version"
-FORMAT_NAME = "sktransfer-model"
-FORMAT_VERSION = 1
-MANIFEST = "sktransfer.json"
-WEIGHTS = "weights.safetensors"
-HF_CONFIG = "backbone/config.json"
-TOKENIZER_DIR = "tokenizer/"
-_COMMENT = b"sktransfer-sha256:"
-_TOKENIZER_SUFFIXES = (".json", ".txt", ".model")  # data files only; no pickles, no code
-_CLASSES = {
-    "PretrainedImageClassifier": "sktransfer.image",
-    "PretrainedTextClassifier": "sktransfer.text",
-    "ImageEmbedder": "sktransfer.image",
-    "TextEmbedder": "sktransfer.text",
+
+# Names that lived here before the safe format got its own modules; resolved on
+# first access (PEP 562) because those modules import check_version from here.
+_MOVED = {
+    "save": "sktransfer.safe_format",
+    "load": "sktransfer.safe_format",
+    "is_sktransfer_file": "sktransfer._archive",
+    "FORMAT_NAME": "sktransfer._archive",
+    "FORMAT_VERSION": "sktransfer._archive",
+    "MANIFEST": "sktransfer._archive",
+    "WEIGHTS": "sktransfer._archive",
+    "HF_CONFIG": "sktransfer.safe_format",
+    "TOKENIZER_DIR": "sktransfer.safe_format",
+    "_to_json": "sktransfer._archive",
+    "_from_json": "sktransfer._archive",
+    "_read": "sktransfer._archive",
+    "_write_zip": "sktransfer._archive",
+    "_build_net": "sktransfer.safe_format",
 }
-_SPECIAL_ATTRS = ("module_", "preprocessing_")
-_JOBLIB_HINT = "; save this model with joblib.dump instead (a pickle: load only trusted files)"
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        return getattr(import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version():
@@ -129,468 +126,3 @@ def check_version(saved: str) -> None:
             "predictions may differ, re-save it with this version",
             stacklevel=3,
         )
-
-
-# --------------------------------------------------------------------------- JSON values
-def _to_json(value, where):
-    """A JSON-ready copy of ``value``; arrays and tuples are tagged so they round-trip."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufUO":
-            raise TypeError(f"{where}: arrays of dtype {value.dtype} cannot be saved")
-        items = [_to_json(v, where) for v in value.ravel().tolist()]
-        if value.dtype.kind == "O" and not all(
-            v is None or isinstance(v, (bool, int, float, str)) for v in items
-        ):
-            raise TypeError(f"{where}: only str, int, float or bool values can be saved")
-        return {"__ndarray__": items, "dtype": value.dtype.str, "shape": list(value.shape)}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_to_json(v, where) for v in value]}
-    if isinstance(value, list):
-        return [_to_json(v, where) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise TypeError(f"{where} is a {type(value).__name__}, which cannot be saved as plain data")
-
-
-def _from_json(value):
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            arr = np.empty(len(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
-            arr[:] = value["__ndarray__"]
-            return arr.reshape(value["shape"])
-        if "__tuple__" in value:
-            return tuple(_from_json(v) for v in value["__tuple__"])
-        return {k: _from_json(v) for k, v in value.items()}
-    return value
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _tensor_digest(state: dict, keys) -> str:
-    h = hashlib.sha256()
-    for k in sorted(keys):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- save
-def _hf_config(module):
-    for m in module.modules():
-        config = getattr(m, "config", None)
-        if config is not None and hasattr(config, "to_json_string"):
-            return config
-    raise TypeError("the text backbone has no Hugging Face config to save" + _JOBLIB_HINT)
-
-
-def _check_savable(est):
-    from sklearn.utils.validation import check_is_fitted
-
-    name = type(est).__name__
-    if _CLASSES.get(name) != type(est).__module__:
-        raise TypeError(f"sktransfer.save supports sktransfer's own estimators, not {name}")
-    check_is_fitted(est)
-    try:
-        params = _to_json(est.get_params(deep=False), "parameter")
-    except TypeError as exc:
-        raise TypeError(
-            f"cannot save {name} safely: a parameter is not a plain value ({exc}). The safe "
-            "format rebuilds the model from plain parameters only" + _JOBLIB_HINT
-        ) from exc
-    from sktransfer.deploy import is_quantized
-
-    if is_quantized(est):
-        raise TypeError(
-            "cannot save a quantised model; save the float model and use "
-            "sktransfer.load(path, quantize='dynamic')"
-        )
-    source = getattr(est, "backbone_source_", None)
-    if not source or source.get("kind") not in ("packaged", "torchvision", "huggingface"):
-        raise TypeError(
-            f"cannot save {name} safely: its backbone ({getattr(est, 'backbone_name_', '?')}, "
-            f"source {source}) cannot be rebuilt without code" + _JOBLIB_HINT
-        )
-    return params, dict(source)
-
-
-def _weights_state(module) -> dict:
-    out, seen = {}, set()
-    for k, v in module.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
-        out[k] = t.clone() if ptr in seen else t
-        seen.add(ptr)
-    return out
-
-
-def save(est, path, *, store_backbone="embed"):
-    """Save a fitted sktransfer estimator to one file that loads without pickle.
-
-    Parameters
-    ----------
-    est : fitted PretrainedImageClassifier, PretrainedTextClassifier or embedder
-        Its parameters must be plain values (no ``nn.Module`` backbone, callable
-        ``augment`` or ``RandomState``); use ``joblib.dump`` for those.
-    path : str or path-like
-        The file to write. Written atomically: a failed save leaves any earlier
-        file at ``path`` untouched.
-    store_backbone : {"embed", "reference"}, default="embed"
-        ``"embed"``: all weights in the file (self-contained). ``"reference"``
-        (packaged backbones with default weights only): tensors equal to the
-        packaged weights are not stored, so a frozen model is a few kilobytes;
-        loading reads the packaged weights again and checks their digest.
-
-    Returns
-    -------
-    str
-        The path written.
-    """
-    from safetensors.torch import save as st_save
-
-    if store_backbone not in ("embed", "reference"):
-        raise ValueError(f"store_backbone must be 'embed' or 'reference', got {store_backbone!r}")
-    params, source = _check_savable(est)
-    state = _weights_state(est.module_)
-    attrs = {}
-    for key, value in vars(est).items():
-        if key.endswith("_") and not key.startswith("_") and key not in _SPECIAL_ATTRS:
-            attrs[key] = _to_json(value, f"fitted attribute {key}")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "versions": _library_versions(),
-        "estimator": type(est).__name__,
-        "params": params,
-        "attributes": attrs,
-        "modality": est._modality,
-        "store_backbone": store_backbone,
-        "n_frozen": int(est.module_.n_frozen),
-        "block_names": list(est.module_.block_names),
-        "arch": {},
-    }
-    members = {}
-    prep = est.preprocessing_
-    if dataclasses.is_dataclass(prep) and hasattr(prep, "tokenizer"):
-        fields = {f.name: getattr(prep, f.name) for f in dataclasses.fields(prep)}
-        fields.pop("tokenizer")
-        meta["preprocessing"] = _to_json(fields, "preprocessing")
-    else:
-        meta["preprocessing"] = _to_json(dataclasses.asdict(prep), "preprocessing")
-    if est._modality == "text" and not _is_reference(source, store_backbone):
-        config = _hf_config(est.module_)
-        members[HF_CONFIG] = config.to_json_string(use_diff=False).encode()
-        meta["arch"]["attn_implementation"] = getattr(config, "_attn_implementation", None)
-        members.update(_tokenizer_files(prep.tokenizer))
-    first = est.module_.blocks[0] if len(est.module_.blocks) else None
-    if source.get("kind") == "torchvision" and hasattr(first, "image_size"):
-        meta["arch"]["image_size"] = int(first.image_size)  # ViT: set by the weights
-    if store_backbone == "reference":
-        if not _is_reference(source, store_backbone):
-            raise ValueError(
-                "store_backbone='reference' needs a packaged backbone with its default weights; "
-                f"this model's backbone is {source}. Use store_backbone='embed'"
-            )
-        ref_state = _build_net(meta, source, members, state)[0].state_dict()
-        same = [
-            k
-            for k, v in state.items()
-            if not k.startswith("head.")
-            and k in ref_state
-            and ref_state[k].shape == v.shape
-            and ref_state[k].dtype == v.dtype
-            and torch.equal(ref_state[k], v)
-        ]
-        meta["referenced"] = {"keys": sorted(same), "sha256": _tensor_digest(state, same)}
-        state = {k: v for k, v in state.items() if k not in set(same)}
-    meta["backbone_source"] = _to_json(source, "backbone_source_")
-    members[WEIGHTS] = st_save(state) if state else st_save({})
-    _atomic_write(os.fspath(path), meta, members)
-    return os.fspath(path)
-
-
-def _is_reference(source, store_backbone):
-    return (
-        store_backbone == "reference"
-        and source.get("kind") == "packaged"
-        and str(source.get("weights")) == "default"
-    )
-
-
-def _library_versions():
-    from importlib import metadata
-
-    out = {"sktransfer": _version(), "torch": torch.__version__}
-    for name in ("transformers", "safetensors", "numpy", "scikit-learn"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _tokenizer_files(tokenizer) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        files = {}
-        for root, _, names in os.walk(tmp):
-            for fname in sorted(names):
-                rel = os.path.relpath(os.path.join(root, fname), tmp).replace(os.sep, "/")
-                if not rel.endswith(_TOKENIZER_SUFFIXES):
-                    raise TypeError(
-                        f"the tokenizer writes {rel!r}, which is not a plain data file"
-                        + _JOBLIB_HINT
-                    )
-                with open(os.path.join(root, fname), "rb") as fh:
-                    files[TOKENIZER_DIR + rel] = fh.read()
-    return files
-
-
-def _write_zip(fh, meta, members):
-    meta = dict(
-        meta, members={k: {"sha256": _sha256(v), "size": len(v)} for k, v in members.items()}
-    )
-    manifest = json.dumps(meta, indent=1, sort_keys=True).encode()
-    with zipfile.ZipFile(fh, "w") as zf:
-        zf.writestr(zipfile.ZipInfo(MANIFEST), manifest, zipfile.ZIP_DEFLATED)
-        for name, data in members.items():
-            mode = zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED
-            zf.writestr(zipfile.ZipInfo(name), data, mode)
-        zf.comment = _COMMENT + _sha256(manifest).encode()
-
-
-def _atomic_write(path, meta, members):
-    with atomic_write(path, durable=True, mode=0o644) as fh:
-        _write_zip(fh, meta, members)
-
-
-# --------------------------------------------------------------------------- load
-def is_sktransfer_file(path) -> bool:
-    """Whether ``path`` looks like a file written by :func:`save` (not verified)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return MANIFEST in zf.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
-def _read(path):
-    """Verified ``(meta, members)`` of a saved file; ``ValueError`` when damaged."""
-    path = os.fspath(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            comment = zf.comment
-            raw = {info.filename: zf.read(info) for info in zf.infolist()}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
-        raise ValueError(
-            f"{path!r} is not a readable sktransfer model file: it is truncated, corrupted or "
-            f"of another format ({type(exc).__name__}: {exc})"
-        ) from exc
-    manifest = raw.pop(MANIFEST, None)
-    if manifest is None or not comment.startswith(_COMMENT):
-        raise ValueError(f"{path!r} is not an sktransfer model file (no {MANIFEST} manifest)")
-    if _sha256(manifest).encode() != comment[len(_COMMENT) :]:
-        raise ValueError(f"{path!r} was modified after saving: the manifest checksum differs")
-    meta = json.loads(manifest)
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path!r} is not an sktransfer model file")
-    saved = meta.get("versions", {}).get("sktransfer", "?")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} uses sktransfer file format {meta['format_version']} (written by "
-            f"sktransfer {saved}); the installed sktransfer {_version()} reads format "
-            f"{FORMAT_VERSION} at most. Upgrade sktransfer to load it"
-        )
-    check_version(saved)
-    listed = meta.pop("members")
-    if set(listed) != set(raw):
-        raise ValueError(
-            f"{path!r} was modified after saving: members {sorted(set(listed) ^ set(raw))} "
-            "are missing or unexpected"
-        )
-    for name, data in raw.items():
-        if _sha256(data) != listed[name]["sha256"]:
-            raise ValueError(f"{path!r} was modified after saving: checksum mismatch in {name}")
-    return meta, raw
-
-
-def _load_tokenizer(members):
-    from sktransfer.backbones._compat import ensure_transformers_importable
-
-    ensure_transformers_importable()
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in members.items():
-            if not name.startswith(TOKENIZER_DIR):
-                continue
-            rel = name[len(TOKENIZER_DIR) :]
-            if not rel.endswith(_TOKENIZER_SUFFIXES) or ".." in rel.split("/"):
-                raise ValueError(f"refusing tokenizer member {name!r}")
-            target = os.path.join(tmp, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(data)
-        return AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
-
-
-def _build_net(meta, source, members, state):
-    """``(TransferNet, tokenizer or None)``: the architecture, with reference or random weights."""
-    from sktransfer.backbones import resolve_backbone
-    from sktransfer.freezing import TransferNet
-
-    kind, modality = source.get("kind"), meta["modality"]
-    reference = meta["store_backbone"] == "reference"
-    if reference:
-        backbone = resolve_backbone(source["name"], modality, weights="default")
-    elif modality == "text":
-        backbone = _hf_backbone(meta, source, members)
-    elif kind == "torchvision":
-        from sktransfer.backbones._compat import import_torchvision
-        from sktransfer.backbones.torchvision import backbone_from_torchvision_module
-
-        kwargs = {"image_size": meta["arch"]["image_size"]} if "image_size" in meta["arch"] else {}
-        model = import_torchvision().models.get_model(source["name"], weights=None, **kwargs)
-        backbone = backbone_from_torchvision_module(model, source["name"])
-    elif kind == "packaged":
-        backbone = resolve_backbone(source["name"], modality, weights=None)
-    else:
-        raise ValueError(f"unknown backbone source {source!r}")
-    pool, tokenizer = backbone.pool, None
-    if modality == "text":
-        from sktransfer.backbones.huggingface import TextPool
-
-        prep = meta["preprocessing"]
-        pool = TextPool(prep["pooling"], normalize=prep["normalize"])
-        tokenizer = backbone.preprocessing.tokenizer
-    head = nn.Identity()
-    if "head.weight" in state:
-        out_f, in_f = state["head.weight"].shape
-        head = nn.Linear(in_f, out_f, bias="head.bias" in state)
-    names = [n for n, _ in backbone.blocks]
-    if names != meta["block_names"]:
-        raise ValueError(
-            f"the rebuilt backbone has blocks {names}, the saved model {meta['block_names']}; "
-            "the backbone library changed since saving"
-        )
-    net = TransferNet([m for _, m in backbone.blocks], names, pool, head, n_frozen=meta["n_frozen"])
-    return net.eval(), tokenizer
-
-
-def _hf_backbone(meta, source, members):
-    from sktransfer.backbones._compat import ensure_transformers_importable
-    from sktransfer.backbones.huggingface import backbone_from_hf_model
-
-    ensure_transformers_importable()
-    from transformers import AutoConfig, AutoModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.json"), "wb") as fh:
-            fh.write(members[HF_CONFIG])
-        config = AutoConfig.from_pretrained(tmp, trust_remote_code=False)
-    kwargs = {}
-    if meta["arch"].get("attn_implementation"):
-        kwargs["attn_implementation"] = meta["arch"]["attn_implementation"]
-    model = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
-    tokenizer = _load_tokenizer(members)
-    prep = meta["preprocessing"]
-    name = source.get("path") or source.get("name") or "huggingface"
-    return backbone_from_hf_model(
-        model, tokenizer, name, prep["pooling"], prep["normalize"], prep["max_length"]
-    )
-
-
-def load(path, device=None, quantize=None):
-    """Load an estimator written by :func:`save`; no pickled code is run.
-
-    Parameters
-    ----------
-    path : str or path-like
-    device : str or None, default=None
-        Override the saved ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda:0"``).
-    quantize : {None, "dynamic"}, default=None
-        ``"dynamic"``: int8 dynamic quantisation of the Linear layers (CPU scoring),
-        see :func:`sktransfer.deploy.quantize_dynamic`.
-
-    Returns
-    -------
-    estimator
-        The fitted estimator; its predictions equal the saved one's.
-
-    Raises
-    ------
-    ValueError
-        A truncated, corrupted or modified file, a newer file format, or weights
-        that do not fit the rebuilt architecture.
-    RuntimeError
-        The file was written by a newer sktransfer version.
-    """
-    from safetensors.torch import load as st_load
-
-    if quantize not in (None, "dynamic"):
-        raise ValueError(f"quantize must be None or 'dynamic', got {quantize!r}")
-    meta, members = _read(path)
-    cls_name = meta["estimator"]
-    if cls_name not in _CLASSES:
-        raise ValueError(f"{os.fspath(path)!r} holds an unknown estimator class {cls_name!r}")
-    cls = getattr(importlib.import_module(_CLASSES[cls_name]), cls_name)
-    params = _from_json(meta["params"])
-    try:
-        est = cls(**params)
-    except TypeError as exc:
-        raise ValueError(
-            f"the saved {cls_name} parameters do not fit sktransfer {_version()} (saved with "
-            f"{meta['versions'].get('sktransfer')}): {exc}"
-        ) from exc
-    state = st_load(members[WEIGHTS])
-    source = _from_json(meta["backbone_source"])
-    net, tokenizer = _build_net(meta, source, members, state)
-    if meta["store_backbone"] == "reference":
-        ref_keys = meta["referenced"]["keys"]
-        full = net.state_dict()
-        if _tensor_digest(full, ref_keys) != meta["referenced"]["sha256"]:
-            raise ValueError(
-                f"the packaged weights of {source.get('name')!r} differ from those the model "
-                "was saved with (was the weights package upgraded?); re-save with "
-                "store_backbone='embed'"
-            )
-        state = {**{k: full[k] for k in ref_keys}, **state}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the saved weights do not fit the rebuilt architecture: {exc}") from exc
-    net.eval()
-    est.module_ = net
-    for key, value in meta["attributes"].items():
-        setattr(est, key, _from_json(value))
-    prep_fields = dict(meta["preprocessing"])
-    if meta["modality"] == "text":
-        from sktransfer.backbones import TextPreprocessing
-
-        est.preprocessing_ = TextPreprocessing(tokenizer=tokenizer, **_from_json(prep_fields))
-    else:
-        from sktransfer.backbones import ImagePreprocessing
-
-        est.preprocessing_ = ImagePreprocessing(**_from_json(prep_fields))
-    if device is not None:
-        from sktransfer._base import resolve_device
-
-        resolve_device(device)  # fail early on a device this machine lacks
-        est.set_params(device=device)
-    if quantize == "dynamic":
-        from sktransfer.deploy import quantize_dynamic
-
-        est = quantize_dynamic(est)
-    return est

@@ -16,7 +16,13 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, persistence
+from sktransfer import (
+    PretrainedImageClassifier,
+    PretrainedTextClassifier,
+    _archive,
+    persistence,
+    safe_format,
+)
 from sktransfer.deploy import is_quantized
 
 
@@ -276,13 +282,13 @@ def test_save_is_atomic(bert_clf, tmp_path, monkeypatch):
     path = tmp_path / "m.skt"
     sktransfer.save(clf, path)
     before = path.read_bytes()
-    real = persistence._write_zip
+    real = _archive._write_zip
 
     def crash(fh, meta, members):
         real(fh, meta, members)  # a complete-looking file in the temp ...
         raise OSError("disk full")  # ... and then the writer dies
 
-    monkeypatch.setattr(persistence, "_write_zip", crash)
+    monkeypatch.setattr(_archive, "_write_zip", crash)
     with pytest.raises(OSError, match="disk full"):
         sktransfer.save(clf, path)
     with pytest.raises(OSError, match="disk full"):
@@ -380,7 +386,7 @@ def test_packaged_reference_detects_changed_weights(texts, tmp_path, monkeypatch
     sktransfer.save(clf, path, store_backbone="reference")
     assert os.path.getsize(path) < 100_000
     _assert_same_model(clf, sktransfer.load(path), X[40:60])
-    real = persistence._build_net
+    real = safe_format._build_net
 
     def changed(*args, **kwargs):
         net, tok = real(*args, **kwargs)
@@ -388,7 +394,7 @@ def test_packaged_reference_detects_changed_weights(texts, tmp_path, monkeypatch
             next(net.blocks[0].parameters()).add_(1.0)
         return net, tok
 
-    monkeypatch.setattr(persistence, "_build_net", changed)
+    monkeypatch.setattr(safe_format, "_build_net", changed)
     with pytest.raises(ValueError, match="packaged weights.*differ"):
         sktransfer.load(path)
 

@@ -1,0 +1,346 @@
+"""Image input adapters: paths, PIL images and arrays -> RGB images -> tensors.
+
+:func:`check_images` validates cheaply up front (files are checked to exist, not
+decoded); :class:`ImageDataset` holds paths, not pixels, and decodes with
+:func:`load_rgb` and :func:`preprocess_image` in ``__getitem__``, so datasets
+stay small and picklable for ``DataLoader`` workers. Any PIL mode becomes RGB
+properly (16-bit scaled, alpha composited on white). Also
+:func:`load_image_folder` for a class-per-subfolder layout. Error messages name
+the offending sample index (and path). Import these from :mod:`sktransfer.data`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sktransfer._inputs import _as_targets, _to_list
+from sktransfer.backbones._base import ImagePreprocessing
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+_ALLOWED = "a str/Path, a PIL.Image.Image or a numpy array"
+
+
+def _check_layout(dtype, shape, i, lead=0):
+    """Check dtype and shape of one image (``lead=0``) or an N-image batch (1)."""
+    if dtype != np.uint8 and dtype.kind != "f":
+        raise TypeError(
+            f"Sample {i}: array dtype {dtype} is not supported; "
+            "use uint8 (0..255) or float in [0, 1]."
+        )
+    n = "N, " if lead else ""
+    if len(shape) - lead not in (2, 3):
+        raise ValueError(f"Sample {i}: image shape must be ({n}H, W) or ({n}H, W, C), got {shape}.")
+    if len(shape) - lead == 3 and shape[-1] not in (1, 3, 4):
+        hint = " (channels-first? transpose to C last)" if shape[lead] in (1, 3, 4) else ""
+        raise ValueError(
+            f"Sample {i}: image array of shape {shape} has {shape[-1]} channels; "
+            f"expected 1, 3 or 4 channels last{hint}."
+        )
+    if 0 in shape[lead : lead + 2]:
+        raise ValueError(f"Sample {i}: image array is empty (shape {shape}).")
+
+
+def _check_range(a, i):
+    """Float images must be finite and lie in [0, 1]."""
+    lo, hi = a.min(), a.max()
+    if not (lo >= 0 and hi <= 1):  # NaN fails both comparisons
+        if not np.isfinite(a).all():
+            raise ValueError(f"Sample {i}: float image contains NaN or infinite values.")
+        raise ValueError(
+            f"Sample {i}: float image values must lie in [0, 1], got "
+            f"[{float(lo):.4g}, {float(hi):.4g}]; divide by 255 or pass uint8."
+        )
+
+
+def _check_pixels(a, i):
+    _check_layout(a.dtype, a.shape, i)
+    if a.dtype.kind == "f":
+        _check_range(a, i)
+    return a
+
+
+def _bad_type(item, i):
+    name = type(item).__name__
+    return TypeError(f"Sample {i}: unsupported image type {name}; expected {_ALLOWED}.")
+
+
+def _check_batch(X):
+    """Validate a numeric N x H x W (x C) array; return per-sample views (no copy)."""
+    _check_layout(X.dtype, X.shape, 0, lead=1)
+    if X.dtype.kind == "f":
+        axes = tuple(range(1, X.ndim))
+        lo, hi = X.min(axis=axes), X.max(axis=axes)
+        bad = np.flatnonzero(~((lo >= 0) & (hi <= 1)))
+        if bad.size:
+            _check_range(X[bad[0]], int(bad[0]))
+    return list(X)
+
+
+def check_images(X):
+    """Validate image input and normalise it to a list of per-sample items.
+
+    Parameters
+    ----------
+    X : list, tuple, numpy array or pandas Series
+        File paths (str or Path), ``PIL.Image.Image`` objects or numpy arrays of
+        shape (H, W) or (H, W, C) with C in {1, 3, 4}, dtype uint8 or float in
+        [0, 1]; sizes may differ. A numeric array of shape (N, H, W) or
+        (N, H, W, C) is split into per-sample views without copying.
+
+    Returns
+    -------
+    items : list
+        One ``str`` path, ``PIL.Image.Image`` or ``numpy.ndarray`` per sample.
+        Files are only checked to exist, not decoded.
+
+    Raises
+    ------
+    TypeError
+        If ``X`` is a single string, or a sample has an unsupported type or dtype.
+    ValueError
+        If ``X`` is empty, a path is not an existing file, or an array has the
+        wrong shape or out-of-range values. The message names the sample index.
+    """
+    if isinstance(X, np.ndarray) and X.dtype.kind in "biufc":
+        if X.ndim >= 1 and len(X) == 0:
+            raise ValueError("X is empty: at least one image is required.")
+        return _check_batch(X)
+    items = _to_list(X, "images (paths, PIL images or arrays)")
+    if not items:
+        raise ValueError("X is empty: at least one image is required.")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            path = str(os.fspath(item))
+            if not os.path.isfile(path):
+                why = "is not a file" if os.path.exists(path) else "does not exist"
+                raise ValueError(f"Sample {i}: path {path!r} {why}.")
+            out.append(path)
+        elif isinstance(item, np.ndarray):
+            out.append(_check_pixels(item, i))
+        elif isinstance(item, Image.Image):
+            out.append(item)
+        else:
+            raise _bad_type(item, i)
+    return out
+
+
+def _composite_on_white(im):
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _high_depth_to_l(im):
+    """Scale a 16-bit, 32-bit integer or float single-channel image to 8-bit L."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode.startswith("I;16"):
+        scale, offset = 65535.0, 0.0
+    else:
+        finite = a[np.isfinite(a)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        if im.mode == "F" and lo >= 0 and hi <= 1:
+            scale, offset = 1.0, 0.0
+        elif lo >= 0 and hi <= 255:
+            scale, offset = 255.0, 0.0
+        elif im.mode == "I" and lo >= 0 and hi <= 65535:
+            scale, offset = 65535.0, 0.0
+        else:  # arbitrary range: stretch min..max
+            scale, offset = max(hi - lo, 1e-12), lo
+    a = np.nan_to_num((a - offset) / scale, nan=0.0, posinf=1.0, neginf=0.0)
+    a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(a, mode="L")
+
+
+def _to_rgb(im):
+    """Convert a PIL image of any mode to RGB (alpha composited on white)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _high_depth_to_l(im).convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        return _composite_on_white(im.convert("LA") if mode == "La" else im)
+    return im.convert("RGB")
+
+
+def _array_to_pil(a):
+    if a.dtype.kind == "f":
+        a = np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
+    else:
+        a = np.asarray(a, dtype=np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    a = np.ascontiguousarray(a)
+    if a.ndim == 2:
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if a.shape[2] == 4:
+        return _composite_on_white(Image.fromarray(a, mode="RGBA"))
+    return Image.fromarray(a, mode="RGB")
+
+
+def load_rgb(item, index=None):
+    """Decode one item from :func:`check_images` into an RGB PIL image.
+
+    Parameters
+    ----------
+    item : str, Path, PIL.Image.Image or numpy.ndarray
+        A file path, an image in any PIL mode, or a uint8 / float [0, 1] array of
+        shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
+    index : int, optional
+        The sample index, used in error messages.
+
+    Returns
+    -------
+    image : PIL.Image.Image
+        Mode ``"RGB"``. Transparency is composited on white; 16-bit images are
+        scaled by their full range (0..65535 -> 0..255), 32-bit and float images
+        by their value range.
+
+    Raises
+    ------
+    ValueError
+        If a file cannot be read or decoded; the message names index and path.
+    """
+    where = "Image" if index is None else f"Sample {index}"
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        try:
+            with Image.open(path) as im:
+                im.load()  # decode now; leaving `with` closes only the file
+                return _to_rgb(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            msg = f"{where}: cannot read image file {path!r}: {exc}"
+            raise ValueError(msg) from exc
+    if isinstance(item, Image.Image):
+        return _to_rgb(item)
+    if isinstance(item, np.ndarray):
+        _check_pixels(item, "?" if index is None else index)
+        return _array_to_pil(item)
+    raise _bad_type(item, "?" if index is None else index)
+
+
+def preprocess_image(img, prep: ImagePreprocessing):
+    """Resize, centre-crop and normalise an image into a model-ready tensor.
+
+    The shorter side is resized to ``prep.resize_size or prep.image_size``, the
+    centre ``image_size`` square is cropped, scaled to [0, 1] and normalised.
+
+    Parameters
+    ----------
+    img : PIL.Image.Image
+        The image (converted to RGB if needed).
+    prep : ImagePreprocessing
+        Sizes, mean, std and interpolation.
+
+    Returns
+    -------
+    tensor : torch.Tensor
+        float32 of shape (3, image_size, image_size).
+    """
+    resample = _INTERPOLATION.get(prep.interpolation)
+    if resample is None:
+        opts = sorted(_INTERPOLATION)
+        msg = f"Unknown interpolation {prep.interpolation!r}; use one of {opts}."
+        raise ValueError(msg)
+    if img.mode != "RGB":
+        img = _to_rgb(img)
+    size = int(prep.image_size)
+    short = int(prep.resize_size or size)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, max(short, int(short * h / w))
+    else:
+        new_w, new_h = max(short, int(short * w / h)), short
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample)
+    left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
+    if (left, top, new_w, new_h) != (0, 0, size, size):
+        img = img.crop((left, top, left + size, top + size))
+    a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    a = (a - np.float32(prep.mean)) / np.float32(prep.std)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A lazy image dataset: decodes and preprocesses in ``__getitem__``.
+
+    Parameters
+    ----------
+    items : list
+        Output of :func:`check_images` (paths are kept as paths).
+    prep : ImagePreprocessing
+        How to turn an RGB image into a tensor.
+    y : array-like, optional
+        Targets; ``y[i]`` is returned as given. When None the target is 0.
+    transform : callable, optional
+        PIL -> PIL augmentation applied after decoding, before preprocessing.
+    """
+
+    def __init__(self, items, prep, y=None, transform=None):
+        self.items = list(items)
+        self.prep = prep
+        self.y = _as_targets(y, len(self.items))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        img = load_rgb(self.items[i], index=i)
+        if self.transform is not None:
+            img = self.transform(img)
+        x = preprocess_image(img, self.prep)
+        return x, (0 if self.y is None else self.y[i])
+
+
+def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
+    """List images in a class-per-subfolder layout (``root/<label>/**/<file>``).
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder holding one subfolder per class.
+    extensions : tuple of str
+        File extensions to keep (case-insensitive).
+
+    Returns
+    -------
+    paths : list of str
+        Image paths, sorted by class then relative path.
+    labels : list of str
+        The class folder name of each path.
+    """
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise ValueError(f"Image folder {str(root)!r} does not exist or is no folder.")
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    classes = sorted(d for d in root_p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"No class subfolders found in {str(root)!r}.")
+    paths, labels = [], []
+    for d in classes:
+        files = sorted(
+            (p for p in d.rglob("*") if p.suffix.lower() in exts and p.is_file()),
+            key=lambda p: p.relative_to(d).as_posix(),
+        )
+        paths.extend(str(p) for p in files)
+        labels.extend([d.name] * len(files))
+    if not paths:
+        msg = f"No image files ({sorted(exts)}) in the class folders of {str(root)!r}."
+        raise ValueError(msg)
+    return paths, labels
