@@ -28,7 +28,7 @@ from sklearn.utils.validation import (
 )
 from torch import nn
 
-from sktransfer._batches import resolve_device, seeded_globals  # noqa: F401 - re-exported
+from sktransfer._batches import cudnn_autotune, resolve_device, seeded_globals  # noqa: F401
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
@@ -204,7 +204,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                with seeded_globals(seed):
+                with seeded_globals(seed), cudnn_autotune(device):
                     result = self._fit_net(
                         backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed
                     )

@@ -79,6 +79,24 @@ def autocast(device, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cudnn_autotune(device):
+    """cuDNN autotuning (``cudnn.benchmark``) while a CUDA fit runs; the user's flag is restored.
+
+    A fit sees a fixed input size, so the per-shape algorithm search pays for itself within
+    the first epoch (convolutions are often several times faster than the heuristic pick).
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def split_output(out, dtype=np.float32) -> list:
     """A batch of block outputs -> one array per sample (text: real tokens only)."""
     if isinstance(out, TextState):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
+from skorch.dataset import get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from threadpoolctl import threadpool_limits
@@ -118,13 +119,13 @@ class ValidAccuracy(Callback):
     def on_batch_end(self, net, batch=None, training=None, y_pred=None, **kwargs):
         if training or y_pred is None:
             return
-        labels = batch[1][0]
-        self.correct_ += int((y_pred.argmax(1).cpu() == labels.cpu()).sum())
+        labels = batch[1][0].to(y_pred.device, non_blocking=True)
+        self.correct_ = self.correct_ + (y_pred.argmax(1) == labels).sum()  # no sync per batch
         self.count_ += len(labels)
 
     def on_epoch_end(self, net, **kwargs):
         if self.count_:
-            net.history.record("valid_acc", self.correct_ / self.count_)
+            net.history.record("valid_acc", int(self.correct_) / self.count_)
 
 
 @dataclasses.dataclass
@@ -210,6 +211,30 @@ class TransferNeuralNet(NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         labels, weights = (to_tensor(t, device=self.device) for t in y_true)
         return weighted_loss(y_pred, labels, weights)
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """skorch's epoch loop, reading the batch losses back once per epoch, not per batch.
+
+        skorch calls ``loss.item()`` after every batch, a host-device synchronisation that
+        stalls the GPU's queue; here the losses stay on the device until the epoch ends and
+        are then recorded exactly as skorch records them. With ``verbose`` (a progress bar
+        shows the running loss) skorch's own loop runs.
+        """
+        if iterator is None or self.verbose:
+            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        losses, sizes = [], []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            losses.append(step["loss"].detach())
+            sizes.append(get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+        values = torch.stack(losses).float().cpu().tolist() if losses else []
+        rows = self.history[-1]["batches"][len(self.history[-1]["batches"]) - len(values) :]
+        for row, loss, size in zip(rows, values, sizes):  # on_batch_begin made one row each
+            row[prefix + "_loss"] = loss
+            row[prefix + "_batch_size"] = size
+        self.history.record(prefix + "_batch_count", len(values))
 
     def train_step_single(self, batch, **fit_params):
         step = super().train_step_single(batch, **fit_params)

@@ -128,7 +128,8 @@ def test_layer_decay_slows_the_lower_blocks(cnn, digits_small):
     decayed = _clf(cnn, layer_decay=0.01, **kw).fit(X, y)
 
     def moved(clf, i):
-        return float((clf.module_.blocks[i][0].weight - cnn[i][0].weight).abs().max().detach())
+        w = clf.module_.blocks[i][0].weight.detach().cpu()
+        return float((w - cnn[i][0].weight).abs().max().detach())
 
     assert moved(plain, 0) > 1e-3
     assert moved(decayed, 0) < 1e-6 < moved(decayed, 3)  # lr * 0.01**4 at the bottom

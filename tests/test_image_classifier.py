@@ -199,13 +199,15 @@ def test_gpu_fit_and_cpu_pickle(cnn, digits_small):
     import pickle
 
     X, y = digits_small
-    clf = _clf(cnn, device="cuda", freeze_depth=1, max_epochs=2).fit(X, y)
+    kw = dict(device="cuda", freeze_depth=1, max_epochs=2, precision="fp32")
+    clf = _clf(cnn, **kw).fit(X, y)
     assert next(clf.module_.parameters()).is_cuda
     blob = pickle.dumps(clf)
     loaded = pickle.loads(blob)
     assert not next(loaded.module_.parameters()).is_cuda
     loaded.set_params(device="cpu")
-    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-4)
+    # TF32 convolutions on the GPU vs fp32 on the CPU
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=5e-3)
 
 
 def test_source_to_target_transfer(cnn, digits):
