@@ -93,6 +93,43 @@ def _plain_loop(spec, weights, X, y, *, size, epochs, batch_size, lr, bf16, work
     torch.backends.cudnn.benchmark = False
 
 
+def _compute_only(spec, weights, X, y, *, size, epochs, batch_size, lr, bf16):
+    """The loop on batches already preprocessed on the GPU: the arithmetic alone, no input path."""
+    import torch
+    from torch import nn
+
+    from sktransfer.data import ImageDataset
+
+    torch.manual_seed(RANDOM_STATE)
+    backbone = _backbone(spec, weights, size)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    data = ImageDataset(list(X[: batch_size * 4]), backbone.prep)
+    xs = torch.stack([data[i][0] for i in range(len(data))]).to(DEVICE).to(memory_format=fmt)
+    ys = torch.as_tensor(np.asarray(y[: len(xs)]), device=DEVICE)
+    body = nn.Sequential(*[m for _, m in backbone.blocks], backbone.pool).to(DEVICE)
+    body.to(memory_format=fmt)
+    with torch.no_grad():
+        dim = body.eval()(xs[:1]).shape[1]
+    model = nn.Sequential(body, nn.Linear(dim, int(np.max(y)) + 1)).to(DEVICE).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    n_steps = epochs * (len(X) // batch_size)
+
+    def run():
+        torch.backends.cudnn.benchmark = bf16  # as in _plain_loop
+        for step in range(n_steps):
+            i = (step % 4) * batch_size
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model(xs[i : i + batch_size]), ys[i : i + batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync()
+        torch.backends.cudnn.benchmark = False
+
+    return run
+
+
 def _sk_fit(spec, weights, X, y, *, fp32_nchw, **kw):
     import sktransfer
     from sktransfer import PretrainedImageClassifier
@@ -115,7 +152,7 @@ def _cnn_speed(spec, weights, quick, rows, sizes=None):
     import torch
 
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU smoke run"
-    n, epochs, size, batch, workers = (4096, 2, 224, 128, 10) if quick else (8192, 3, 224, 128, 12)
+    n, epochs, size, batch, workers = (4096, 2, 224, 128, 14) if quick else (8192, 3, 224, 128, 14)
     if sizes is not None:  # smoke test: (n, epochs, size, batch, workers)
         n, epochs, size, batch, workers = sizes
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=RANDOM_STATE)
@@ -137,6 +174,19 @@ def _cnn_speed(spec, weights, quick, rows, sizes=None):
         warmup=1,
     )
     best = {name: min(v["times_s"]) for name, v in t.items()}
+    compute = {
+        name: _compute_only(
+            spec,
+            weights,
+            X,
+            y,
+            bf16=name == "bf16",
+            **{k: v for k, v in loop.items() if k != "workers"},
+        )
+        for name in ("fp32", "bf16")
+    }
+    tc = time_interleaved(compute, repeats=2 if quick else 3, warmup=1)
+    compute_best = {name: min(v["times_s"]) for name, v in tc.items()}
     w = "pretrained" if weights == "default" else f"weights={weights}"
     note = (
         f"{gpu}; {spec} ({w}) {size}px full fine-tuning, Fashion-MNIST n={n}, {epochs} epochs, "
@@ -153,6 +203,11 @@ def _cnn_speed(spec, weights, quick, rows, sizes=None):
                "x", notes=note + "; same tricks in the loop"),
         Result(NAME, f"{spec}/images_per_s_bf16", imgs / best["sk_auto"], "img/s", notes=note),
         Result(NAME, f"{spec}/images_per_s_fp32", imgs / best["sk_fp32"], "img/s", notes=note),
+        Result(NAME, f"{spec}/compute_only_bf16_speedup",
+               compute_best["fp32"] / compute_best["bf16"], "x",
+               notes=note + "; batches preprocessed on the GPU beforehand: no input path"),
+        Result(NAME, f"{spec}/compute_only_images_per_s_bf16", imgs / compute_best["bf16"],
+               "img/s", notes=note + "; the ceiling the input path would have to feed"),
     ]  # fmt: skip
 
 

@@ -212,6 +212,25 @@ class TransferNeuralNet(NeuralNet):
         labels, weights = (to_tensor(t, device=self.device) for t in y_true)
         return weighted_loss(y_pred, labels, weights)
 
+    def get_iterator(self, dataset, training=False):
+        """skorch makes a new DataLoader every epoch; with worker processes, keep one per dataset.
+
+        Its workers then persist across epochs (``persistent_workers``) instead of being
+        started again each epoch. The shuffling order is the same either way: both draw each
+        epoch's permutation and worker seed from the one seeded generator.
+        """
+        key = "iterator_train__num_workers" if training else "iterator_valid__num_workers"
+        if not getattr(self, key, 0):
+            return super().get_iterator(dataset, training)
+        loaders = self.__dict__.setdefault("_loaders", {})
+        if (id(dataset), training) not in loaders:
+            loaders[(id(dataset), training)] = (dataset, super().get_iterator(dataset, training))
+        return loaders[(id(dataset), training)][1]
+
+    def close_loaders(self):
+        """Shut the kept DataLoaders' worker processes down."""
+        self.__dict__.pop("_loaders", None)
+
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
         """skorch's epoch loop, reading the batch losses back once per epoch, not per batch.
 
@@ -312,7 +331,10 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
         verbose=int(cfg.verbose),
         config=cfg,
     )
-    skorch_net.fit(train_ds, y=None)
+    try:
+        skorch_net.fit(train_ds, y=None)
+    finally:
+        skorch_net.close_loaders()
     best = None
     if stopper is not None:
         best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
