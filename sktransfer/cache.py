@@ -79,14 +79,22 @@ def cache_info() -> dict:
 
     ``hits``/``misses`` count samples looked up; ``backbone_forwards`` counts samples
     run through the backbone from raw input; ``entries``/``bytes`` describe the
-    in-memory tier.
+    in-memory tier; ``head_solves``/``head_hits`` count probe-head fits solved and
+    taken from the head memo (:mod:`sktransfer.head`).
     """
+    from sktransfer import head
+
     with _LOCK:
-        return {**_STATS, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
+        info = {**_STATS, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
+    return {**info, **head.STATS}
 
 
 def clear_cache(*, disk=False) -> None:
-    """Empty the in-memory tier (and the disk tier with ``disk=True``); reset counters."""
+    """Empty the in-memory tier (and the disk tier with ``disk=True``) and the head memo;
+    reset counters."""
+    from sktransfer import head
+
+    head.clear_memo()
     with _LOCK:
         _MEMORY.data.clear()
         _MEMORY.nbytes = 0

@@ -1,10 +1,5 @@
-"""Training: the linear-probe head solver and the skorch fine-tuning loop.
+"""Training: the skorch fine-tuning loop (the frozen-mode head solver is :mod:`sktransfer.head`).
 
-* Frozen mode (and the head warm start before fine-tuning): the head is a
-  multinomial logistic regression fitted to convergence with L-BFGS on the
-  extracted features, with the same objective as scikit-learn's
-  ``LogisticRegression(C=C)`` (L2 on the weights, not the intercept; a single
-  weight vector for two classes).
 * Fine-tuning: a :class:`skorch.NeuralNet` drives the epochs. It is wrapped, not
   inherited by the estimators: it only sees the trainable parameters, keeps the
   frozen blocks in eval mode (``TransferNet.train``), weighs the loss by
@@ -20,14 +15,12 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from skorch.dataset import get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from sktransfer._batches import (  # noqa: F401 - re-exported (embedders, estimators)
@@ -44,69 +37,10 @@ from sktransfer._batches import (  # noqa: F401 - re-exported (embedders, estima
     split_output,
     to_device,
 )
+from sktransfer.head import fit_linear_head  # noqa: F401 - re-exported (estimators)
 from sktransfer.schedules import BatchLRScheduler, lr_range_test
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-SINGLE_THREAD_FLOPS = 5e7  # n * d * k up to which the probe head's solver uses one BLAS thread
-
-
-# --------------------------------------------------------------------------- frozen head
-def fit_linear_head(features, labels, n_classes, sample_weight=None, C=1.0, max_iter=1000):
-    """Multinomial logistic regression by L-BFGS; returns ``(nn.Linear, info)``.
-
-    Minimises ``sum_i w_i CE_i / sum(w) + ||W||^2 / (2 C sum(w))`` (scikit-learn's
-    ``LogisticRegression`` objective, rescaled) in float64 with SciPy's L-BFGS-B,
-    the solver scikit-learn uses. Two classes use one weight vector, as there.
-    """
-    from scipy.optimize import minimize
-    from scipy.special import log_softmax
-
-    X = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    n, d = X.shape
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    w_sum = w.sum()
-    k = 1 if n_classes == 2 else n_classes
-    onehot = np.zeros((n, n_classes))
-    onehot[np.arange(n), y] = 1.0
-
-    def loss_grad(theta):
-        W = theta[: k * d].reshape(k, d)
-        b = theta[k * d :]
-        z = X @ W.T + b
-        if k == 1:  # binary: logistic loss on z, labels in {0, 1}
-            z = z[:, 0]
-            losses = np.logaddexp(0.0, z) - y * z
-            resid = (1.0 / (1.0 + np.exp(-z)) - y)[:, None]
-        else:
-            logp = log_softmax(z, axis=1)
-            losses = -(onehot * logp).sum(axis=1)
-            resid = np.exp(logp) - onehot
-        resid = resid * (w / w_sum)[:, None]
-        loss = (w * losses).sum() / w_sum + (W**2).sum() / (2.0 * C * w_sum)
-        grad_W = resid.T @ X + W / (C * w_sum)
-        return loss, np.concatenate([grad_W.ravel(), resid.sum(axis=0)])
-
-    # small products run faster on one BLAS thread, and many times faster when the
-    # cores are shared (idle BLAS threads spin); large ones keep the user's setting
-    limit = 1 if n * d * k <= SINGLE_THREAD_FLOPS else None
-    with threadpool_limits(limits=limit, user_api="blas"):
-        res = minimize(
-            loss_grad,
-            np.zeros(k * d + k),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": max_iter, "gtol": 1e-6, "ftol": 1e-12},
-        )
-    W, b = res.x[: k * d].reshape(k, d), res.x[k * d :]
-    if k == 1:  # softmax over [-z/2, z/2] == sigmoid(z)
-        W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
-    head = nn.Linear(d, n_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(W).float())
-        head.bias.copy_(torch.from_numpy(b).float())
-    info = {"train_loss": float(res.fun), "n_iter": int(res.nit), "converged": bool(res.success)}
-    return head, info
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -47,6 +47,30 @@ def test_grid_search_runs_the_backbone_once_per_unique_sample(cnn, digits_small)
     assert cache_info()["backbone_forwards"] == len(X)
 
 
+def test_grid_points_that_differ_only_in_lr_share_one_head_solve(cnn, digits_small):
+    X, y = digits_small
+    search = GridSearchCV(_clf(cnn), {"C": [0.1, 1.0], "lr": [1e-4, 1e-3, 1e-2]}, cv=3).fit(X, y)
+    info = cache_info()
+    # frozen: lr never reaches the head. 2 C x 3 folds solves, + 1 for the refit on all of X
+    assert info["head_solves"] == 2 * 3 + 1
+    assert info["head_hits"] == 2 * 3 * 2
+    # a memoised head is the solved head: same coefficients as a fit with an empty memo
+    best = search.best_estimator_
+    clear_cache()
+    cold = _clf(cnn, **search.best_params_).fit(X, y)
+    assert cache_info()["head_solves"] == 1 and cache_info()["head_hits"] == 0
+    torch.testing.assert_close(cold.module_.head.weight, best.module_.head.weight, rtol=0, atol=0)
+    # the memo hands out copies: changing one estimator's head leaves the next fit alone
+    with torch.no_grad():
+        cold.module_.head.weight.zero_()
+    again = _clf(cnn, **search.best_params_).fit(X, y)
+    assert cache_info()["head_hits"] == 1
+    torch.testing.assert_close(again.module_.head.weight, best.module_.head.weight)
+    # different labels or weights are a different problem
+    _clf(cnn).fit(X, y, sample_weight=np.linspace(1, 2, len(y)))
+    assert cache_info()["head_solves"] == 2
+
+
 def test_partial_fine_tuning_caches_each_boundary_once(cnn, digits_small):
     X, y = digits_small
     search = GridSearchCV(
