@@ -242,9 +242,15 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
             net.set_frozen(n_blocks)
         frozen = n_frozen == n_blocks
+        # fine-tuning: split first, so that neither the probe head nor the training ever sees
+        # the validation samples that early stopping and history_ are measured on
+        split = None if frozen else self._split(y_idx, seed)
         if frozen or self.head_init == "probe":
             feats = np.stack(self._outputs(net, items, kind, prep, device, stop=n_blocks))
-            head, info = fit_linear_head(feats, y_idx, n_classes, sw, C=self.C)
+            fit_idx = np.arange(len(y_idx)) if frozen else split[0]
+            head, info = fit_linear_head(
+                feats[fit_idx], y_idx[fit_idx], n_classes, sw[fit_idx], C=self.C
+            )
         else:
             dim = self._outputs(net, items[:1], kind, prep, device, stop=n_blocks)[0].shape[-1]
             torch.manual_seed(seed)
@@ -255,11 +261,13 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
             return net, history, n_features_out, {"lr_": None if self.lr == "auto" else self.lr}
         net.set_frozen(n_frozen)
-        history, info = self._fine_tune(net, items, kind, prep, y_idx, sw, n_frozen, device, seed)
+        history, info = self._fine_tune(
+            net, items, kind, prep, y_idx, sw, n_frozen, device, seed, split
+        )
         net.eval()
         return net, history, n_features_out, info
 
-    def _fine_tune(self, net, items, kind, prep, y_idx, sw, n_frozen, device, seed):
+    def _fine_tune(self, net, items, kind, prep, y_idx, sw, n_frozen, device, seed, split):
         """Optional head-only epochs, then the configured blocks; ``lr="auto"`` first.
 
         Each phase trains on cached activations at its own frozen boundary (the
@@ -267,7 +275,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         final boundary ``n_frozen``.
         """
         n_blocks = len(net.blocks)
-        train_idx, valid_idx = self._split(y_idx, seed)
+        train_idx, valid_idx = split
 
         def data(boundary):
             start = boundary if self._use_boundary_cache(boundary) else 0
@@ -347,7 +355,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             warnings.warn(
                 "too few samples for a stratified validation split; training without "
                 "early stopping",
-                stacklevel=5,
+                stacklevel=4,
             )
             return np.arange(len(y_idx)), None
         train_idx, valid_idx = train_test_split(

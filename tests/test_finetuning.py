@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import make_cnn
 from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import LabelEncoder
 
@@ -290,3 +291,14 @@ def test_text_fine_tuning_with_the_new_knobs(tiny_bert_dir, texts):
     assert [row["phase"] for row in clf.history_] == ["head", "all", "all"]
     assert clf.module_.n_frozen == 1
     assert clf.score(X, y) > 0.7
+
+
+def test_probe_head_and_training_never_see_the_validation_split(digits):
+    X, y = digits
+    X, y = X[:300], np.random.RandomState(0).randint(0, 3, 300)  # labels unrelated to X
+    kw = dict(freeze_depth=2, lr=1e-12, max_epochs=1, C=1e4, validation_fraction=0.3)
+    clf = _clf(make_cnn(width=32), **kw).fit(X, y)
+    # lr ~ 0: the head is the probe. It memorises its own training rows, and is at chance (1/3)
+    # on held-out rows; had it seen the validation rows, valid_acc would be ~1.
+    assert clf.score(X, y) > 0.7
+    assert clf.history_[0]["valid_acc"] < 0.5
