@@ -27,6 +27,11 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VERSIONED_PACKAGES = ("torch", "torchvision", "transformers", "scikit-learn", "skorch", "numpy")
 
+#: The top-level fields of a benchmark's JSON file (see :func:`write_results`).
+PAYLOAD_KEYS = ("benchmark", "date", "mode", "duration_s", "machine", "error", "results")
+#: ``python -m benchmarks --quick`` (every benchmark) must finish within 10 minutes.
+QUICK_RUN_GOAL = "< 600"
+
 _GOAL_RE = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -272,8 +277,20 @@ class Result:
         verdict = {True: "met", False: "NOT MET", None: ""}[self.passed]
         goal = f"  goal {self.goal}" if self.goal else ""
         return (
-            f"{self.metric:<44} {format_value(self.value, self.unit):>14}{goal}  {verdict}".rstrip()
+            f"{self.metric:<52} {format_value(self.value, self.unit):>14}{goal}  {verdict}".rstrip()
         )
+
+
+class ResultList(list):
+    """What ``run`` may return instead of a plain list: the rows, plus ``extra`` payload fields.
+
+    ``extra`` (JSON-able, e.g. ``{"histories": {...}}``) is written into the benchmark's JSON next
+    to ``results``; its keys must not collide with the payload's own (:data:`PAYLOAD_KEYS`).
+    """
+
+    def __init__(self, rows: Iterable[Result] = ()) -> None:
+        super().__init__(rows)
+        self.extra: dict[str, Any] = {}
 
 
 def format_value(value: Any, unit: str = "") -> str:
@@ -333,10 +350,17 @@ def write_results(
     mode: str | None = None,
     duration_s: float | None = None,
     error: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``{results_dir}/{name}.json`` atomically (temp file + ``os.replace``); its path."""
+    """Write ``{results_dir}/{name}.json`` atomically (temp file + ``os.replace``); its path.
+
+    ``extra``: more top-level fields (e.g. ``histories``); a key of the payload itself is refused.
+    """
     if not _NAME_RE.match(name):
         raise ValueError(f"benchmark name {name!r} must match {_NAME_RE.pattern}")
+    clash = set(extra or ()) & set(PAYLOAD_KEYS)
+    if clash:
+        raise ValueError(f"extra fields {sorted(clash)} would overwrite the payload's own")
     payload = {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -345,11 +369,76 @@ def write_results(
         "machine": dict(info),
         "error": dict(error) if error else None,
         "results": [r.to_dict() if isinstance(r, Result) else dict(r) for r in rows],
+        **dict(extra or {}),
     }
     text = json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
     path = Path(results_dir or RESULTS_DIR) / f"{name}.json"
     _atomic_write_text(path, text)
     return path
+
+
+def write_run_summary(
+    mode: str,
+    total_s: float,
+    modules: Mapping[str, Mapping[str, Any]],
+    info: Mapping[str, Any],
+    *,
+    results_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``{results_dir}/run_{mode}.json``: a complete run's total wall time, per benchmark.
+
+    ``modules``: ``{NAME: {"status": "ok" | "failed" | "skipped", "duration_s": ..., ...}}``. The
+    goal of a quick run is :data:`QUICK_RUN_GOAL`. The file has no ``benchmark`` field, so
+    :func:`load_results` does not take it for a benchmark.
+    """
+    goal = QUICK_RUN_GOAL if mode == "quick" else None
+    payload = {
+        "run": mode,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_s": total_s,
+        "goal": goal,
+        "passed": meets_goal(total_s, goal),
+        "machine": dict(info),
+        "modules": {name: dict(m) for name, m in modules.items()},
+    }
+    path = Path(results_dir or RESULTS_DIR) / f"run_{mode}.json"
+    _atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def load_run_summaries(results_dir: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """``{mode: payload}`` of the ``run_{mode}.json`` files in ``results_dir``."""
+    out = {}
+    for mode in ("quick", "full"):
+        path = Path(results_dir or RESULTS_DIR) / f"run_{mode}.json"
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(payload, dict) and payload.get("run") == mode:
+            out[mode] = payload
+    return out
+
+
+def render_run_summary(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: a complete run's total wall time and its per-benchmark times."""
+    total, goal = summary.get("total_s"), summary.get("goal")
+    verdict = {True: "met", False: "**NOT MET**", None: ""}[summary.get("passed")]
+    goal_text = f" (goal {goal} s: {verdict})" if goal else ""
+    lines = [
+        f"Last complete {summary.get('run')} run ({summary.get('date')}): "
+        f"**{format_value(total, 's')}** wall time in total{goal_text}.",
+        "",
+        "| benchmark | status | time |",
+        "|---|---|---|",
+    ]
+    for name, m in (summary.get("modules") or {}).items():
+        status = m.get("status") or "?"
+        if m.get("reason"):
+            status += f": {m['reason']}"
+        seconds = format_value(m.get("duration_s"), "s")
+        lines.append(f"| {_cell(name)} | {_cell(status)} | {seconds} |")
+    return lines
 
 
 def load_results(results_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -372,8 +461,12 @@ def _cell(value: Any) -> str:
 def render_markdown(
     all_results: Iterable[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]],
     info: Mapping[str, Any] | None = None,
+    runs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """Markdown: one ``metric | value | goal | met?`` table per payload of ``write_results``."""
+    """Markdown: one ``metric | value | goal | met?`` table per payload of ``write_results``.
+
+    ``runs``: the run summaries (:func:`load_run_summaries`), shown first.
+    """
     payloads = list(all_results.values()) if isinstance(all_results, Mapping) else list(all_results)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Benchmark results", "", f"Generated {now}."]
@@ -383,6 +476,8 @@ def render_markdown(
         "",
         "Regenerate with `python -m benchmarks --quick` (or `--full`); see `benchmarks/README.md`.",
     ]
+    for summary in (runs or {}).values():
+        lines += [""] + render_run_summary(summary)
     for p in payloads:
         lines += ["", f"## {p.get('benchmark')}", ""]
         meta = [f"{p.get('mode') or '?'} run", str(p.get("date") or "date unknown")]
@@ -392,34 +487,47 @@ def render_markdown(
         machine = p.get("machine")
         if machine and machine != info:
             lines += ["", f"Machine: {machine_summary(machine)}"]
-        rows = p.get("results") or []
-        if rows:
-            with_notes = any(r.get("notes") for r in rows)
-            header = ["metric", "value", "goal", "met?"] + (["notes"] if with_notes else [])
-            lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for r in rows:
-                met = {True: "yes", False: "**no**", None: "–"}[r.get("passed")]
-                cells = [
-                    r.get("metric"),
-                    format_value(r.get("value"), r.get("unit") or ""),
-                    r.get("goal") or "–",
-                    met,
-                ]
-                if with_notes:
-                    cells.append(r.get("notes") or "")
-                lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-        error = p.get("error")
-        if error:
-            tb = str(error.get("traceback") or "").replace("```", "'''")
-            lines += [
-                "",
-                f"**FAILED** — `{_cell(error.get('type'))}: {_cell(error.get('message'))}`",
-            ]
-            if tb:
-                lines += ["", "```", tb.rstrip(), "```"]
-        elif not rows:
-            lines += ["", "(no results)"]
+        lines += render_payload_body(p)
     return "\n".join(lines) + "\n"
+
+
+def render_rows_table(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: a ``metric | value | goal | met? [| notes]`` table of result rows."""
+    rows = list(rows)
+    if not rows:
+        return []
+    with_notes = any(r.get("notes") for r in rows)
+    header = ["metric", "value", "goal", "met?"] + (["notes"] if with_notes else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "–"}[r.get("passed")]
+        cells = [
+            r.get("metric"),
+            format_value(r.get("value"), r.get("unit") or ""),
+            r.get("goal") or "–",
+            met,
+        ]
+        if with_notes:
+            cells.append(r.get("notes") or "")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def render_payload_body(p: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: a payload's result table, or its failure with the traceback."""
+    lines: list[str] = []
+    rows = p.get("results") or []
+    if rows:
+        lines += [""] + render_rows_table(rows)
+    error = p.get("error")
+    if error:
+        tb = str(error.get("traceback") or "").replace("```", "'''")
+        lines += ["", f"**FAILED** — `{_cell(error.get('type'))}: {_cell(error.get('message'))}`"]
+        if tb:
+            lines += ["", "```", tb.rstrip(), "```"]
+    elif not rows:
+        lines += ["", "(no results)"]
+    return lines
 
 
 def write_markdown(text: str, path: str | os.PathLike | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Issue 4: fine-tuning cost against a hand-written PyTorch loop, and accuracy on real data.
+"""Issue 4: what fine-tuning with sktransfer costs over a hand-written PyTorch loop (CPU).
 
 Timing (one BLAS/torch thread: stable on a shared machine; interleaved A B A B, best of N):
 
@@ -12,19 +12,13 @@ Timing (one BLAS/torch thread: stable on a shared machine; interleaved A B A B, 
 * fixed overhead: a tiny CNN, 32 images, 1 epoch: sktransfer fit time - plain loop time
   (goal <= 200 ms).
 
-On a CUDA GPU: bf16 autocast + channels-last (``precision="auto"``) over a plain fp32 loop
-(goal >= 2.5), recorded with the GPU's name.
-
-Accuracy (Rotten Tomatoes with the packaged MiniLM; Fashion-MNIST with EfficientNet-Lite0):
-frozen probe vs partial vs full fine-tuning at the defaults, and with ``l2sp_alpha``,
-``layer_decay`` and ``lr="auto"``. The issue's goal: fine-tuned text beats the frozen probe by
->= 5 points.
+Accuracy (frozen vs partial vs full fine-tuning) is measured by ``bench_accuracy.py``, the GPU
+speed-up (bf16 + channels-last) by ``bench_gpu.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 
@@ -135,7 +129,7 @@ def _timing(quick, rows):
     n_blocks = len(make().blocks)
     k = n_blocks - 2  # partial: the last two blocks trained
     note = f"efficientnet_lite0 {size}px, Fashion-MNIST n={n}, {epochs} epochs, batch 32, 1 thread"
-    repeats = 2 if quick else 3
+    repeats, warmup = (2, 1) if quick else (3, 1)
     t = time_interleaved(
         {
             "sk_full": _sk_fit(X, y, None, False, freeze_depth=0, **same),
@@ -152,7 +146,7 @@ def _timing(quick, rows):
             ),  # fmt: skip
         },
         repeats=repeats,
-        warmup=1,
+        warmup=warmup,
     )
     med = _best(t)
     rows += [
@@ -208,120 +202,8 @@ def _timing(quick, rows):
     ]  # fmt: skip
 
 
-# ------------------------------------------------------------------------------ accuracy
-def _accuracy(make, X_tr, y_tr, X_te, y_te, configs, dataset, note, rows):
-    baseline = None
-    for label, params in configs:
-        start = time.perf_counter()
-        clf = make(**params).fit(X_tr, y_tr)
-        acc = float(clf.score(X_te, y_te))
-        seconds = time.perf_counter() - start
-        baseline = acc if baseline is None else baseline
-        extra = f"; lr_={clf.lr_:.3g}" if getattr(clf, "lr_", None) else ""
-        rows.append(Result(NAME, f"{dataset}/{label}/accuracy", acc, "", notes=note + extra))
-        rows.append(Result(NAME, f"{dataset}/{label}/fit_score_time", seconds, "s"))
-        if label != "frozen":
-            gain = 100 * (acc - baseline)
-            goal = ">= 5" if dataset == "rotten_tomatoes" and label == "full" else None
-            rows.append(Result(NAME, f"{dataset}/{label}/gain_over_frozen", gain, "pt", goal))
-
-
-def _text_accuracy(quick, rows):
-    from sktransfer import PretrainedTextClassifier
-
-    # quick: 1000 / 1000 (full fine-tuning of MiniLM on a 2-core CPU is ~60 texts/s)
-    n_train, n_test, epochs = (1000, 1000, 2) if quick else (10_000, 2_500, 3)
-    t_tr, y_tr, t_te, y_te = datasets.rotten_tomatoes_split(test_size=0.2, random_state=0)
-    rng = np.random.RandomState(RANDOM_STATE)
-    i_tr = rng.choice(len(t_tr), n_train, replace=False)
-    i_te = rng.choice(len(t_te), n_test, replace=False)
-    X_tr, X_te = [t_tr[i] for i in i_tr], [t_te[i] for i in i_te]
-    note = f"MiniLM-L6, n_train={n_train}, n_test={n_test}, max_length=64, {epochs} epochs"
-
-    def make(**kw):
-        return PretrainedTextClassifier(
-            max_length=64, max_epochs=epochs, random_state=RANDOM_STATE, **kw
-        )
-
-    configs = [
-        ("frozen", {}),
-        ("partial", {"freeze_depth": -2}),
-        ("full", {"freeze_depth": 0}),
-        ("partial_l2sp", {"freeze_depth": -2, "l2sp_alpha": 0.01}),
-        ("partial_lr_auto", {"freeze_depth": -2, "lr": "auto"}),
-    ]
-    if quick:  # the same frozen boundary as "partial": its cached activations are reused
-        configs += [("partial_layer_decay", {"freeze_depth": -2, "layer_decay": 0.5, "lr": 2e-4})]
-    else:
-        configs += [("full_layer_decay", {"freeze_depth": 0, "layer_decay": 0.8, "lr": 1e-4})]
-    _accuracy(make, X_tr, y_tr[i_tr], X_te, y_te[i_te], configs, "rotten_tomatoes", note, rows)
-
-
-def _image_accuracy(quick, rows):
-    from sktransfer import PretrainedImageClassifier
-
-    n_train, n_test, size, epochs = (400, 400, 64, 3) if quick else (2000, 2000, 96, 5)
-    X_tr, y_tr, X_te, y_te = datasets.load_fashion_mnist(n_train, n_test, random_state=0)
-    note = f"efficientnet_lite0 {size}px, n_train={n_train}, n_test={n_test}, {epochs} epochs"
-
-    def make(**kw):
-        return PretrainedImageClassifier(
-            image_size=size, max_epochs=epochs, random_state=RANDOM_STATE, **kw
-        )
-
-    configs = [("frozen", {}), ("partial", {"freeze_depth": -2})]
-    if not quick:
-        configs += [
-            ("full", {"freeze_depth": 0}),
-            ("partial_augment_light", {"freeze_depth": -2, "augment": "light"}),
-            ("partial_lr_auto", {"freeze_depth": -2, "lr": "auto"}),
-        ]
-    _accuracy(make, X_tr, y_tr, X_te, y_te, configs, "fashion_mnist", note, rows)
-
-
-def _gpu_speed(quick, rows):
-    """bf16 autocast + channels-last (``precision="auto"`` on CUDA) vs a plain fp32 NCHW loop."""
-    import torch
-
-    name = torch.cuda.get_device_name(0)
-    n, epochs, size = (512, 2, 224) if quick else (2048, 3, 224)
-    X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=RANDOM_STATE)
-    X = list(X)
-    make = _backbone_factory("efficientnet_lite0", size)
-    same = dict(
-        image_size=size, max_epochs=epochs, batch_size=64, lr=1e-4, head_init="random",
-        lr_schedule="constant", early_stopping=False, freeze_depth=0, num_workers=8,
-    )  # fmt: skip
-    gpu = dict(device="cuda", num_workers=8)
-    t = time_interleaved(
-        {
-            "sk_auto": _sk_fit(X, y, None, False, device="cuda", **same),
-            "sk_fp32": _sk_fit(X, y, None, False, device="cuda", precision="fp32", **same),
-            "plain_fp32": lambda: _plain_loop(
-                make, X, y, n_frozen=0, epochs=epochs, batch_size=64, lr=1e-4, **gpu
-            ),
-        },
-        repeats=2 if quick else 3,
-        warmup=1,
-    )
-    med = _best(t)
-    note = f"{name}; efficientnet_lite0 {size}px full FT, n={n}, {epochs} epochs, batch 64"
-    rows += [
-        Result(NAME, "gpu/bf16_channels_last_speedup_over_fp32_loop",
-               med["plain_fp32"] / med["sk_auto"], "x", ">= 2.5", notes=note),
-        Result(NAME, "gpu/bf16_speedup_over_sk_fp32", med["sk_fp32"] / med["sk_auto"], "x",
-               notes=note + "; both channels-last"),
-    ]  # fmt: skip
-
-
 def run(quick: bool) -> list[Result]:
-    import torch
-
     rows: list[Result] = []
-    if torch.cuda.is_available():
-        _gpu_speed(quick, rows)
     with limit_threads(1):  # timing: one thread is stable on a shared machine
         _timing(quick, rows)
-    _text_accuracy(quick, rows)
-    _image_accuracy(quick, rows)
     return rows

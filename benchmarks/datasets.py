@@ -35,6 +35,7 @@ __all__ = [
     "load_rotten_tomatoes",
     "read_idx",
     "rotten_tomatoes_split",
+    "stratified_indices",
 ]
 
 FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
@@ -70,7 +71,7 @@ class DatasetNotInstalled(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _stratified_indices(y: np.ndarray, n: int | None, random_state: int) -> np.ndarray:
+def stratified_indices(y: np.ndarray, n: int | None, random_state: int) -> np.ndarray:
     """Seeded stratified shuffled choice of ``n`` indices of ``y`` (all, in order, if None)."""
     total = len(y)
     if n is None:
@@ -151,7 +152,7 @@ def load_fashion_mnist(
         if n is None:
             out += [X.copy(), y.copy()]
         else:
-            idx = _stratified_indices(y, n, seed)
+            idx = stratified_indices(y, n, seed)
             out += [X[idx], y[idx]]
     return tuple(out)
 
@@ -212,7 +213,7 @@ def load_rotten_tomatoes(n: int | None = None, random_state: int = 0, deduplicat
     texts, y = _rotten_tomatoes_all(bool(deduplicate))
     if n is None:
         return list(texts), y.copy()
-    idx = _stratified_indices(y, n, random_state)
+    idx = stratified_indices(y, n, random_state)
     return [texts[i] for i in idx], y[idx]
 
 

@@ -1,10 +1,17 @@
 """Benchmark runner: ``python -m benchmarks [--quick|--full] [--only NAME ...] [--list]``.
 
 Discovers the modules ``benchmarks/bench_*.py``; each exposes ``NAME: str`` and
-``run(quick: bool) -> list[Result]``. All selected benchmarks run in this one process, one after
-the other. Each writes ``results/{NAME}.json`` (also when it raised: the error and a traceback
-summary are recorded), then ``results/RESULTS.md`` is re-rendered from every JSON file there.
-Exit status: 0 if all ran, 1 if any raised (the others still ran), 2 for an unknown ``--only`` name.
+``run(quick: bool) -> list[Result]`` (or a ``ResultList``, whose ``extra`` fields go into the JSON),
+and may expose ``available() -> str | None``: a reason string skips it (``skipped: <reason>``) and
+leaves its JSON untouched, so that results recorded on another machine (a GPU) are kept.
+All selected benchmarks run in this one process, one after the other. Each writes
+``results/{NAME}.json`` (also when it raised: the error and a traceback summary are recorded), then
+``results/RESULTS.md`` is re-rendered from every JSON file there. A run of every benchmark also
+writes ``results/run_{quick|full}.json`` (total wall time, per-benchmark times). When the results
+go to ``benchmarks/results/`` (or a folder inside it), the plots in ``docs/img/`` and the generated
+part of ``docs/benchmarks.md`` are rebuilt too (``benchmarks/report.py``; ``--no-docs`` skips it).
+Exit status: 0 if all ran, 1 if any raised (the others still ran) or the report failed, 2 for an
+unknown ``--only`` name.
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks._harness import (
+    QUICK_RUN_GOAL,
     RESULTS_DIR,
     Result,
+    format_value,
     limit_threads,
     load_results,
+    load_run_summaries,
     machine_info,
     machine_summary,
+    meets_goal,
     render_markdown,
     write_markdown,
     write_results,
+    write_run_summary,
 )
 
 PREFIX = "bench_"
@@ -112,6 +124,15 @@ def _as_rows(name: str, rows: Any) -> list[Result]:
     return out
 
 
+def _unavailable(module: Any) -> str | None:
+    """The reason ``module`` cannot run here (its ``available()``), or None."""
+    available = getattr(module, "available", None)
+    if not callable(available):
+        return None
+    reason = available()
+    return None if reason is None else str(reason)
+
+
 def run_benchmarks(
     modules: dict[str, Any],
     quick: bool,
@@ -120,7 +141,11 @@ def run_benchmarks(
     results_dir: Path,
     out: IO[str],
 ) -> dict[str, dict[str, Any]]:
-    """Run each benchmark, print its rows when it finishes, write its JSON; ``{NAME: summary}``."""
+    """Run each benchmark, print its rows when it finishes, write its JSON; ``{NAME: summary}``.
+
+    A summary has ``status`` (``"ok"``, ``"failed"`` or ``"skipped"``), ``rows``, ``error``,
+    ``duration_s``, ``path`` (None when skipped) and, when skipped, ``reason``.
+    """
     mode = "quick" if quick else "full"
     summary: dict[str, dict[str, Any]] = {}
     for name, module in modules.items():
@@ -128,8 +153,19 @@ def run_benchmarks(
         start = time.perf_counter()
         error = None
         rows: list[Result] = []
+        extra: dict[str, Any] = {}
         try:
-            rows = _as_rows(name, module.run(quick))
+            reason = _unavailable(module)
+            if reason is not None:
+                print(f"  skipped: {reason}", file=out, flush=True)
+                summary[name] = {
+                    "status": "skipped", "reason": reason, "rows": [], "error": None,
+                    "duration_s": time.perf_counter() - start, "path": None,
+                }  # fmt: skip
+                continue
+            output = module.run(quick)
+            extra = dict(getattr(output, "extra", None) or {})
+            rows = _as_rows(name, output)
         except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
             error = _error_record(exc)
         duration = time.perf_counter() - start
@@ -151,9 +187,32 @@ def run_benchmarks(
             mode=mode,
             duration_s=round(duration, 3),
             error=error,
+            extra=extra,
         )
-        summary[name] = {"rows": rows, "error": error, "duration_s": duration, "path": path}
+        summary[name] = {
+            "status": "failed" if error else "ok", "rows": rows, "error": error,
+            "duration_s": duration, "path": path,
+        }  # fmt: skip
     return summary
+
+
+def _print_goals(summary: dict[str, dict[str, Any]], out: IO[str]) -> None:
+    """Every row with a goal, one line each: the value, the goal, met or not."""
+    goals = [(name, r) for name, s in summary.items() for r in s["rows"] if r.goal]
+    if not goals:
+        return
+    print("\nGoals:", file=out)
+    for name, r in goals:
+        verdict = {True: "met", False: "NOT MET", None: "?"}[r.passed]
+        value = format_value(r.value, r.unit)
+        print(f"  {name + ':' + r.metric:<56} {value:>14}  goal {r.goal:<9} {verdict}", file=out)
+
+
+def _docs_target(results_dir: Path) -> bool:
+    """Whether results in ``results_dir`` feed the committed docs (the repo's results folder)."""
+    root = Path(RESULTS_DIR).resolve()
+    here = Path(results_dir).resolve()
+    return here == root or root in here.parents
 
 
 def _indent(text: str) -> str:
@@ -177,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--results-dir", type=Path, default=None, help=f"default: {RESULTS_DIR}")
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not rebuild docs/img/*.png and the generated part of docs/benchmarks.md",
+    )
     return parser
 
 
@@ -184,6 +248,7 @@ def main(
     argv: list[str] | None = None, *, package: str = "benchmarks", out: IO[str] | None = None
 ) -> int:
     out = out or sys.stdout
+    start = time.perf_counter()  # the run's wall time counts imports and machine probing too
     args = build_parser().parse_args(argv)
     modules = discover(package)
     if args.list:
@@ -202,26 +267,55 @@ def main(
     info = machine_info()
     info["threads_limit"] = args.threads
     print(f"Machine: {machine_summary(info)}", file=out, flush=True)
-    start = time.perf_counter()
     with limit_threads(args.threads):
         summary = run_benchmarks(chosen, args.quick, info=info, results_dir=results_dir, out=out)
+    total = time.perf_counter() - start
+    mode = "quick" if args.quick else "full"
+    if not args.only:  # every benchmark ran: this is the run's wall time
+        modules_summary = {
+            name: {
+                "status": s["status"], "duration_s": round(s["duration_s"], 3),
+                **({"reason": s["reason"]} if s.get("reason") else {}),
+            }
+            for name, s in summary.items()
+        }  # fmt: skip
+        write_run_summary(mode, round(total, 3), modules_summary, info, results_dir=results_dir)
     report = write_markdown(
-        render_markdown(load_results(results_dir), info=info), results_dir / "RESULTS.md"
+        render_markdown(load_results(results_dir), info=info, runs=load_run_summaries(results_dir)),
+        results_dir / "RESULTS.md",
     )
     failed = [name for name, s in summary.items() if s["error"]]
+    skipped = [name for name, s in summary.items() if s["status"] == "skipped"]
     missed = [
         f"{name}:{r.metric}" for name, s in summary.items() for r in s["rows"] if r.passed is False
     ]
+    _print_goals(summary, out)
     print(
-        f"\nRan {len(summary)} benchmark(s) in {time.perf_counter() - start:.1f} s; "
-        f"report: {report}",
+        f"\nRan {len(summary) - len(skipped)} benchmark(s) in {total:.1f} s"
+        + (f" ({len(skipped)} skipped: {', '.join(skipped)})" if skipped else "")
+        + f"; report: {report}",
         file=out,
     )
+    if not args.only and args.quick:
+        verdict = {True: "met", False: "NOT MET", None: "?"}[meets_goal(total, QUICK_RUN_GOAL)]
+        print(
+            f"Quick run total wall time {total:.1f} s, goal {QUICK_RUN_GOAL} s: {verdict}", file=out
+        )
+    docs_failed = False
+    if not args.no_docs and _docs_target(results_dir):
+        try:
+            from benchmarks import report as docs_report
+
+            written = docs_report.generate()
+            print("Docs: " + ", ".join(str(p) for p in written), file=out)
+        except Exception as exc:  # noqa: BLE001 - the results are written; say what failed
+            docs_failed = True
+            print(f"Docs NOT rebuilt: {type(exc).__name__}: {exc}", file=out)
     if missed:
         print(f"Goals not met: {', '.join(missed)}", file=out)
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=out)
-    return 1 if failed else 0
+    return 1 if failed or docs_failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,6 +196,7 @@ def test_failing_benchmark_does_not_stop_the_others(tmp_path, monkeypatch):
         "beta.json",
         "c.json",
         "delta.json",
+        "run_quick.json",  # every benchmark ran: the run's total wall time
     ]
     assert json.loads((results / "delta.json").read_text())["results"][0]["value"] == 1.0
     beta = json.loads((results / "beta.json").read_text())
@@ -222,6 +223,64 @@ def test_only_selects_by_name_and_full_mode(tmp_path, monkeypatch):
     assert "<= 1.5" in out.getvalue() and "NOT MET" in out.getvalue()
     assert run.main(["--only", "bench_a", "--results-dir", str(results)], package=pkg, out=out) == 0
     assert run.main(["--only", "nope", "--results-dir", str(results)], package=pkg, out=out) == 2
+
+
+SKIPPED_BENCH = """
+    from benchmarks._harness import Result
+    NAME = "gpu"
+    def available():
+        return "needs a CUDA GPU"
+    def run(quick):
+        raise AssertionError("an unavailable benchmark must not run")
+"""
+
+AVAILABLE_BENCH = """
+    from benchmarks._harness import Result, ResultList
+    NAME = "here"
+    def available():
+        return None
+    def run(quick):
+        rows = ResultList([Result(NAME, "ratio", 1.0, "x", "<= 1.5")])
+        rows.extra["histories"] = {"a/full": {"history": [{"epoch": 1, "train_loss": 0.5}]}}
+        return rows
+"""
+
+
+def test_unavailable_benchmark_is_skipped_and_its_json_kept(tmp_path, monkeypatch):
+    pkg = _make_bench_package(
+        tmp_path,
+        monkeypatch,
+        {"bench_gpu": SKIPPED_BENCH, "bench_here": AVAILABLE_BENCH},
+    )
+    results = tmp_path / "results"
+    results.mkdir()
+    recorded = '{"benchmark": "gpu", "machine": {"gpu": "H100"}, "results": []}\n'
+    (results / "gpu.json").write_text(recorded)  # recorded on a GPU machine earlier
+    out = io.StringIO()
+    code = run.main(["--quick", "--results-dir", str(results)], package=pkg, out=out)
+    assert code == 0
+    text = out.getvalue()
+    assert "=== gpu (quick) ===\n  skipped: needs a CUDA GPU" in text
+    assert "1 skipped: gpu" in text and "goal <= 1.5" in text
+    assert (results / "gpu.json").read_text() == recorded  # neither written nor overwritten
+    here = json.loads((results / "here.json").read_text())
+    assert here["histories"]["a/full"]["history"][0]["train_loss"] == 0.5  # ResultList.extra
+    summary = json.loads((results / "run_quick.json").read_text())  # every benchmark was selected
+    assert summary["modules"]["gpu"] == {"status": "skipped", "duration_s": pytest.approx(0, abs=1),
+                                         "reason": "needs a CUDA GPU"}  # fmt: skip
+    assert summary["modules"]["here"]["status"] == "ok" and summary["goal"] == "< 600"
+    md = (results / "RESULTS.md").read_text()
+    assert "wall time in total" in md and "skipped: needs a CUDA GPU" in md and "## gpu" in md
+    # --only: not a complete run, so the run summary is left as it was
+    (results / "run_quick.json").unlink()
+    assert run.main(["--only", "here", "--results-dir", str(results)], package=pkg, out=out) == 0
+    assert not (results / "run_quick.json").exists()
+
+
+def test_docs_are_rebuilt_only_for_the_repository_results(tmp_path):
+    assert run._docs_target(_harness.RESULTS_DIR)
+    assert run._docs_target(_harness.RESULTS_DIR / "gpu")
+    assert not run._docs_target(tmp_path / "results")
 
 
 def test_measure_peak_rss_sees_a_temporary_allocation():
