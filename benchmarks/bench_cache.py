@@ -39,7 +39,7 @@ def _grid_search(quick, rows):
     import sktransfer
     from sktransfer import PretrainedImageClassifier
 
-    n, size = (500, 224) if quick else (2000, 224)
+    n, size = (400, 224) if quick else (2000, 224)
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=0)
     grid = {"C": [0.01, 0.1, 1.0, 10.0], "lr": [1e-4, 3e-4, 1e-3]}  # 12 configurations
     note = f"Fashion-MNIST n={n}, image_size={size}, efficientnet_lite0, 12 configs x 5 folds"
@@ -77,7 +77,7 @@ def _grid_cost_curve(quick, rows):
     import sktransfer
     from sktransfer import ImageEmbedder, PretrainedImageClassifier
 
-    n, size = (500, 96) if quick else (2000, 224)
+    n, size = (300, 96) if quick else (2000, 224)
     shapes = [(2, 3), (4, 5)] if quick else [(2, 3), (4, 5), (8, 5), (8, 10)]
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=0)
     note = f"Fashion-MNIST n={n}, image_size={size}, efficientnet_lite0"
@@ -122,7 +122,8 @@ def _partial_epochs(quick, rows):
 
     def fit(depth):
         est = PretrainedImageClassifier(
-            image_size=size, freeze_depth=depth, max_epochs=3, early_stopping=False,
+            image_size=size, freeze_depth=depth, max_epochs=2 if quick else 3,
+            early_stopping=False,
             random_state=0,
         )  # fmt: skip
         est.fit(X, y)
@@ -147,7 +148,8 @@ def _text_transform(quick, rows):
     texts, _ = datasets.load_rotten_tomatoes(n=10_000, random_state=0)
     texts = list(texts)
     sktransfer.clear_cache()
-    emb = TextEmbedder(max_length=32, batch_size=64).fit(texts[:2])
+    length = 16 if quick else 32  # the first pass fills the cache: half the tokens when quick
+    emb = TextEmbedder(max_length=length, batch_size=64).fit(texts[:2])
     _, first = _timed(lambda: emb.transform(texts))
     _, second = _timed(lambda: emb.transform(texts))
     rows += [
@@ -157,7 +159,7 @@ def _text_transform(quick, rows):
             second,
             "s",
             "<= 0.1",
-            notes="all-MiniLM-L6-v2, max_length=32, Rotten Tomatoes snippets",
+            notes=f"all-MiniLM-L6-v2, max_length={length}, Rotten Tomatoes snippets",
         ),
         Result(NAME, "text_10k/first_transform_time", first, "s"),
     ]
