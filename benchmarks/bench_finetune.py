@@ -75,12 +75,12 @@ def _plain_loop(
     return head
 
 
-def _backbone_factory(spec, image_size):
+def _backbone_factory(spec, image_size, weights="default"):
     """Load ``spec`` as the estimator does, with its preprocessing at ``image_size``."""
     from sktransfer.backbones import resolve_backbone
 
     def make():
-        backbone = resolve_backbone(spec, "image")
+        backbone = resolve_backbone(spec, "image", weights=weights)
         prep = copy.deepcopy(backbone.preprocessing)
         if prep.resize_size is not None:  # as PretrainedImageClassifier(image_size=...)
             prep.resize_size = int(round(image_size * prep.resize_size / prep.image_size))

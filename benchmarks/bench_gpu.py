@@ -18,12 +18,11 @@ weight files cannot be downloaded here, and the values do not change the arithme
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from benchmarks import datasets
 from benchmarks._harness import Result, time_interleaved
+from benchmarks.bench_finetune import _backbone_factory
 
 NAME = "gpu"
 RANDOM_STATE = 0
@@ -45,15 +44,7 @@ def _sync():
 
 
 def _backbone(spec, weights, size):
-    from sktransfer.backbones import resolve_backbone
-
-    backbone = resolve_backbone(spec, "image", weights=weights)
-    prep = copy.deepcopy(backbone.preprocessing)
-    if prep.resize_size is not None:  # as PretrainedImageClassifier(image_size=...)
-        prep.resize_size = int(round(size * prep.resize_size / prep.image_size))
-    prep.image_size = size
-    backbone.prep = prep
-    return backbone
+    return _backbone_factory(spec, size, weights)()
 
 
 def _plain_loop(spec, weights, X, y, *, size, epochs, batch_size, lr, bf16, workers):
