@@ -136,8 +136,21 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
     def _check_vector_X(self, X, *, fitting):
         return validate_data(self, X, reset=fitting, dtype=np.float32)
 
-    def _resolve_backbone(self):
-        return resolve_backbone(self.backbone, self._modality, weights=self._weights_param())
+    def _resolve_backbone(self, share=False):
+        return resolve_backbone(
+            self.backbone, self._modality, weights=self._weights_param(), share=share
+        )
+
+    def _module_on(self, device):
+        """``module_`` on ``device``; a frozen model sharing the registry's template is copied
+        first, so that moving it never moves the template under other estimators."""
+        net = self.module_
+        if getattr(net, "shares_template", False):
+            if any(p.device != device for p in net.parameters()):
+                net = copy.deepcopy(net)
+                net.shares_template = False
+                self.module_ = net
+        return net.to(device)
 
     def _weights_param(self):
         return "default"
@@ -198,7 +211,9 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             sw = sw * compute_class_weight(self.class_weight, classes=classes, y=y)[y_idx]
         device = resolve_device(self.device)
         seed = self._seed()
-        backbone = self._resolve_backbone()
+        # frozen on the CPU: no copy of a registry backbone (never trained, never moved)
+        share = self.freeze_depth == "all" and device.type == "cpu"
+        backbone = self._resolve_backbone(share=share)
         prep = self._preprocessing(backbone)
         n_frozen = resolve_freeze_depth(self.freeze_depth, backbone.n_blocks)
         try:
@@ -235,6 +250,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_blocks = len(blocks)
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.train_bn = bool(getattr(self, "train_bn", True))
+        net.shares_template = self.freeze_depth == "all" and device.type == "cpu"
         net.to(device)
         if self._runtime(device, kind)[1]:
             net.to(memory_format=torch.channels_last)
@@ -373,7 +389,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
 
     def _logits(self, items, kind, view=None):
         device = resolve_device(self.device)
-        net, prep = self.module_.to(device), self.preprocessing_
+        net, prep = self._module_on(device), self.preprocessing_
         precision, channels_last = self._runtime(device, kind)
         k = net.n_frozen if view is None and self._use_boundary_cache(net.n_frozen) else 0
         if k == len(net.blocks):  # frozen: cached features -> head

@@ -209,3 +209,44 @@ def test_text_embedder_second_transform_is_free(tiny_bert_dir, texts):
     assert cache_info()["backbone_forwards"] == forwards
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.float32 and a.shape == (len(X), 32)
+
+
+def _register_tiny(name):
+    from conftest import make_cnn
+
+    from sktransfer.backbones import list_backbones
+    from sktransfer.backbones.custom import backbone_from_module
+    from sktransfer.backbones.registry import register_backbone
+
+    list_backbones()  # the built-in entries first
+
+    @register_backbone(name, modality="image", source="test")
+    def load(weights="default"):
+        return backbone_from_module(make_cnn(seed=3), "image")
+
+    return name
+
+
+def test_frozen_cpu_models_share_the_registry_template_and_never_change_it(digits_small):
+    from sktransfer.backbones import resolve_backbone
+
+    X, y = digits_small
+    name = _register_tiny("test-tiny-shared")
+    template = resolve_backbone(name, "image", share=True)
+    weights = [p.detach().clone() for _, b in template.blocks for p in b.parameters()]
+    tuned = dict(freeze_depth=1, max_epochs=1, lr=1e-3)
+    before = _clf(name, **tuned).fit(X, y).predict_proba(X)
+
+    a, b = _clf(name).fit(X, y), _clf(name, C=0.1).fit(X, y)
+    assert a.module_.blocks[0] is b.module_.blocks[0] is template.blocks[0][1]  # no copies
+    # fine-tuning copies: the same model whether or not frozen fits came first
+    tuned_est = _clf(name, **tuned).fit(X, y)
+    assert tuned_est.module_.blocks[1] is not template.blocks[1][1]
+    np.testing.assert_array_equal(tuned_est.predict_proba(X), before)
+    # moving a sharing model copies it first: the template stays where it is
+    a._module_on(torch.device("meta"))
+    assert a.module_.blocks[0] is not template.blocks[0][1]
+    assert all(p.device.type == "cpu" for _, blk in template.blocks for p in blk.parameters())
+    after = [p for _, blk in template.blocks for p in blk.parameters()]
+    assert all(torch.equal(u, v) for u, v in zip(weights, after))
+    np.testing.assert_array_equal(b.predict_proba(X), clone(b).fit(X, y).predict_proba(X))
