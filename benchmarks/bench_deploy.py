@@ -1,7 +1,7 @@
 """Deployment: int8 quantised scoring, CLI streaming (speed, flat memory), Dask scale-out.
 
 * Quantisation: the packaged text default (all-MiniLM-L6-v2), frozen, on Rotten Tomatoes (quick:
-  the first 2,000 train / 1,000 test texts of the standard split; full: all 10,201 / 2,551).
+  the first 1,000 train / 1,000 test texts of the standard split; full: all 10,201 / 2,551).
   Scoring throughput of ``quantize_dynamic(clf)`` / the float model on the test texts, timed
   interleaved in this process, and the test accuracy change (from the timed calls' outputs).
 * CLI: ``sktransfer predict model.skt texts.txt -o out.csv`` in a subprocess on 1k, 10k (and 100k
@@ -44,7 +44,7 @@ _MEASURE = (
 
 #: (n_train, n_test, MiniLM CLI lines, Dask texts, CLI sizes of the tiny model)
 SIZES = {
-    True: (2_000, 1_000, 200, 160, (1_000, 10_000)),  # 1,000 test texts: one text = 0.1 pt
+    True: (1_000, 1_000, 200, 160, (1_000, 10_000)),  # 1,000 test texts: one text = 0.1 pt
     False: (None, None, 1_000, None, (1_000, 10_000, 100_000)),
 }
 

@@ -250,3 +250,7 @@ def test_frozen_cpu_models_share_the_registry_template_and_never_change_it(digit
     after = [p for _, blk in template.blocks for p in blk.parameters()]
     assert all(torch.equal(u, v) for u, v in zip(weights, after))
     np.testing.assert_array_equal(b.predict_proba(X), clone(b).fit(X, y).predict_proba(X))
+    # the frozen fits flipped the template's requires_grad / train flags; copies are as loaded
+    fresh = resolve_backbone(name, "image")
+    assert all(p.requires_grad for _, blk in fresh.blocks for p in blk.parameters())
+    assert all(m.training for _, blk in fresh.blocks for m in blk.modules())

@@ -203,6 +203,13 @@ def _cached_load(key, load, share=False) -> Backbone:
     template = _TEMPLATES.get(key)
     if template is None:
         template = load()
+        modules = [m for _, m in template.blocks] + [template.pool]
+        # as loaded: a frozen model using the template itself (share=True) flips its
+        # requires_grad and train/eval flags; every copy gets these back
+        template.loaded_flags = (
+            [p.requires_grad for m in modules for p in m.parameters()],
+            [sub.training for m in modules for sub in m.modules()],
+        )
         _TEMPLATES[key] = template
         while len(_TEMPLATES) > _MAX_TEMPLATES:
             _TEMPLATES.popitem(last=False)
@@ -214,6 +221,11 @@ def _cached_load(key, load, share=False) -> Backbone:
         copies = copy.deepcopy(modules)  # one deepcopy: modules shared between blocks stay so
         for original, clone in zip(modules, copies):
             stamp_digest(clone, module_digest(original))
+        grads, modes = template.loaded_flags
+        for p, flag in zip((p for m in copies for p in m.parameters()), grads):
+            p.requires_grad_(flag)
+        for sub, flag in zip((sub for m in copies for sub in m.modules()), modes):
+            sub.training = flag
     return Backbone(
         name=template.name,
         modality=template.modality,
