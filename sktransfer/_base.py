@@ -141,6 +141,11 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             self.backbone, self._modality, weights=self._weights_param(), share=share
         )
 
+    def _shares_template(self, device):
+        """Frozen on the CPU: the registry's loaded backbone is used as is (never trained or
+        moved by the fit), not deep-copied for every fit."""
+        return self.freeze_depth == "all" and device.type == "cpu"
+
     def _module_on(self, device):
         """``module_`` on ``device``; a frozen model sharing the registry's template is copied
         first, so that moving it never moves the template under other estimators."""
@@ -211,9 +216,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             sw = sw * compute_class_weight(self.class_weight, classes=classes, y=y)[y_idx]
         device = resolve_device(self.device)
         seed = self._seed()
-        # frozen on the CPU: no copy of a registry backbone (never trained, never moved)
-        share = self.freeze_depth == "all" and device.type == "cpu"
-        backbone = self._resolve_backbone(share=share)
+        backbone = self._resolve_backbone(share=self._shares_template(device))
         prep = self._preprocessing(backbone)
         n_frozen = resolve_freeze_depth(self.freeze_depth, backbone.n_blocks)
         try:
@@ -250,7 +253,7 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_blocks = len(blocks)
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.train_bn = bool(getattr(self, "train_bn", True))
-        net.shares_template = self.freeze_depth == "all" and device.type == "cpu"
+        net.shares_template = self._shares_template(device)
         net.to(device)
         if self._runtime(device, kind)[1]:
             net.to(memory_format=torch.channels_last)
