@@ -151,10 +151,11 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         first, so that moving it never moves the template under other estimators."""
         net = self.module_
         if getattr(net, "shares_template", False):
-            if any(p.device != device for p in net.parameters()):
-                net = copy.deepcopy(net)
-                net.shares_template = False
-                self.module_ = net
+            if all(p.device == device for p in net.parameters()):
+                return net  # already there: skip .to()'s walk over every submodule
+            net = copy.deepcopy(net)
+            net.shares_template = False
+            self.module_ = net
         return net.to(device)
 
     def _weights_param(self):
@@ -254,7 +255,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.train_bn = bool(getattr(self, "train_bn", True))
         net.shares_template = self._shares_template(device)
-        net.to(device)
+        if not net.shares_template:  # (the registry's template lives on the CPU)
+            net.to(device)
         if self._runtime(device, kind)[1]:
             net.to(memory_format=torch.channels_last)
         if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
