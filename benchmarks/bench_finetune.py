@@ -32,9 +32,13 @@ RANDOM_STATE = 0
 # ------------------------------------------------------------------------------ the plain loop
 def _plain_loop(
     backbone_fn, X, y, *, n_frozen, epochs, batch_size, lr, weight_decay=0.01, device="cpu",
-    num_workers=0,
+    num_workers=0, channels_last=True,
 ):  # fmt: skip
-    """What a user writes by hand: blocks + pool + linear head, AdamW, frozen prefix in eval."""
+    """What a user writes by hand: blocks + pool + linear head, AdamW, frozen prefix in eval.
+
+    ``channels_last``: weights and batches in the layout sktransfer runs images in (the same
+    work, so the ratio is sktransfer's overhead); False: PyTorch's default NCHW layout.
+    """
     import torch
     from torch import nn
 
@@ -45,7 +49,9 @@ def _plain_loop(
     blocks = [m for _, m in backbone.blocks]
     prefix, suffix = nn.Sequential(*blocks[:n_frozen]), nn.Sequential(*blocks[n_frozen:])
     prefix.requires_grad_(False)
-    prefix.to(device), suffix.to(device), backbone.pool.to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in (prefix, suffix, backbone.pool):
+        m.to(device, memory_format=fmt)
     with torch.no_grad():
         x0 = ImageDataset(X[:1], backbone.prep)[0][0][None].to(device)
         dim = backbone.pool(suffix(prefix(x0))).shape[1]
@@ -63,7 +69,8 @@ def _plain_loop(
         trainable.train()
         prefix.eval()
         for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            xb = xb.to(device, non_blocking=True, memory_format=fmt)
+            yb = yb.to(device, non_blocking=True)
             with torch.no_grad():
                 xb = prefix(xb)
             loss = loss_fn(head(backbone.pool(suffix(xb))), yb)
@@ -136,6 +143,9 @@ def _timing(quick, rows):
             "plain_full": lambda: _plain_loop(
                 make, X, y, n_frozen=0, epochs=epochs, batch_size=32, lr=1e-4
             ),  # fmt: skip
+            "plain_full_nchw": lambda: _plain_loop(  # fmt: skip
+                make, X, y, n_frozen=0, epochs=epochs, batch_size=32, lr=1e-4, channels_last=False
+            ),
             "sk_partial": _sk_fit(X, y, None, False, freeze_depth=k, **same),
             "sk_partial_cache": _sk_fit(X, y, None, True, freeze_depth=k, **same),
             "plain_partial": lambda: _plain_loop(
@@ -160,6 +170,8 @@ def _timing(quick, rows):
         Result(NAME, "full_ft_defaults/time_over_plain_loop",
                med["sk_full_defaults"] / med["plain_full"], "x",
                notes=note + "; defaults: probe head (LP-FT), 10% validation, warmup+cosine"),
+        Result(NAME, "full_ft/time_over_plain_nchw_loop", med["sk_full"] / med["plain_full_nchw"],
+               "x", notes=note + "; the loop in PyTorch's default NCHW layout"),
         Result(NAME, "plain_loop_full_ft_time", med["plain_full"], "s", notes=note),
     ]  # fmt: skip
 

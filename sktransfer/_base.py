@@ -28,7 +28,12 @@ from sklearn.utils.validation import (
 )
 from torch import nn
 
-from sktransfer._batches import cudnn_autotune, resolve_device, seeded_globals  # noqa: F401
+from sktransfer._batches import (  # noqa: F401
+    cudnn_autotune,
+    is_channels_last,
+    resolve_device,
+    seeded_globals,
+)
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
@@ -178,8 +183,14 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         )
 
     def _runtime(self, device, kind):
-        """``(precision, channels_last)`` for this device and input kind."""
-        return resolve_precision(self.precision, device), device.type == "cuda" and kind == "image"
+        """``(precision, channels_last)`` for this device and input kind.
+
+        Image models run channels-last on CUDA and on the CPU too, where oneDNN's
+        channels-last convolutions are 1.2-1.6x faster than NCHW ones in training and
+        inference (EfficientNet-Lite0, ResNet-18, MobileNetV3; ConvNeXt breaks even).
+        """
+        channels_last = kind == "image" and device.type in ("cpu", "cuda")
+        return resolve_precision(self.precision, device), channels_last
 
     def _loader(self, dataset, kind, prep, device, collate=None):
         collate = Collate(self._collate(kind, prep)) if collate is None else collate
@@ -257,8 +268,8 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         net.shares_template = self._shares_template(device)
         if not net.shares_template:  # (the registry's template lives on the CPU)
             net.to(device)
-        if self._runtime(device, kind)[1]:
-            net.to(memory_format=torch.channels_last)
+        if self._runtime(device, kind)[1] and not is_channels_last(net):
+            net.to(memory_format=torch.channels_last)  # (registry templates load that way)
         if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
             self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
             net.set_frozen(n_blocks)

@@ -49,6 +49,14 @@ class Collate:
         return x, torch.as_tensor(targets)
 
 
+def is_channels_last(module) -> bool:
+    """Whether the module's first 4-D weight is laid out channels-last (True if it has none)."""
+    from torch.nn.parameter import is_lazy
+
+    weight = next((p for p in module.parameters() if not is_lazy(p) and p.dim() == 4), None)
+    return weight is None or weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def to_device(x, device, channels_last=False):
     """Move a batch (tensor, dict, :class:`TextState`, tuple) to ``device``.
 

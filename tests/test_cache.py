@@ -239,6 +239,8 @@ def test_frozen_cpu_models_share_the_registry_template_and_never_change_it(digit
 
     a, b = _clf(name).fit(X, y), _clf(name, C=0.1).fit(X, y)
     assert a.module_.blocks[0] is b.module_.blocks[0] is template.blocks[0][1]  # no copies
+    conv = next(m for m in template.blocks[0][1].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # loaded that way
     # fine-tuning copies: the same model whether or not frozen fits came first
     tuned_est = _clf(name, **tuned).fit(X, y)
     assert tuned_est.module_.blocks[1] is not template.blocks[1][1]

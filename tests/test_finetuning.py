@@ -240,6 +240,24 @@ def test_compile_wraps_the_trained_forward(cnn, digits_small, monkeypatch):
     assert calls == []
 
 
+def test_cpu_image_models_run_channels_last(cnn, digits_small, monkeypatch):
+    X, y = digits_small
+    frozen, tuned = _clf(cnn).fit(X, y), _clf(cnn, freeze_depth=1, max_epochs=1).fit(X, y)
+    for clf in (frozen, tuned):
+        conv = next(m for m in clf.module_.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    user_conv = cnn[0][0].weight  # the user's module is never converted
+    assert not user_conv.is_contiguous(memory_format=torch.channels_last)
+    # the layout is a speed choice only: NCHW gives the same model up to float rounding
+    runtime = PretrainedImageClassifier._runtime
+    monkeypatch.setattr(
+        PretrainedImageClassifier, "_runtime", lambda self, d, k: (runtime(self, d, k)[0], False)
+    )
+    with sktransfer.cache.config_context(cache=False):
+        nchw = _clf(cnn).fit(X, y)
+        np.testing.assert_allclose(nchw.predict_proba(X), frozen.predict_proba(X), atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_bf16_channels_last(cnn, digits_small):

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from sktransfer.backbones._base import Backbone
@@ -204,6 +205,9 @@ def _cached_load(key, load, share=False) -> Backbone:
     if template is None:
         template = load()
         modules = [m for _, m in template.blocks] + [template.pool]
+        if template.modality == "image":  # the layout the estimators run images in
+            for m in modules:
+                m.to(memory_format=torch.channels_last)
         # as loaded: a frozen model using the template itself (share=True) flips its
         # requires_grad and train/eval flags; every copy gets these back
         template.loaded_flags = (
