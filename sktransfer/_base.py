@@ -30,9 +30,9 @@ from torch import nn
 
 from sktransfer._batches import (  # noqa: F401
     cudnn_autotune,
-    is_channels_last,
     resolve_device,
     seeded_globals,
+    set_layout,
 )
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import count_forwards, get_config, lookup
@@ -265,11 +265,10 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
         n_blocks = len(blocks)
         net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
         net.train_bn = bool(getattr(self, "train_bn", True))
-        net.shares_template = self._shares_template(device)
-        if not net.shares_template:  # (the registry's template lives on the CPU)
+        net.shares_template = backbone.shared
+        if not net.shares_template:  # (the template: on the CPU, channels-last, never changed)
             net.to(device)
-        if self._runtime(device, kind)[1] and not is_channels_last(net):
-            net.to(memory_format=torch.channels_last)  # (registry templates load that way)
+            set_layout(net, channels_last=self._runtime(device, kind)[1])
         if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
             self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
             net.set_frozen(n_blocks)

@@ -49,12 +49,24 @@ class Collate:
         return x, torch.as_tensor(targets)
 
 
-def is_channels_last(module) -> bool:
-    """Whether the module's first 4-D weight is laid out channels-last (True if it has none)."""
+def set_layout(module, channels_last: bool) -> None:
+    """Lay the module's 4-D weights out channels-last or NCHW (no walk when they already are).
+
+    Judged on the first 4-D weight whose two layouts differ (a 1x1 kernel with one input
+    channel is both).
+    """
     from torch.nn.parameter import is_lazy
 
-    weight = next((p for p in module.parameters() if not is_lazy(p) and p.dim() == 4), None)
-    return weight is None or weight.is_contiguous(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    for p in module.parameters():
+        if (
+            not is_lazy(p)
+            and p.dim() == 4
+            and p.is_contiguous() != p.is_contiguous(memory_format=cl)
+        ):
+            if p.is_contiguous(memory_format=cl) != channels_last:
+                module.to(memory_format=cl if channels_last else torch.contiguous_format)
+            return
 
 
 def to_device(x, device, channels_last=False):

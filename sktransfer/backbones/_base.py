@@ -61,6 +61,7 @@ class Backbone:
     feature_dim: int | None  # None: found by a forward pass at fit time
     preprocessing: ImagePreprocessing | TextPreprocessing | None
     source: dict = field(default_factory=dict)  # how to rebuild it (persistence / cache key)
+    shared: bool = False  # the registry's loaded template itself (never train or move it)
 
     @property
     def n_blocks(self) -> int:

@@ -238,6 +238,7 @@ def _cached_load(key, load, share=False) -> Backbone:
         feature_dim=template.feature_dim,
         preprocessing=copy.copy(template.preprocessing),
         source=dict(template.source),
+        shared=share,
     )
 
 
