@@ -1,4 +1,4 @@
-"""Shared estimator base: parameters, validation, labels, the fit/predict skeleton.
+"""Shared estimator base: the fit/predict skeleton of both classifiers.
 
 The modality classes (``image.py``, ``text.py``) only say how raw input becomes a
 dataset and which preprocessing overrides apply; everything else lives here.
@@ -7,8 +7,6 @@ dataset and which preprocessing overrides apply; everything else lives here.
 from __future__ import annotations
 
 import copy
-import numbers
-import os
 import warnings
 
 import numpy as np
@@ -17,95 +15,38 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    column_or_1d,
-    validate_data,
-)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from torch import nn
 
-from sktransfer._batches import (  # noqa: F401
+from sktransfer._batches import (  # noqa: F401 - resolve_device: imported from here elsewhere
     cudnn_autotune,
     resolve_device,
     seeded_globals,
     set_layout,
 )
+from sktransfer._outputs import BlockOutputsMixin
+from sktransfer._params import COMMON_CONSTRAINTS, check_labels
 from sktransfer.backbones import resolve_backbone
-from sktransfer.cache import count_forwards, get_config, lookup
-from sktransfer.data import sample_keys
-from sktransfer.freezing import TransferNet, block_namespace, resolve_freeze_depth
+from sktransfer.freezing import TransferNet, resolve_freeze_depth
 from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.regularization import L2SP
-from sktransfer.schedules import SCHEDULES
 from sktransfer.training import (
     Collate,
     LabeledDataset,
-    PadTokens,
-    RowsDataset,
     TrainConfig,
     fine_tune,
     fit_linear_head,
     make_loader,
     predict_logits,
     resolve_precision,
-    run_blocks,
     run_phases,
 )
 
-COMMON_CONSTRAINTS = {
-    "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
-    "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
-    "lr_schedule": [StrOptions(set(SCHEDULES))],
-    "layer_decay": [None, Interval(numbers.Real, 0, 1, closed="right")],
-    "unfreeze_schedule": [None, Interval(numbers.Integral, 1, None, closed="left")],
-    "l2sp_alpha": [Interval(numbers.Real, 0, None, closed="left")],
-    "l2sp_beta": [Interval(numbers.Real, 0, None, closed="left")],
-    "class_weight": [None, dict, StrOptions({"balanced"})],
-    "precision": [StrOptions({"auto", "fp32", "bf16"})],
-    "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
-    "compile": ["boolean"],
-    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-    "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
-    "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-    "C": [Interval(numbers.Real, 0, None, closed="neither")],
-    "head_init": [StrOptions({"probe", "random"})],
-    "early_stopping": ["boolean"],
-    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-    "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
-    "device": [str],
-    "cache_dir": [None, str, os.PathLike],
-    "random_state": ["random_state"],
-    "verbose": ["verbose"],
-}
 
-
-def check_labels(y, n_samples):
-    """Validate ``y`` for classification; returns it as a 1-D ndarray."""
-    if y is None:
-        raise ValueError(
-            "this classifier requires y to be passed, but the target y is None: "
-            "pass one label per sample"
-        )
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = column_or_1d(y, warn=True)  # DataConversionWarning, as scikit-learn does
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D (one label per sample), got shape {y.shape}")
-    if len(y) != n_samples:
-        raise ValueError(f"X has {n_samples} samples but y has {len(y)} labels")
-    for i, label in enumerate(y):
-        if label is None or (isinstance(label, (float, np.floating)) and np.isnan(label)):
-            raise ValueError(f"y[{i}] is missing ({label!r}); labels must not be None or NaN")
-    check_classification_targets(y)
-    return y
-
-
-class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstimator):
+class PretrainedClassifierBase(
+    BlockOutputsMixin, PicklableModulesMixin, ClassifierMixin, BaseEstimator
+):
     """Fit/predict skeleton shared by the image and text classifiers."""
 
     _modality = None  # "image" | "text"
@@ -337,44 +278,6 @@ class PretrainedClassifierBase(PicklableModulesMixin, ClassifierMixin, BaseEstim
             net, data, cfg, n_frozen=n_frozen, head_epochs=self.unfreeze_schedule,
             auto_lr=self.lr == "auto", train=fine_tune,
         )  # fmt: skip
-
-    # ------------------------------------------------------------------ cached block outputs
-    def _use_boundary_cache(self, n_frozen):
-        return n_frozen > 0 and get_config()["cache"] and getattr(self, "augment", None) is None
-
-    def _outputs(self, net, items, kind, prep, device, *, stop, use_cache=True):
-        """Per-sample outputs of blocks ``[:stop]`` (pooled when ``stop`` is the end).
-
-        Looked up in the content-addressed cache; only misses run the backbone.
-        """
-        precision, channels_last = self._runtime(device, kind)
-
-        def compute(idx):
-            dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
-            if use_cache:  # (uncached: a one-sample shape probe, not feature extraction)
-                count_forwards(len(idx))
-            loader = self._loader(dataset, kind, prep, device)
-            return run_blocks(
-                net, loader, device, stop=stop, precision=precision,
-                channels_last=channels_last, verbose=self.verbose and use_cache,
-            )  # fmt: skip
-
-        if not use_cache or not get_config()["cache"]:  # (no weight hashing either)
-            return compute(list(range(len(items))))
-        namespace = block_namespace(net, stop, prep, kind, precision)
-        keys = sample_keys(items, "text" if kind == "text" else "image")
-        return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
-
-    def _suffix_dataset(self, net, items, idx, kind, prep, device, start, training=False):
-        subset = [items[i] for i in idx]
-        if start == 0:
-            return self._make_dataset(subset, kind, prep, training=training)
-        return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start))
-
-    def _suffix_collate(self, kind, prep, start, n_blocks):
-        if start == 0:
-            return self._collate(kind, prep)
-        return PadTokens() if kind == "text" and start < n_blocks else None
 
     def _split(self, y_idx, seed):
         """Stratified train/validation split, or no split when it cannot be stratified."""

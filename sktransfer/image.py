@@ -11,8 +11,9 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from sktransfer._base import COMMON_CONSTRAINTS, PretrainedClassifierBase
+from sktransfer._base import PretrainedClassifierBase
 from sktransfer._embedder import EmbedderBase
+from sktransfer._params import COMMON_CONSTRAINTS
 from sktransfer.augment import PRESETS, make_augment, tta_views
 from sktransfer.data import ImageDataset, check_images
 from sktransfer.training import ArrayDataset

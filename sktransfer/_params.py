@@ -1,0 +1,61 @@
+"""Constructor-parameter constraints and label validation shared by both classifiers."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+
+from sktransfer.schedules import SCHEDULES
+
+COMMON_CONSTRAINTS = {
+    "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
+    "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "lr_schedule": [StrOptions(set(SCHEDULES))],
+    "layer_decay": [None, Interval(numbers.Real, 0, 1, closed="right")],
+    "unfreeze_schedule": [None, Interval(numbers.Integral, 1, None, closed="left")],
+    "l2sp_alpha": [Interval(numbers.Real, 0, None, closed="left")],
+    "l2sp_beta": [Interval(numbers.Real, 0, None, closed="left")],
+    "class_weight": [None, dict, StrOptions({"balanced"})],
+    "precision": [StrOptions({"auto", "fp32", "bf16"})],
+    "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+    "compile": ["boolean"],
+    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
+    "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+    "C": [Interval(numbers.Real, 0, None, closed="neither")],
+    "head_init": [StrOptions({"probe", "random"})],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+    "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+    "device": [str],
+    "cache_dir": [None, str, os.PathLike],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+}
+
+
+def check_labels(y, n_samples):
+    """Validate ``y`` for classification; returns it as a 1-D ndarray."""
+    if y is None:
+        raise ValueError(
+            "this classifier requires y to be passed, but the target y is None: "
+            "pass one label per sample"
+        )
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)  # DataConversionWarning, as scikit-learn does
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per sample), got shape {y.shape}")
+    if len(y) != n_samples:
+        raise ValueError(f"X has {n_samples} samples but y has {len(y)} labels")
+    for i, label in enumerate(y):
+        if label is None or (isinstance(label, (float, np.floating)) and np.isnan(label)):
+            raise ValueError(f"y[{i}] is missing ({label!r}); labels must not be None or NaN")
+    check_classification_targets(y)
+    return y
