@@ -14,8 +14,8 @@ empties the memo; :func:`sktransfer.cache_info` counts ``head_solves`` and ``hea
 Two exact reparametrisations make each solve cheaper without changing the problem
 (:func:`_coordinates`): the features are centred (the unpenalised intercept absorbs
 the shift), which halves the L-BFGS iterations on post-ReLU features with a large mean,
-and with fewer samples than half the feature dimension (a CV fold of a few hundred
-images against 1280 features) the weights are sought in the features' row space, with
+and with at most half as many distinct samples as features (a CV fold of a few hundred
+images against 1280 features) the weights are sought in the span of the samples, with
 n instead of d unknowns per class. The optimum is the same; only the ``gtol`` test
 bounds the largest gradient entry in these coordinates, so the stopping point can
 differ from scikit-learn's by the tolerance.
@@ -78,8 +78,8 @@ def _coordinates(X, w, xw_key):
 
     Everything here depends only on the set of distinct rows that carry weight (sorted)
     and on ``mu``: repeating a sample and doubling its weight give the same coordinates,
-    as scikit-learn's sample-weight equivalence expects. Kept per (features, weights)
-    in ``_BASES``, so the C values of a grid reuse one fold's factorisation.
+    as scikit-learn's sample-weight equivalence expects. Row-space coordinates are kept
+    per (features, weights) in ``_BASES``, so the C values of a grid reuse one fold's QR.
     """
     with _LOCK:
         hit = _BASES.get(xw_key)
@@ -89,18 +89,28 @@ def _coordinates(X, w, xw_key):
     d = X.shape[1]
     mu = (w @ X) / w.sum()
     Z, Q = X - mu, None
-    rows = np.unique(X[w > 0], axis=0)  # sorted: the same for repeated or weighted samples
-    u = len(rows)
-    if 2 * u <= d:
-        with threadpool_limits(limits=1 if u * u * d <= QR_SINGLE_THREAD_FLOPS else None):
-            Q = np.linalg.qr((rows - mu).T)[0]
-            Z = Z @ Q
-    out = (mu, Z, Q)
+    weighted = X[w > 0]
+    if 2 * _n_distinct_at_least(weighted) <= d:
+        rows = np.unique(weighted, axis=0)  # sorted: the same for repeated or weighted samples
+        u = len(rows)
+        if 2 * u <= d:
+            with threadpool_limits(limits=1 if u * u * d <= QR_SINGLE_THREAD_FLOPS else None):
+                Q = np.linalg.qr((rows - mu).T)[0]
+                Z = Z @ Q
+    if Q is None:  # centring alone: O(n d) to redo, not worth holding a copy of X
+        return mu, Z, Q
     with _LOCK:
-        _BASES[xw_key] = out
+        _BASES[xw_key] = (mu, Z, Q)
         while len(_BASES) > BASIS_SIZE:
             _BASES.popitem(last=False)
-    return out
+    return mu, Z, Q
+
+
+def _n_distinct_at_least(X) -> int:
+    """A lower bound on the number of distinct rows, in O(n d): distinct projections on a
+    fixed direction are distinct rows (equal projections of different rows only undercount)."""
+    direction = np.random.default_rng(0).standard_normal(X.shape[1])
+    return len(np.unique(X @ direction))
 
 
 def _as_head(W, b, d, n_classes) -> nn.Linear:

@@ -61,7 +61,12 @@ def test_wide_features_solve_in_the_row_space():
     X_tall, y_tall = _problem(300, 30, 3)
     head.clear_memo()
     _fit(X_tall, y_tall, 3)
-    assert next(iter(head._BASES.values()))[2] is None  # n > d / 2: plain centred features
+    assert head._coordinates(X_tall, np.ones(300), b"k")[2] is None  # n > d / 2: centred only
+    assert not head._BASES  # (and no copy of the features kept)
+    # many duplicates: 300 rows but only 10 distinct ones, 2 * 10 <= 30
+    X_dup = np.repeat(X_tall[:10], 30, axis=0)
+    mu, Z, Q = head._coordinates(X_dup, np.ones(300), b"dup")
+    assert Q.shape == (30, 10) and Z.shape == (300, 10)
 
 
 def test_shifting_every_feature_only_moves_the_intercept():
