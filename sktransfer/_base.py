@@ -22,6 +22,7 @@ from torch import nn
 from sktransfer._batches import (  # noqa: F401 - resolve_device: imported from here elsewhere
     cudnn_autotune,
     resolve_device,
+    runs_channels_last,
     seeded_globals,
     set_layout,
 )
@@ -124,14 +125,8 @@ class PretrainedClassifierBase(
         )
 
     def _runtime(self, device, kind):
-        """``(precision, channels_last)`` for this device and input kind.
-
-        Image models run channels-last on CUDA and on the CPU too, where oneDNN's
-        channels-last convolutions are 1.2-1.6x faster than NCHW ones in training and
-        inference (EfficientNet-Lite0, ResNet-18, MobileNetV3; ConvNeXt breaks even).
-        """
-        channels_last = kind == "image" and device.type in ("cpu", "cuda")
-        return resolve_precision(self.precision, device), channels_last
+        """``(precision, channels_last)`` for this device and input kind."""
+        return resolve_precision(self.precision, device), runs_channels_last(kind, device)
 
     def _loader(self, dataset, kind, prep, device, collate=None):
         collate = Collate(self._collate(kind, prep)) if collate is None else collate

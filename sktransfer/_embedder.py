@@ -8,7 +8,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer._base import resolve_device
+from sktransfer._batches import resolve_device, runs_channels_last, set_layout
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import count_forwards, lookup
 from sktransfer.data import sample_keys
@@ -63,6 +63,8 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
     def _features(self, items, kind):
         device = resolve_device(self.device)
         net, prep = self.module_.to(device), self.preprocessing_
+        channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry
+        set_layout(net, channels_last)
 
         def compute(idx):
             dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
@@ -71,9 +73,9 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
             )
             count_forwards(len(idx))
             with torch.random.fork_rng(devices=[]):
-                return run_blocks(net, loader, device)
+                return run_blocks(net, loader, device, channels_last=channels_last)
 
-        namespace = block_namespace(net, len(net.blocks), prep, kind)
+        namespace = block_namespace(net, len(net.blocks), prep, kind, channels_last=channels_last)
         keys = sample_keys(items, "text" if kind == "text" else "image")
         rows = lookup(namespace, keys, compute, cache_dir=self.cache_dir)
         return np.ascontiguousarray(np.stack(rows), dtype=np.float32)

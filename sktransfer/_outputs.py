@@ -38,7 +38,7 @@ class BlockOutputsMixin:
 
         if not use_cache or not get_config()["cache"]:  # (no weight hashing either)
             return compute(list(range(len(items))))
-        namespace = block_namespace(net, stop, prep, kind, precision)
+        namespace = block_namespace(net, stop, prep, kind, precision, channels_last)
         keys = sample_keys(items, "text" if kind == "text" else "image")
         return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
 

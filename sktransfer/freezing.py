@@ -121,12 +121,15 @@ def bn_state(module: nn.Module) -> dict:
     }
 
 
-def block_namespace(net: TransferNet, stop: int, prep, kind: str, precision="fp32") -> str:
+def block_namespace(
+    net: TransferNet, stop: int, prep, kind: str, precision="fp32", channels_last=False
+) -> str:
     """Cache namespace of the outputs of ``net.blocks[:stop]`` (+ pool at the end).
 
     Hashes each block's structure (``repr``) and weights, and the preprocessing,
     so a changed weight, architecture, resolution or tokenizer is a miss; outputs
-    computed under bf16 autocast get their own namespace.
+    computed under bf16 autocast or in the channels-last layout (equal up to float
+    rounding) get their own namespace.
     """
     from sktransfer.cache import digest, module_digest, prep_identity
 
@@ -134,6 +137,8 @@ def block_namespace(net: TransferNet, stop: int, prep, kind: str, precision="fp3
     parts = [kind, stop, len(net.blocks), prep_identity(prep)]
     if precision != "fp32":
         parts.append(f"precision={precision}")
+    if channels_last:
+        parts.append("channels_last")
     for m in modules:
         parts += [digest(repr(m)), module_digest(m)]
     return digest(*parts)

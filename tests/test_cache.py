@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
@@ -45,6 +46,18 @@ def test_grid_search_runs_the_backbone_once_per_unique_sample(cnn, digits_small)
     assert info["hits"] >= 6 * 5 * len(X)
     search.predict(X)
     assert cache_info()["backbone_forwards"] == len(X)
+
+
+def test_embedder_and_frozen_classifier_share_entries(cnn, digits_small):
+    X, y = digits_small
+    clf = _clf(cnn).fit(X, y)
+    assert cache_info()["backbone_forwards"] == len(X)
+    feats = ImageEmbedder(cnn, image_size=8, batch_size=64).fit(X).transform(X)
+    assert cache_info()["backbone_forwards"] == len(X)  # same layout, same entries
+    head = clf.module_.head
+    with torch.no_grad():
+        logits = head(torch.from_numpy(feats)).numpy()
+    np.testing.assert_allclose(softmax(logits, axis=1), clf.predict_proba(X), atol=1e-6)
 
 
 def test_grid_points_that_differ_only_in_lr_share_one_head_solve(cnn, digits_small):
