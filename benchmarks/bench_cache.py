@@ -127,7 +127,7 @@ def _partial_epochs(quick, rows):
     import sktransfer
     from sktransfer import PretrainedImageClassifier
 
-    n, size = (160, 224) if quick else (2000, 224)
+    n, size = (128, 224) if quick else (2000, 224)
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=1)
 
     def fit(depth):

@@ -131,11 +131,13 @@ def fit_linear_head(
     in float64, in the coordinates of :func:`_coordinates`. ``info``: ``train_loss``,
     ``n_iter``, ``converged``.
     """
-    X = np.asarray(features, dtype=np.float64)
+    X = np.asarray(features)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     y = np.asarray(labels, dtype=np.int64)
     n, d = X.shape
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    xw_key = _digest(X, w)
+    xw_key = _digest(X, w)  # of the features as given (float32 features: half the bytes)
     key = _digest(xw_key, y, params=(n_classes, float(C), float(tol), int(max_iter)))
     with _LOCK:
         hit = _MEMO.get(key)
@@ -145,6 +147,7 @@ def fit_linear_head(
     if hit is not None:
         W, b, info = hit
         return _as_head(W, b, d, n_classes), dict(info)
+    X = X.astype(np.float64, copy=False)
     mu, Z, Q = _coordinates(X, w, xw_key)
     W, b, info = _solve(Z, y, w, n_classes, C, max_iter, tol)
     if Q is not None:
