@@ -254,10 +254,22 @@ def _state_items(module, keep_vars=False):
 
 
 def _tensor_state(module):
-    """Identity of the module's current tensors: replaced or modified tensors change it."""
+    """Identity of the module's current tensors: replaced or modified tensors change it.
+
+    Walks each submodule's own parameters and buffers (cheaper than ``state_dict``); a
+    quantised layer's packed weights live outside those, so such modules use the state dict.
+    """
+    subs = list(module.modules())
+    if any("_packed_params" in vars(m) for m in subs):
+        return tuple(
+            (name, t.data_ptr(), t._version, tuple(t.shape))
+            for name, t in _state_items(module, keep_vars=True)
+        )
     return tuple(
-        (name, t.data_ptr(), t._version, tuple(t.shape))
-        for name, t in _state_items(module, keep_vars=True)
+        (t.data_ptr(), t._version, tuple(t.shape))
+        for m in subs
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
     )
 
 

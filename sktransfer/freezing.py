@@ -139,6 +139,19 @@ def block_namespace(
         parts.append(f"precision={precision}")
     if channels_last:
         parts.append("channels_last")
+    shared = getattr(net, "shares_template", False)
     for m in modules:
-        parts += [digest(repr(m)), module_digest(m)]
+        parts += [_structure_digest(m) if shared else digest(repr(m)), module_digest(m)]
     return digest(*parts)
+
+
+def _structure_digest(module) -> str:
+    """``digest(repr(module))``, kept on a registry template's module: the template's
+    structure never changes (its weights are still checked, by ``module_digest``)."""
+    from sktransfer.cache import digest
+
+    value = module.__dict__.get("_sktransfer_structure")
+    if value is None:
+        value = digest(repr(module))
+        object.__setattr__(module, "_sktransfer_structure", value)
+    return value

@@ -53,7 +53,7 @@ def clear_memo() -> None:
 
 
 def _digest(*parts, params=()) -> bytes:
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.sha256()  # SHA-NI on x86-64: ~2x BLAKE2b's speed on megabytes of features
     for a in parts:
         if isinstance(a, bytes):  # an earlier digest
             h.update(a)
