@@ -56,8 +56,9 @@ def _grid_search(quick, rows):
         GridSearchCV(est, grid, cv=5).fit(X, y)
         info.update(sktransfer.cache_info())
 
-    # plain, grid, plain, grid: the machine's speed drifts (a shared host); best of two each
-    t = time_interleaved({"plain": plain_fit, "grid": grid_search}, repeats=2, warmup=0)
+    # plain, grid, plain, grid, ...: the machine's speed drifts (a shared host; one cold fit
+    # varied 15-22 s within minutes); best of three each
+    t = time_interleaved({"plain": plain_fit, "grid": grid_search}, repeats=3, warmup=0)
     plain, searched = min(t["plain"]["times_s"]), min(t["grid"]["times_s"])
     forwards = info["backbone_forwards"] / len(X)
     rows += [
