@@ -75,8 +75,8 @@ def _grid_cost_curve(quick, rows):
 
     ``Pipeline(memory=joblib.Memory)`` caches the embedder's ``fit_transform`` on each training
     fold, but scoring transforms every validation fold again and each fold's training set once.
-    Both sides search the head's C (G values) with K-fold CV. 96 px keeps the quick run short;
-    the ratios are what the plot ``docs/img/grid_cost.png`` shows.
+    Both sides search the head's C (G values) with K-fold CV. 200 images at 96 px keep the
+    quick run short; the ratios are what the plot ``docs/img/grid_cost.png`` shows.
     """
     import joblib
     from sklearn.linear_model import LogisticRegression
@@ -86,7 +86,7 @@ def _grid_cost_curve(quick, rows):
     import sktransfer
     from sktransfer import ImageEmbedder, PretrainedImageClassifier
 
-    n, size = (300, 96) if quick else (2000, 224)
+    n, size = (200, 96) if quick else (2000, 224)
     shapes = [(2, 3), (4, 5)] if quick else [(2, 3), (4, 5), (8, 5), (8, 10)]
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=0)
     note = f"Fashion-MNIST n={n}, image_size={size}, efficientnet_lite0"
@@ -128,7 +128,7 @@ def _partial_epochs(quick, rows):
     import sktransfer
     from sktransfer import PretrainedImageClassifier
 
-    n, size = (128, 224) if quick else (2000, 224)
+    n, size = (96, 224) if quick else (2000, 224)
     X, y, _, _ = datasets.load_fashion_mnist(n, 10, random_state=1)
 
     def fit(depth):

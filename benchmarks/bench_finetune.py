@@ -137,7 +137,7 @@ def _timing(quick, rows):
     n_blocks = len(make().blocks)
     k = n_blocks - 2  # partial: the last two blocks trained
     note = f"efficientnet_lite0 {size}px, Fashion-MNIST n={n}, {epochs} epochs, batch 32, 1 thread"
-    repeats, warmup = 3, 1  # best of three: a 1-2 s job varies by +-5% between runs
+    repeats, warmup = 3, 0  # best of three (a 1-2 s job varies by +-5% between runs)
     t = time_interleaved(
         {
             "sk_full": _sk_fit(X, y, None, False, freeze_depth=0, **same),
