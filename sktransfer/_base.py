@@ -219,7 +219,9 @@ class PretrainedClassifierBase(
                 feats[fit_idx], y_idx[fit_idx], n_classes, sw[fit_idx], C=self.C
             )
         else:
-            dim = self._outputs(net, items[:1], kind, prep, device, stop=n_blocks)[0].shape[-1]
+            dim = backbone.feature_dim  # known for registry backbones: no probe forward
+            if dim is None:
+                dim = self._outputs(net, items[:1], kind, prep, device, stop=n_blocks)[0].shape[-1]
             torch.manual_seed(seed)
             head, info = nn.Linear(dim, n_classes), None
         net.head = head.to(device)
