@@ -59,8 +59,7 @@ def runs_channels_last(kind: str, device) -> bool:
 def set_layout(module, channels_last: bool) -> None:
     """Lay the module's 4-D weights out channels-last or NCHW (no walk when they already are).
 
-    Judged on the first 4-D weight whose two layouts differ (a 1x1 kernel with one input
-    channel is both).
+    Judged on the first 4-D weight whose two layouts differ (a 1x1 kernel's weight is both).
     """
     from torch.nn.parameter import is_lazy
 

@@ -93,8 +93,11 @@ def test_a_repeated_row_equals_a_doubled_weight():
     np.testing.assert_allclose(b2, b, atol=1e-7)
 
 
-def test_coordinates_are_reused_across_C():
+def test_coordinates_are_reused_across_C(monkeypatch):
+    qr, calls = np.linalg.qr, []
+    monkeypatch.setattr(np.linalg, "qr", lambda a: calls.append(a.shape) or qr(a))
     X, y = _problem(40, 200, 3)
     for C in (0.1, 1.0, 10.0):
         _fit(X, y, 3, C=C)
+    assert calls == [(200, 40)]  # one factorisation for the three solves
     assert len(head._BASES) == 1 and head.STATS["head_solves"] == 3
