@@ -11,6 +11,9 @@ Timing (one BLAS/torch thread: stable on a shared machine; interleaved A B A B, 
   an L-BFGS probe and validation passes, reported separately.
 * fixed overhead: a tiny CNN, 32 images, 1 epoch: sktransfer fit time - plain loop time
   (goal <= 200 ms).
+* input path: images to a float32 channels-last batch, float32 samples (a plain loop) against
+  sktransfer's uint8 batches normalised after the device copy, in the main process and with two
+  DataLoader workers.
 
 Accuracy (frozen vs partial vs full fine-tuning) is measured by ``bench_accuracy.py``, the GPU
 speed-up (bf16 + channels-last) by ``bench_gpu.py``.
@@ -215,8 +218,55 @@ def _timing(quick, rows):
     ]  # fmt: skip
 
 
+def _input_path(quick, rows):
+    """Images -> a model-ready float32 channels-last batch, without the model.
+
+    The float32 path is what a plain loop does (normalise each sample in the dataset, collate
+    floats); sktransfer's collates uint8 pixels and normalises the batch after the device copy
+    (here the device is the CPU, so the main process does it).
+    """
+    import torch
+
+    from sktransfer._batches import Collate, to_device
+    from sktransfer._pixels import StackPixels
+    from sktransfer.backbones._base import ImagePreprocessing
+    from sktransfer.data import ImageDataset
+
+    n, size, batch = (512, 224, 128) if quick else (2048, 224, 128)
+    X, _, _, _ = datasets.load_fashion_mnist(n, 10, random_state=RANDOM_STATE)
+    X = list(X)
+    prep = ImagePreprocessing(image_size=size)
+
+    def epoch(normalize, workers):
+        def run():
+            data = ImageDataset(X, prep, normalize=normalize)
+            collate = Collate(None if normalize else StackPixels(prep.mean, prep.std))
+            loader = torch.utils.data.DataLoader(
+                data, batch_size=batch, num_workers=workers, collate_fn=collate
+            )
+            for xb, _ in loader:
+                to_device(xb, "cpu", channels_last=True)
+
+        return run
+
+    note = f"Fashion-MNIST n={n} 28px -> {size}px, batch {batch}, CPU"
+    for workers in (0, 2):
+        candidates = {"float32": epoch(True, workers), "uint8": epoch(False, workers)}
+        t = _best(time_interleaved(candidates, repeats=3, warmup=1))
+        where = "in the main process" if workers == 0 else f"{workers} DataLoader workers"
+        moved = f"{3 * size * size:,} bytes per image cross to the device, not {12 * size * size:,}"
+        rows += [
+            Result(NAME, f"input_path/uint8_speedup_workers_{workers}", t["float32"] / t["uint8"],
+                   "x", notes=f"{note}, {where}; float32 samples / uint8 batches normalised after "
+                   f"the copy; {moved}"),
+            Result(NAME, f"input_path/images_per_s_uint8_workers_{workers}", n / t["uint8"],
+                   "img/s", notes=f"{note}, {where}"),
+        ]  # fmt: skip
+
+
 def run(quick: bool) -> list[Result]:
     rows: list[Result] = []
     with limit_threads(1):  # timing: one thread is stable on a shared machine
         _timing(quick, rows)
+        _input_path(quick, rows)
     return rows

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sktransfer._pixels import PixelBatch
 from sktransfer.backbones._base import TextState
 
 
@@ -76,10 +77,13 @@ def set_layout(module, channels_last: bool) -> None:
 
 
 def to_device(x, device, channels_last=False):
-    """Move a batch (tensor, dict, :class:`TextState`, tuple) to ``device``.
+    """Move a batch (tensor, dict, :class:`TextState`, :class:`PixelBatch`, tuple) to ``device``.
 
-    ``channels_last``: 4-D tensors (image batches) in channels-last memory format.
+    ``channels_last``: 4-D tensors (image batches) in channels-last memory format. A
+    :class:`PixelBatch` (uint8) is normalised to float32 on ``device``, after the copy.
     """
+    if isinstance(x, PixelBatch):
+        return x.to(device, channels_last)
     if isinstance(x, dict):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
     if isinstance(x, TextState):

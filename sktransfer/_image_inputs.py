@@ -232,7 +232,7 @@ def load_rgb(item, index=None):
     raise _bad_type(item, "?" if index is None else index)
 
 
-def preprocess_image(img, prep: ImagePreprocessing):
+def preprocess_image(img, prep: ImagePreprocessing, normalize: bool = True):
     """Resize, centre-crop and normalise an image into a model-ready tensor.
 
     The shorter side is resized to ``prep.resize_size or prep.image_size``, the
@@ -244,11 +244,14 @@ def preprocess_image(img, prep: ImagePreprocessing):
         The image (converted to RGB if needed).
     prep : ImagePreprocessing
         Sizes, mean, std and interpolation.
+    normalize : bool, default=True
+        False: stop after the crop and return the uint8 pixels; ``(x / 255 - mean) / std``
+        of them in float32 is exactly the normalised tensor.
 
     Returns
     -------
     tensor : torch.Tensor
-        float32 of shape (3, image_size, image_size).
+        float32 (uint8 when ``normalize=False``) of shape (3, image_size, image_size).
     """
     resample = _INTERPOLATION.get(prep.interpolation)
     if resample is None:
@@ -269,6 +272,8 @@ def preprocess_image(img, prep: ImagePreprocessing):
     left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
     if (left, top, new_w, new_h) != (0, 0, size, size):
         img = img.crop((left, top, left + size, top + size))
+    if not normalize:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)))
     a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     a = (a - np.float32(prep.mean)) / np.float32(prep.std)
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
@@ -287,13 +292,17 @@ class ImageDataset(torch.utils.data.Dataset):
         Targets; ``y[i]`` is returned as given. When None the target is 0.
     transform : callable, optional
         PIL -> PIL augmentation applied after decoding, before preprocessing.
+    normalize : bool, default=True
+        False: samples are the uint8 pixels (see :func:`preprocess_image`); the
+        estimators load them so and normalise whole batches on the model's device.
     """
 
-    def __init__(self, items, prep, y=None, transform=None):
+    def __init__(self, items, prep, y=None, transform=None, normalize=True):
         self.items = list(items)
         self.prep = prep
         self.y = _as_targets(y, len(self.items))
         self.transform = transform
+        self.normalize = normalize
 
     def __len__(self):
         return len(self.items)
@@ -302,7 +311,7 @@ class ImageDataset(torch.utils.data.Dataset):
         img = load_rgb(self.items[i], index=i)
         if self.transform is not None:
             img = self.transform(img)
-        x = preprocess_image(img, self.prep)
+        x = preprocess_image(img, self.prep, self.normalize)
         return x, (0 if self.y is None else self.y[i])
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from sktransfer._base import PretrainedClassifierBase
 from sktransfer._embedder import EmbedderBase
 from sktransfer._params import COMMON_CONSTRAINTS
+from sktransfer._pixels import StackPixels
 from sktransfer.augment import PRESETS, make_augment, tta_views
 from sktransfer.data import ImageDataset, check_images
 from sktransfer.training import ArrayDataset
@@ -69,14 +70,15 @@ class _ImageInput:
         transform = view
         if training:
             transform = make_augment(getattr(self, "augment", None), prep)
-        return ImageDataset(items, prep, transform=transform)
+        return ImageDataset(items, prep, transform=transform, normalize=False)
 
     def _tta_views(self, kind):
         n = getattr(self, "tta", None)
         return tta_views(n) if kind == "image" and n else []
 
     def _collate(self, kind, prep):
-        return None
+        # uint8 pixels through workers, pinned memory and the copy; normalised on the device
+        return StackPixels(prep.mean, prep.std) if kind == "image" else None
 
     def _preprocessing(self, backbone):
         prep = copy.deepcopy(backbone.preprocessing)

@@ -324,6 +324,72 @@ def test_image_dataset_transform_hook_and_pandas_y(tmp_path):
     assert torch.allclose(x, torch.ones(3, 8, 8)) and target == "cat"
 
 
+def _mixed_images():
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, (37, 23, 3), dtype=np.uint8),
+        rng.random((19, 41)),  # float grey in [0, 1]
+        rng.integers(0, 256, (16, 16, 4), dtype=np.uint8),  # alpha
+        rng.integers(0, 256, (50, 50, 3), dtype=np.uint8),
+    ]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_pixels_normalised_on_the_device_equal_the_float_path(channels_last):
+    """uint8 batches + normalisation after the device copy give bit-identical input."""
+    from sktransfer._batches import Collate, to_device
+    from sktransfer._pixels import PixelBatch, StackPixels
+
+    prep = ImagePreprocessing(image_size=16, resize_size=18, mean=MEAN, std=STD)
+    items = check_images(_mixed_images())
+    raw = ImageDataset(items, prep, normalize=False)
+    assert raw[0][0].dtype == torch.uint8 and raw[0][0].shape == (3, 16, 16)
+    floats = torch.stack([ImageDataset(items, prep)[i][0] for i in range(len(items))])
+    batch = Collate(StackPixels(prep.mean, prep.std))([raw[i] for i in range(len(items))])[0]
+    assert isinstance(batch, PixelBatch) and len(batch) == 4
+    assert batch.pixels.dtype == torch.uint8
+    x = to_device(batch, "cpu", channels_last)
+    assert x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(x, floats)
+    # the statistics are applied per channel: a shuffled std is another input
+    wrong = PixelBatch(batch.pixels, MEAN, STD[::-1])
+    assert not torch.allclose(to_device(wrong, "cpu"), floats)
+
+
+def test_pixel_batches_come_through_worker_processes_and_pickle():
+    from sktransfer._batches import Collate, to_device
+    from sktransfer._pixels import PixelBatch, StackPixels
+
+    prep = ImagePreprocessing(image_size=12)
+    items = check_images(_mixed_images())
+    raw = ImageDataset(items, prep, y=[0, 1, 0, 1], normalize=False)
+    loader = torch.utils.data.DataLoader(
+        raw, batch_size=3, num_workers=1, collate_fn=Collate(StackPixels(prep.mean, prep.std))
+    )
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [3, 1]
+    assert all(isinstance(b[0], PixelBatch) for b in batches)
+    x = torch.cat([to_device(b[0], "cpu") for b in batches])
+    assert torch.equal(x, torch.stack([ImageDataset(items, prep)[i][0] for i in range(4)]))
+    again = pickle.loads(pickle.dumps(batches[0][0]))
+    assert torch.equal(again.pixels, batches[0][0].pixels) and again.std == batches[0][0].std
+    # float samples (already normalised) are stacked as they are
+    floats = StackPixels(prep.mean, prep.std)([ImageDataset(items, prep)[0]])[0]
+    assert isinstance(floats, torch.Tensor) and floats.dtype == torch.float32
+
+
+def test_estimators_load_uint8_pixels():
+    from sktransfer import ImageEmbedder, PretrainedImageClassifier
+
+    prep = ImagePreprocessing(image_size=8)
+    items = check_images(_mixed_images())
+    for est in (PretrainedImageClassifier(), ImageEmbedder()):
+        for training in (False, True):
+            ds = est._make_dataset(items, "image", prep, training=training)
+            assert ds[0][0].dtype == torch.uint8
+
+
 def test_image_dataset_corrupt_file_reports_index(tmp_path):
     good = _save(Image.new("RGB", (4, 4)), tmp_path / "ok.png")
     bad = tmp_path / "bad.png"

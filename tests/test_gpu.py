@@ -39,6 +39,20 @@ def test_gpu_features_match_cpu_features(cnn, digits_small):
     assert clf.predict_proba(X).shape == (len(X), 3)
 
 
+def test_pinned_uint8_batches_are_normalised_on_the_gpu():
+    from sktransfer._batches import to_device
+    from sktransfer._pixels import PixelBatch
+
+    pixels = torch.randint(0, 256, (5, 3, 9, 7), dtype=torch.uint8)
+    batch = PixelBatch(pixels, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).pin_memory()
+    assert batch.pixels.is_pinned()
+    x = to_device(batch, "cuda", channels_last=True)
+    assert x.device.type == "cuda" and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # true divisions by device tensors: IEEE float32, as on the CPU
+    torch.testing.assert_close(x.cpu(), to_device(batch, "cpu"), rtol=0, atol=1e-6)
+
+
 def test_fit_restores_the_users_cudnn_flag(cnn, digits_small):
     X, y = digits_small
     before = torch.backends.cudnn.benchmark
