@@ -12,6 +12,7 @@ not stored but re-read, and checked against their recorded digest, on load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -42,6 +43,7 @@ _CLASSES = {
     "TextEmbedder": "sktransfer.text",
 }
 _SPECIAL_ATTRS = ("module_", "preprocessing_")
+_SLACK_BYTES = 64 << 20  # rebuilt-but-unsaved parameters allowed beyond 2x the weights
 _JOBLIB_HINT = "; save this model with joblib.dump instead (a pickle: load only trusted files)"
 
 
@@ -253,10 +255,12 @@ def _build_net(meta, source, members, state):
 
     kind, modality = source.get("kind"), meta["modality"]
     reference = meta["store_backbone"] == "reference"
+    if reference or kind == "packaged":
+        _check_packaged(source, modality)
     if reference:
         backbone = resolve_backbone(source["name"], modality, weights="default")
     elif modality == "text":
-        backbone = _hf_backbone(meta, source, members)
+        backbone = _hf_backbone(meta, source, members, state)
     elif kind == "torchvision":
         from sktransfer.backbones._compat import import_torchvision
         from sktransfer.backbones.torchvision import backbone_from_torchvision_module
@@ -289,13 +293,32 @@ def _build_net(meta, source, members, state):
     return net.eval(), tokenizer
 
 
-def _hf_backbone(meta, source, members):
+def _check_packaged(source, modality):
+    """A packaged (or referenced) backbone must be a registered packaged name, never a path.
+
+    Otherwise a file could make :func:`load` read a model directory or hub id it
+    names (whose weights loaders may unpickle) or download torchvision weights.
+    """
+    from sktransfer.backbones import list_backbones
+
+    names = {b.name for b in list_backbones(modality) if b.source == "packaged"}
+    if source.get("kind") != "packaged" or source.get("name") not in names:
+        raise ValueError(
+            f"the saved model names backbone {source!r}; only the packaged backbones "
+            f"{sorted(names)} are rebuilt from their registry name (store_backbone='reference' "
+            "or kind 'packaged'); nothing named by a file is read from disk or the network"
+        )
+
+
+def _hf_backbone(meta, source, members, state):
     from sktransfer.backbones._compat import ensure_transformers_importable
     from sktransfer.backbones.huggingface import backbone_from_hf_model
 
     ensure_transformers_importable()
     from transformers import AutoConfig, AutoModel
 
+    if HF_CONFIG not in members:
+        raise ValueError(f"the saved text model has no {HF_CONFIG} member")
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "config.json"), "wb") as fh:
             fh.write(members[HF_CONFIG])
@@ -303,6 +326,16 @@ def _hf_backbone(meta, source, members):
     kwargs = {}
     if meta["arch"].get("attn_implementation"):
         kwargs["attn_implementation"] = meta["arch"]["attn_implementation"]
+    with torch.device("meta"):  # size the architecture before allocating it
+        probe = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
+    need = sum(p.numel() * p.element_size() for p in probe.parameters())
+    have = sum(t.numel() * t.element_size() for t in state.values())
+    del probe
+    if need > 2 * have + _SLACK_BYTES:  # parts the blocks drop (BERT's pooler) are not saved
+        raise ValueError(
+            f"the saved config describes a {need}-byte network, but the file holds only "
+            f"{have} bytes of weights; refusing to allocate it"
+        )
     model = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
     tokenizer = _load_tokenizer(members)
     prep = meta["preprocessing"]
@@ -337,11 +370,63 @@ def load(path, device=None, quantize=None):
     RuntimeError
         The file was written by a newer sktransfer version.
     """
-    from safetensors.torch import load as st_load
-
     if quantize not in (None, "dynamic"):
         raise ValueError(f"quantize must be None or 'dynamic', got {quantize!r}")
     meta, members = _read(path)
+    with _malformed(path):
+        est = _rebuild(path, meta, members)
+    if device is not None:
+        from sktransfer._base import resolve_device
+
+        resolve_device(device)  # fail early on a device this machine lacks
+        est.set_params(device=device)
+    if quantize == "dynamic":
+        from sktransfer.deploy import quantize_dynamic
+
+        est = quantize_dynamic(est)
+    return est
+
+
+_META_TYPES = {
+    "estimator": str,
+    "params": dict,
+    "attributes": dict,
+    "modality": str,
+    "store_backbone": str,
+    "n_frozen": int,
+    "block_names": list,
+    "arch": dict,
+    "preprocessing": dict,
+    "backbone_source": dict,
+}
+
+
+@contextlib.contextmanager
+def _malformed(path):
+    """A manifest that passed its checksum but is not what :func:`save` writes: ``ValueError``."""
+    try:
+        yield
+    except ValueError as exc:
+        if os.fspath(path) in str(exc):
+            raise
+        raise ValueError(f"cannot load {os.fspath(path)!r}: {exc}") from exc
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(
+            f"{os.fspath(path)!r} has a manifest this sktransfer cannot rebuild a model from "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _rebuild(path, meta, members):
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    wrong = sorted(k for k, t in _META_TYPES.items() if not isinstance(meta.get(k), t))
+    if wrong or meta["modality"] not in ("image", "text") or WEIGHTS not in members:
+        raise ValueError(
+            f"{os.fspath(path)!r} has a malformed manifest (fields {wrong}, modality "
+            f"{meta.get('modality')!r}, {WEIGHTS} {'present' if WEIGHTS in members else 'missing'})"
+        )
     cls_name = meta["estimator"]
     if cls_name not in _CLASSES:
         raise ValueError(f"{os.fspath(path)!r} holds an unknown estimator class {cls_name!r}")
@@ -354,7 +439,10 @@ def load(path, device=None, quantize=None):
             f"the saved {cls_name} parameters do not fit sktransfer {_version()} (saved with "
             f"{meta['versions'].get('sktransfer')}): {exc}"
         ) from exc
-    state = st_load(members[WEIGHTS])
+    try:
+        state = st_load(members[WEIGHTS])
+    except SafetensorError as exc:
+        raise ValueError(f"{os.fspath(path)!r}: unreadable {WEIGHTS} ({exc})") from exc
     source = _from_json(meta["backbone_source"])
     net, tokenizer = _build_net(meta, source, members, state)
     if meta["store_backbone"] == "reference":
@@ -384,13 +472,4 @@ def load(path, device=None, quantize=None):
         from sktransfer.backbones import ImagePreprocessing
 
         est.preprocessing_ = ImagePreprocessing(**_from_json(prep_fields))
-    if device is not None:
-        from sktransfer._base import resolve_device
-
-        resolve_device(device)  # fail early on a device this machine lacks
-        est.set_params(device=device)
-    if quantize == "dynamic":
-        from sktransfer.deploy import quantize_dynamic
-
-        est = quantize_dynamic(est)
     return est
