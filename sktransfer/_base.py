@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from sktransfer._batches import (  # noqa: F401 - resolve_device: imported from here elsewhere
@@ -27,8 +27,15 @@ from sktransfer._batches import (  # noqa: F401 - resolve_device: imported from 
     set_layout,
 )
 from sktransfer._outputs import BlockOutputsMixin
-from sktransfer._params import COMMON_CONSTRAINTS, check_labels
+from sktransfer._params import (
+    COMMON_CONSTRAINTS,
+    check_finite_rows,
+    check_finite_weights,
+    check_labels,
+    check_weights,
+)
 from sktransfer.backbones import resolve_backbone
+from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
 from sktransfer.persistence import PicklableModulesMixin
 from sktransfer.regularization import L2SP
@@ -59,7 +66,10 @@ class PretrainedClassifierBase(
         """Return ``(items, kind)``; ``kind`` is the modality or ``"vector"``."""
         raise NotImplementedError
 
-    def _make_dataset(self, items, kind, prep, *, training, view=None):  # pragma: no cover
+    def _make_dataset(
+        self, items, kind, prep, *, training, view=None, index=None
+    ):  # pragma: no cover - abstract
+        """``index``: the caller's index of each item, for error messages."""
         raise NotImplementedError
 
     def _collate(self, kind, prep):  # pragma: no cover - abstract
@@ -148,8 +158,11 @@ class PretrainedClassifierBase(
         -------
         self
         """
-        self._reset()  # a failed fit leaves an unfitted estimator
+        self._reset()  # a failed fit (or Ctrl-C) leaves an unfitted estimator
         self._validate_params()
+        device = resolve_device(self.device)
+        if get_config()["cache"]:
+            check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
         y = check_labels(y, len(items))
         encoder = LabelEncoder().fit(y)
@@ -159,10 +172,9 @@ class PretrainedClassifierBase(
                 f"y contains only one class ({classes[0]!r}); a classifier needs at least 2 classes"
             )
         y_idx = encoder.transform(y)
-        sw = _check_sample_weight(sample_weight, np.empty((len(items), 0)), dtype=np.float64)
+        sw = check_weights(sample_weight, len(items))
         if self.class_weight is not None:
             sw = sw * compute_class_weight(self.class_weight, classes=classes, y=y)[y_idx]
-        device = resolve_device(self.device)
         seed = self._seed()
         backbone = self._resolve_backbone(share=self._shares_template(device))
         prep = self._preprocessing(backbone)
@@ -174,7 +186,7 @@ class PretrainedClassifierBase(
                     result = self._fit_net(
                         backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed
                     )
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt too: it propagates, nothing half-fitted stays
             self._reset()
             raise
         net, history, n_features_out, info = result
@@ -214,6 +226,7 @@ class PretrainedClassifierBase(
         split = None if frozen else self._split(y_idx, seed)
         if frozen or self.head_init == "probe":
             feats = np.stack(self._outputs(net, items, kind, prep, device, stop=n_blocks))
+            check_finite_rows(feats, "the backbone's features")
             fit_idx = np.arange(len(y_idx)) if frozen else split[0]
             head, info = fit_linear_head(
                 feats[fit_idx], y_idx[fit_idx], n_classes, sw[fit_idx], C=self.C
@@ -233,6 +246,7 @@ class PretrainedClassifierBase(
         history, info = self._fine_tune(
             net, items, kind, prep, y_idx, sw, n_frozen, device, seed, split
         )
+        check_finite_weights(net)
         net.eval()
         return net, history, n_features_out, info
 
@@ -310,8 +324,14 @@ class PretrainedClassifierBase(
         if k == len(net.blocks):  # frozen: cached features -> head
             rows = self._outputs(net, items, kind, prep, device, stop=k)
             with torch.inference_mode():
-                feats = torch.from_numpy(np.stack(rows)).to(device)
-                return net.head(feats).float().cpu().numpy()
+                feats = torch.from_numpy(np.stack(rows))
+                head = net.head
+                if isinstance(head, nn.Linear):
+                    # float64 on the CPU: a row's logits do not depend on the batch it is in
+                    # (float32 GEMM blocking moves them by ~1e-7), and n x d x k is cheap
+                    w, b = head.weight.double().cpu(), head.bias.double().cpu()
+                    return nn.functional.linear(feats.double(), w, b).numpy()
+                return head(feats.to(device)).float().cpu().numpy()
         if view is None:
             dataset = self._suffix_dataset(net, items, range(len(items)), kind, prep, device, k)
         else:  # an augmented view: never from the cache
@@ -332,7 +352,9 @@ class PretrainedClassifierBase(
         views = [None] + self._tta_views(kind)
         proba = 0.0
         for view in views:
-            logits = torch.from_numpy(self._logits(items, kind, view)).double()
+            logits = self._logits(items, kind, view)
+            check_finite_rows(logits, "the network's output")
+            logits = torch.from_numpy(logits).double()
             proba = proba + torch.softmax(logits, dim=1).numpy()
         return proba / len(views)
 

@@ -239,16 +239,24 @@ class ArrayDataset(Dataset):
         return torch.as_tensor(np.asarray(self.rows[i], dtype=np.float32)), 0
 
 
+DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; explicit devices are checked."""
+    """``"auto"`` -> cuda when available else cpu; explicit devices are checked.
+
+    Only CPU and CUDA devices are supported (the training loop, autocast and the
+    pinned-memory copies are written for those two); anything else is a ``ValueError``
+    listing the accepted forms.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device must be {DEVICE_FORMS}, got {device!r}") from exc
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"device must be {DEVICE_FORMS}, got {device!r} (unsupported here)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} was requested but no CUDA device is available")

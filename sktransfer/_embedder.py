@@ -10,7 +10,7 @@ from torch import nn
 
 from sktransfer._batches import resolve_device, runs_channels_last, set_layout
 from sktransfer.backbones import resolve_backbone
-from sktransfer.cache import count_forwards, lookup
+from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
 from sktransfer.freezing import TransferNet, block_namespace
 from sktransfer.persistence import PicklableModulesMixin
@@ -30,7 +30,12 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Load the backbone (``X`` is validated, not learned from)."""
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
+            delattr(self, attr)  # a failed fit leaves an unfitted embedder
         self._validate_params()
+        resolve_device(self.device)  # an unknown device fails before any work
+        if get_config()["cache"]:
+            check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
         backbone = resolve_backbone(self.backbone, self._modality, weights=self._weights_param())
         prep = self._preprocessing(backbone)
@@ -39,15 +44,23 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
             blocks, [n for n, _ in backbone.blocks], backbone.pool, nn.Identity(), len(blocks)
         )
         net.eval()
-        self.module_ = net
-        self.preprocessing_ = prep
-        self.backbone_name_ = backbone.name
-        self.backbone_source_ = dict(backbone.source)
-        self.n_blocks_ = backbone.n_blocks
-        self.input_kind_ = kind
-        self.n_features_out_ = backbone.feature_dim
-        if self.n_features_out_ is None:  # a user module: one forward pass tells
-            self.n_features_out_ = self._features(items[:1], kind).shape[1]
+        fitted = {
+            "module_": net,
+            "preprocessing_": prep,
+            "backbone_name_": backbone.name,
+            "backbone_source_": dict(backbone.source),
+            "n_blocks_": backbone.n_blocks,
+            "input_kind_": kind,
+            "n_features_out_": backbone.feature_dim,
+        }
+        try:
+            vars(self).update(fitted)
+            if self.n_features_out_ is None:  # a user module: one forward pass tells
+                self.n_features_out_ = self._features(items[:1], kind).shape[1]
+        except BaseException:
+            for attr in fitted:
+                vars(self).pop(attr, None)
+            raise
         return self
 
     def transform(self, X):
@@ -67,7 +80,8 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         set_layout(net, channels_last)
 
         def compute(idx):
-            dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
+            subset = [items[i] for i in idx]
+            dataset = self._make_dataset(subset, kind, prep, training=False, index=idx)
             loader = make_loader(
                 dataset, self.batch_size, Collate(self._collate(kind, prep)), device
             )

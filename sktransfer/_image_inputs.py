@@ -4,7 +4,8 @@
 decoded); :class:`ImageDataset` holds paths, not pixels, and decodes with
 :func:`load_rgb` and :func:`preprocess_image` in ``__getitem__``, so datasets
 stay small and picklable for ``DataLoader`` workers. Any PIL mode becomes RGB
-properly (16-bit scaled, alpha composited on white). Also
+properly (16-bit scaled, alpha composited on white), and an EXIF orientation tag
+is applied (a phone photo is seen upright, as viewers show it). Also
 :func:`load_image_folder` for a class-per-subfolder layout. Error messages name
 the offending sample index (and path). Import these from :mod:`sktransfer.data`.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from sktransfer._inputs import _as_targets, _to_list
 from sktransfer.backbones._base import ImagePreprocessing
@@ -69,6 +70,16 @@ def _check_pixels(a, i):
     if a.dtype.kind == "f":
         _check_range(a, i)
     return a
+
+
+def _is_closed(im):
+    """``Image.close()`` leaves a deferred "Operation on closed image" error in place of
+    the pixel core; any use of the image then raises it."""
+    return type(getattr(im, "_im", None)).__name__ == "DeferredError"
+
+
+def _closed_error(i):
+    return ValueError(f"Sample {i}: the PIL image is closed (Image.close() was called on it).")
 
 
 def _bad_type(item, i):
@@ -131,6 +142,8 @@ def check_images(X):
         elif isinstance(item, np.ndarray):
             out.append(_check_pixels(item, i))
         elif isinstance(item, Image.Image):
+            if _is_closed(item):
+                raise _closed_error(i)
             out.append(item)
         else:
             raise _bad_type(item, i)
@@ -191,6 +204,22 @@ def _array_to_pil(a):
     return Image.fromarray(a, mode="RGB")
 
 
+def _upright(im):
+    """Apply the EXIF orientation tag (if any, and not the identity)."""
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: show the pixels as stored
+        return im
+    return ImageOps.exif_transpose(im) if orientation not in (1, None) else im
+
+
+def _pixel_limit_message(path, exc):
+    return (
+        f"cannot read image file {path!r}: {exc} To read images this large on purpose, "
+        "raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None for trusted files)."
+    )
+
+
 def load_rgb(item, index=None):
     """Decode one item from :func:`check_images` into an RGB PIL image.
 
@@ -205,14 +234,16 @@ def load_rgb(item, index=None):
     Returns
     -------
     image : PIL.Image.Image
-        Mode ``"RGB"``. Transparency is composited on white; 16-bit images are
-        scaled by their full range (0..65535 -> 0..255), 32-bit and float images
-        by their value range.
+        Mode ``"RGB"``, turned upright by its EXIF orientation tag. Transparency is
+        composited on white; 16-bit images are scaled by their full range
+        (0..65535 -> 0..255), 32-bit and float images by their value range.
 
     Raises
     ------
     ValueError
-        If a file cannot be read or decoded; the message names index and path.
+        If a file cannot be read or decoded, is larger than PIL's decompression-bomb
+        limit (``PIL.Image.MAX_IMAGE_PIXELS``), or a PIL image is closed; the message
+        names index and path.
     """
     where = "Image" if index is None else f"Sample {index}"
     if isinstance(item, (str, os.PathLike)):
@@ -220,12 +251,19 @@ def load_rgb(item, index=None):
         try:
             with Image.open(path) as im:
                 im.load()  # decode now; leaving `with` closes only the file
-                return _to_rgb(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                return _to_rgb(_upright(im))
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{where}: {_pixel_limit_message(path, exc)}") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             msg = f"{where}: cannot read image file {path!r}: {exc}"
             raise ValueError(msg) from exc
     if isinstance(item, Image.Image):
-        return _to_rgb(item)
+        if _is_closed(item):
+            raise _closed_error("?" if index is None else index)
+        try:
+            return _to_rgb(_upright(item))
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ValueError(f"{where}: cannot decode the PIL image: {exc}") from exc
     if isinstance(item, np.ndarray):
         _check_pixels(item, "?" if index is None else index)
         return _array_to_pil(item)
@@ -295,20 +333,26 @@ class ImageDataset(torch.utils.data.Dataset):
     normalize : bool, default=True
         False: samples are the uint8 pixels (see :func:`preprocess_image`); the
         estimators load them so and normalise whole batches on the model's device.
+    index : sequence of int, optional
+        The caller's index of each item, for error messages when ``items`` is a
+        subset (cache misses, a training split); default ``0..n-1``.
     """
 
-    def __init__(self, items, prep, y=None, transform=None, normalize=True):
+    def __init__(self, items, prep, y=None, transform=None, normalize=True, index=None):
         self.items = list(items)
         self.prep = prep
         self.y = _as_targets(y, len(self.items))
         self.transform = transform
         self.normalize = normalize
+        self.index = None if index is None else [int(i) for i in index]
+        if self.index is not None and len(self.index) != len(self.items):
+            raise ValueError(f"index has {len(self.index)} entries for {len(self.items)} items.")
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        img = load_rgb(self.items[i], index=i)
+        img = load_rgb(self.items[i], index=i if self.index is None else self.index[i])
         if self.transform is not None:
             img = self.transform(img)
         x = preprocess_image(img, self.prep, self.normalize)

@@ -19,15 +19,21 @@ class BlockOutputsMixin:
     def _use_boundary_cache(self, n_frozen):
         return n_frozen > 0 and get_config()["cache"] and getattr(self, "augment", None) is None
 
-    def _outputs(self, net, items, kind, prep, device, *, stop, use_cache=True):
+    def _outputs(self, net, items, kind, prep, device, *, stop, use_cache=True, index=None):
         """Per-sample outputs of blocks ``[:stop]`` (pooled when ``stop`` is the end).
 
         Looked up in the content-addressed cache; only misses run the backbone.
+        ``index``: the caller's index of each item (``items`` may be a training split),
+        so that an error names the sample as the caller counts it.
         """
         precision, channels_last = self._runtime(device, kind)
+        where = list(range(len(items))) if index is None else list(index)
 
         def compute(idx):
-            dataset = self._make_dataset([items[i] for i in idx], kind, prep, training=False)
+            subset = [items[i] for i in idx]
+            dataset = self._make_dataset(
+                subset, kind, prep, training=False, index=[where[i] for i in idx]
+            )
             if use_cache:  # (uncached: a one-sample shape probe, not feature extraction)
                 count_forwards(len(idx))
             loader = self._loader(dataset, kind, prep, device)
@@ -39,14 +45,15 @@ class BlockOutputsMixin:
         if not use_cache or not get_config()["cache"]:  # (no weight hashing either)
             return compute(list(range(len(items))))
         namespace = block_namespace(net, stop, prep, kind, precision, channels_last)
-        keys = sample_keys(items, "text" if kind == "text" else "image")
+        keys = sample_keys(items, "text" if kind == "text" else "image", index=where)
         return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
 
     def _suffix_dataset(self, net, items, idx, kind, prep, device, start, training=False):
+        idx = list(idx)
         subset = [items[i] for i in idx]
         if start == 0:
-            return self._make_dataset(subset, kind, prep, training=training)
-        return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start))
+            return self._make_dataset(subset, kind, prep, training=training, index=idx)
+        return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start, index=idx))
 
     def _suffix_collate(self, kind, prep, start, n_blocks):
         if start == 0:

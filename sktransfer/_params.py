@@ -1,4 +1,4 @@
-"""Constructor-parameter constraints and label validation shared by both classifiers."""
+"""Constructor-parameter constraints and the validation of y, sample weights and outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
+from sklearn.utils.validation import _check_sample_weight, column_or_1d
 
 from sktransfer.schedules import SCHEDULES
 
@@ -59,3 +59,44 @@ def check_labels(y, n_samples):
             raise ValueError(f"y[{i}] is missing ({label!r}); labels must not be None or NaN")
     check_classification_targets(y)
     return y
+
+
+def check_weights(sample_weight, n_samples):
+    """``sample_weight`` as float64 of shape ``(n_samples,)`` (ones when None).
+
+    Weights must be finite and non-negative, and not all zero; a bad one is named
+    by its index.
+    """
+    sw = _check_sample_weight(sample_weight, np.empty((n_samples, 0)), dtype=np.float64)
+    bad = np.flatnonzero(~(sw >= 0))  # NaN fails the comparison too
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"sample_weight[{i}] is {sw[i]!r}; sample weights must be >= 0")
+    if not sw.any():
+        raise ValueError("sample_weight is zero for every sample; nothing to fit")
+    return sw
+
+
+def check_finite_rows(rows, what):
+    """Raise ``ValueError`` naming the first sample whose row holds NaN or inf."""
+    rows = np.asarray(rows)
+    finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(
+            f"Sample {i}: {what} contains NaN or infinite values; check the input and the "
+            "backbone (a model that predicts NaN is never returned)."
+        )
+
+
+def check_finite_weights(module):
+    """After training: every trainable weight is finite, or ``ValueError``."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.requires_grad and not bool(torch.isfinite(p).all()):
+                raise ValueError(
+                    f"fine-tuning diverged: weight {name!r} is not finite; the estimator "
+                    "is left unfitted. Try a lower lr."
+                )

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from sktransfer._image_inputs import _bad_type
+from sktransfer._image_inputs import _bad_type, _closed_error, _is_closed
 
 
 def _digest(*parts):
@@ -23,7 +23,7 @@ def _digest(*parts):
     return h.hexdigest()
 
 
-def sample_keys(items, kind="image"):
+def sample_keys(items, kind="image", index=None):
     """Content keys for a feature cache: same content gives the same key.
 
     Parameters
@@ -33,6 +33,9 @@ def sample_keys(items, kind="image"):
         (``kind="text"``).
     kind : {"image", "text"}
         How to interpret ``str`` items: as file paths or as texts.
+    index : sequence of int, optional
+        The caller's index of each item (for error messages when ``items`` is a
+        subset); default ``0..n-1``.
 
     Returns
     -------
@@ -43,19 +46,28 @@ def sample_keys(items, kind="image"):
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
     keys = []
-    for i, item in enumerate(items):
+    for pos, item in enumerate(items):
+        i = pos if index is None else index[pos]
         if kind == "text":
             if not isinstance(item, str):
                 raise TypeError(f"Sample {i}: expected a str, got {type(item).__name__}.")
-            keys.append("txt:" + _digest(item.encode("utf-8")))
+            try:
+                keys.append("txt:" + _digest(item.encode("utf-8")))
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"Sample {i}: text is not valid Unicode ({exc.reason}).") from exc
         elif isinstance(item, (str, os.PathLike)):
             path = os.path.abspath(os.fspath(item))
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise ValueError(f"Sample {i}: cannot read {path!r}: {exc.strerror}.") from exc
             keys.append(f"path:{path}:{st.st_size}:{st.st_mtime_ns}")
         elif isinstance(item, np.ndarray):
             a = np.ascontiguousarray(item)
             keys.append("arr:" + _digest(a.shape, a.dtype.str, memoryview(a).cast("B")))
         elif isinstance(item, Image.Image):
+            if _is_closed(item):
+                raise _closed_error(i)
             keys.append("pil:" + _digest(item.mode, item.size, item.tobytes()))
         else:
             raise _bad_type(item, i)

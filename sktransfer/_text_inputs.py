@@ -31,7 +31,8 @@ def check_texts(X):
     TypeError
         If ``X`` is a single string or a sample is not a ``str`` (index named).
     ValueError
-        If ``X`` is empty or has more than one column.
+        If ``X`` is empty or has more than one column, or a text is not valid
+        Unicode (a lone surrogate, e.g. from ``errors="surrogateescape"``; index named).
     """
     items = _to_list(X, "strings")
     if not items:
@@ -43,7 +44,23 @@ def check_texts(X):
             hint = " (a missing value; fill or drop it)" if missing else ""
             raise TypeError(f"Sample {i}: expected a str, got {type(t).__name__} {t!r}{hint}.")
         out.append(str(t))
+    _check_unicode(out)
     return out
+
+
+def _check_unicode(texts):
+    """Every text must encode as UTF-8 (the tokenizers' input); one C-speed pass."""
+    try:
+        "\x00".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"Sample {i}: text is not valid Unicode ({exc.reason} at position "
+                    f"{exc.start}); decode the source with errors='replace' or fix it."
+                ) from exc
 
 
 class TextDataset(torch.utils.data.Dataset):

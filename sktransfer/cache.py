@@ -12,6 +12,10 @@ optional directory (``cache_dir``) that separate processes share (GridSearchCV
 with ``n_jobs > 1``). Disk entries are written atomically (temp file +
 ``os.replace``) and carry a checksum; a corrupt or truncated entry is ignored and
 recomputed. Nothing of the cache is ever pickled with an estimator.
+
+An unusable ``cache_dir`` (a file, a read-only directory, a path under a file) is a
+``ValueError`` before any backbone work (:func:`check_cache_dir`), not an ``OSError``
+after the features were computed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -32,6 +37,37 @@ _MAGIC = b"SKTC1\n"
 _LOCK = threading.RLock()
 _CONFIG = {"cache": True, "cache_dir": None, "cache_max_bytes": 2 * 1024**3}
 _STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "backbone_forwards": 0, "evictions": 0}
+
+
+_USABLE_DIRS: set = set()  # cache directories already shown to accept an entry
+
+
+def check_cache_dir(cache_dir):
+    """Raise ``ValueError`` unless ``cache_dir`` (created if missing) accepts a new file.
+
+    Tried for real (a temp file is created and removed): permission bits do not say
+    what a read-only mount or a root-owned directory allows. Memoised per path.
+    ``None`` or ``""`` (no disk tier) passes.
+    """
+    if not cache_dir:
+        return
+    path = os.path.abspath(os.fspath(cache_dir))
+    if path in _USABLE_DIRS:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".sktransfer-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = "is not a directory" if os.path.exists(path) and not os.path.isdir(path) else (
+            f"cannot be written ({exc.strerror or exc})"
+        )
+        raise ValueError(
+            f"cache_dir {os.fspath(cache_dir)!r} {why}; pass a writable directory, "
+            "or cache_dir=None for the in-memory cache only."
+        ) from exc
+    _USABLE_DIRS.add(path)
 
 
 def set_config(*, cache=None, cache_dir=None, cache_max_bytes=None):
@@ -50,6 +86,7 @@ def set_config(*, cache=None, cache_dir=None, cache_max_bytes=None):
         if cache is not None:
             _CONFIG["cache"] = bool(cache)
         if cache_dir is not None:
+            check_cache_dir(cache_dir)
             _CONFIG["cache_dir"] = os.fspath(cache_dir) or None
         if cache_max_bytes is not None:
             if int(cache_max_bytes) < 0:
@@ -205,6 +242,7 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
         out = compute(list(range(len(sample_keys))))
         return list(out)
     cache_dir = cache_dir or _CONFIG["cache_dir"]
+    check_cache_dir(cache_dir)
     keys = [digest(namespace, k) for k in sample_keys]
     out = [None] * len(keys)
     missing = []

@@ -135,6 +135,8 @@ def block_namespace(
 
     modules = list(net.blocks[:stop]) + ([net.pool] if stop == len(net.blocks) else [])
     parts = [kind, stop, len(net.blocks), prep_identity(prep)]
+    if kind == "image":  # decoded upright by EXIF orientation since 0.x: older entries differ
+        parts.append("exif_upright")
     if precision != "fp32":
         parts.append(f"precision={precision}")
     if channels_last:

@@ -64,13 +64,13 @@ class _ImageInput:
             return list(arr), "vector"
         return check_images(X), "image"
 
-    def _make_dataset(self, items, kind, prep, *, training, view=None):
+    def _make_dataset(self, items, kind, prep, *, training, view=None, index=None):
         if kind == "vector":
             return ArrayDataset(items)
         transform = view
         if training:
             transform = make_augment(getattr(self, "augment", None), prep)
-        return ImageDataset(items, prep, transform=transform, normalize=False)
+        return ImageDataset(items, prep, transform=transform, normalize=False, index=index)
 
     def _tta_views(self, kind):
         n = getattr(self, "tta", None)

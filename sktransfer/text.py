@@ -31,7 +31,7 @@ class _TextInput:
     def _check_X(self, X, *, fitting):
         return check_texts(X), "text"
 
-    def _make_dataset(self, items, kind, prep, *, training, view=None):
+    def _make_dataset(self, items, kind, prep, *, training, view=None, index=None):
         return TextDataset(items)
 
     def _collate(self, kind, prep):

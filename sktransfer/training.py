@@ -43,6 +43,31 @@ from sktransfer.schedules import BatchLRScheduler, lr_range_test
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
+class NonFiniteLossError(ValueError):
+    """Fine-tuning produced a NaN or infinite loss: training stopped, nothing is kept."""
+
+
+class _Interrupted(BaseException):
+    """A ``KeyboardInterrupt`` carried past skorch, whose ``partial_fit`` swallows it."""
+
+
+class _StopTraining(Exception):
+    """Early stopping's end of training (skorch signals it with ``KeyboardInterrupt``)."""
+
+
+class StopEarly(EarlyStopping):
+    """skorch's :class:`~skorch.callbacks.EarlyStopping`, ending the loop with its own
+    exception so that a user's Ctrl-C is never mistaken for it."""
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if self.misses_ == self.patience:
+                raise _StopTraining() from None
+            raise
+
+
 # --------------------------------------------------------------------------- fine-tuning
 class ValidAccuracy(Callback):
     """Per-epoch validation accuracy from the validation batches' predictions."""
@@ -142,6 +167,17 @@ class TransferNeuralNet(NeuralNet):
         with autocast(self.device, cfg.precision if cfg else "fp32"):
             return self.forward_(x, **fit_params)
 
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop; a Ctrl-C leaves it as :class:`_Interrupted`, which
+        ``partial_fit`` does not catch (it catches ``KeyboardInterrupt`` and returns a
+        half-trained net). :func:`fine_tune` turns it back into ``KeyboardInterrupt``."""
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except _StopTraining:
+            return self
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
     def get_loss(self, y_pred, y_true, X=None, training=False):
         labels, weights = (to_tensor(t, device=self.device) for t in y_true)
         return weighted_loss(y_pred, labels, weights)
@@ -173,8 +209,16 @@ class TransferNeuralNet(NeuralNet):
         are then recorded exactly as skorch records them. With ``verbose`` (a progress bar
         shows the running loss) skorch's own loop runs.
         """
-        if iterator is None or self.verbose:
-            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        if iterator is None:
+            return None
+        if self.verbose:
+            super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        else:
+            self._run_epoch_quietly(iterator, training, prefix, step_fn, **fit_params)
+        self._check_finite(prefix)
+        return None
+
+    def _run_epoch_quietly(self, iterator, training, prefix, step_fn, **fit_params):
         losses, sizes = [], []
         for batch in iterator:
             self.notify("on_batch_begin", batch=batch, training=training)
@@ -188,6 +232,22 @@ class TransferNeuralNet(NeuralNet):
             row[prefix + "_loss"] = loss
             row[prefix + "_batch_size"] = size
         self.history.record(prefix + "_batch_count", len(values))
+
+    def _check_finite(self, prefix):
+        """Stop at the end of the first epoch with a non-finite batch loss (one read-back
+        per epoch, no per-batch sync): the weights are then NaN or diverging, and neither
+        early stopping nor the caller may keep them."""
+        rows = self.history[-1]["batches"]
+        for b, row in enumerate(rows):
+            loss = row.get(prefix + "_loss")
+            if loss is not None and not math.isfinite(loss):
+                epoch = self.history[-1]["epoch"]
+                lr = self.config.lr if self.config is not None else self.lr
+                raise NonFiniteLossError(
+                    f"fine-tuning diverged: the {prefix} loss of epoch {epoch}, batch {b + 1} "
+                    f"is {loss}; the estimator is left unfitted. Try a lower lr "
+                    f"(this run used lr={lr:g})."
+                )
 
     def train_step_single(self, batch, **fit_params):
         step = super().train_step_single(batch, **fit_params)
@@ -232,7 +292,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
     callbacks = [("valid_acc", ValidAccuracy()), ("lr", BatchLRScheduler(cfg.lr_schedule))]
     stopper = None
     if cfg.early_stopping and valid_ds is not None:
-        stopper = EarlyStopping(
+        stopper = StopEarly(
             monitor="valid_loss", patience=cfg.n_iter_no_change, load_best=True, sink=_null
         )
         callbacks.append(("early_stopping", stopper))
@@ -267,6 +327,8 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
     )
     try:
         skorch_net.fit(train_ds, y=None)
+    except _Interrupted:
+        raise KeyboardInterrupt from None
     finally:
         skorch_net.close_loaders()
     best = None
