@@ -81,18 +81,37 @@ def _rewrite(path, entries, comment, *, bomb=None):
         zf.comment = comment
 
 
+class _Counting:
+    """A decompressor that counts what it inflates (zipfile trims the output only afterwards)."""
+
+    def __init__(self, inner, count):
+        self._inner, self._count = inner, count
+
+    def decompress(self, *args):
+        out = self._inner.decompress(*args)
+        self._count[0] += len(out)
+        return out
+
+    def flush(self, *args):
+        out = self._inner.flush(*args)
+        self._count[0] += len(out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 @pytest.fixture
 def inflated(monkeypatch):
-    """Counts the bytes ``zipfile`` hands out from member streams while a test runs."""
+    """Counts the bytes zip decompressors inflate while a test runs (zipfile's own reads too)."""
     count = [0]
-    real = zipfile.ZipExtFile.read
+    real = zipfile._get_decompressor
 
-    def counting(self, n=-1):
-        data = real(self, n)
-        count[0] += len(data)
-        return data
+    def counting(compress_type):
+        inner = real(compress_type)
+        return None if inner is None else _Counting(inner, count)
 
-    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    monkeypatch.setattr(zipfile, "_get_decompressor", counting)
     return count
 
 
