@@ -115,7 +115,9 @@ def save(est, path, *, store_backbone="embed"):
         ``augment`` or ``RandomState``); use ``joblib.dump`` for those.
     path : str or path-like
         The file to write. Written atomically: a failed save leaves any earlier
-        file at ``path`` untouched.
+        file at ``path`` untouched. Temp files that killed saves of ``path`` left
+        beside it (``.<name>.<pid>@<host>.<random>.tmp``) are removed first when
+        their process is gone (or, if it cannot be checked, after 24 hours).
     store_backbone : {"embed", "reference"}, default="embed"
         ``"embed"``: all weights in the file (self-contained). ``"reference"``
         (packaged backbones with default weights only): tensors equal to the
@@ -365,8 +367,10 @@ def load(path, device=None, quantize=None):
     Raises
     ------
     ValueError
-        A truncated, corrupted or modified file, a newer file format, or weights
-        that do not fit the rebuilt architecture.
+        A truncated, corrupted or modified file (the message names the path and
+        the member), a newer file format, or weights that do not fit the rebuilt
+        architecture. Refusing costs bounded time and memory: the manifest is
+        checked first and no member is inflated past the size it records.
     RuntimeError
         The file was written by a newer sktransfer version.
     """
