@@ -2,9 +2,27 @@
 
 ``sktransfer predict MODEL INPUT...`` streams inputs through a fitted model in
 batches and writes ``id,prediction[,proba_<class>...]`` CSV rows as it goes, so
-memory stays flat however many items there are. A bad item (an unreadable
-image, a line that is not UTF-8, a missing value) is reported on stderr and gets
-an empty prediction. Exit status: 0 all items scored, 1 some failed, 2 usage error.
+memory stays flat however many items there are. INPUT ``-`` reads standard
+input, one item per line (a text, or an image path). Each item is decoded
+(images) or checked (texts) before its batch is scored in one call: an item that
+cannot be read (an unreadable image, a line that is not UTF-8, a missing value)
+is reported on stderr and gets an empty prediction.
+
+Safety: MODEL is read with :func:`sktransfer.load` (no code runs). A joblib or
+pickle file is only loaded with ``--allow-pickle``, because unpickling runs code
+from the file; a ``.skt`` or zip file is never unpickled. ``-o FILE`` is
+written to a temporary file beside it and renamed at the end, so FILE holds
+either its old content or the complete new one; an ``-o`` that is one of the
+inputs (or an image file inside an input directory) is refused.
+
+``--threads`` defaults to 1: scoring on all cores of a busy 2-core machine was
+several times slower than on one (see ``benchmarks/bench_cli.py``).
+
+Exit status (also in ``--help``): 0 every item scored; 1 some items could not
+be read; 2 usage error (nothing scored, ``-o FILE`` untouched); 3 the model
+failed on items that passed validation (scoring stops, ``-o FILE`` untouched);
+130 interrupted (Ctrl-C, ``-o FILE`` untouched); 141 standard output was closed
+early (``... | head``), which ends quietly, as a tool killed by SIGPIPE would.
 """
 
 from __future__ import annotations
@@ -12,179 +30,61 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
+import io
 import itertools
 import os
+import stat
 import sys
+import zipfile
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
-_CHUNK_ROWS = 10_000
+from sktransfer.cli_inputs import (
+    IMAGE_EXTENSIONS,
+    TABLE_EXTENSIONS,
+    Bad,
+    UsageError,
+    check_inputs,
+    check_output_not_input,
+    count_items,
+    file_identity,
+    iter_items,
+    prepare,
+)
 
+__all__ = ["IMAGE_EXTENSIONS", "TABLE_EXTENSIONS", "UsageError", "load_model", "main"]
 
-class UsageError(Exception):
-    """A problem with the command line itself (exit status 2)."""
+DEFAULT_THREADS = 1
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SCORING = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 130, 141
 
-
-class _Bad:
-    """An item that could not be read; carries the message to report."""
-
-    def __init__(self, message):
-        self.message = message
-
-
-# --------------------------------------------------------------------------- inputs
-def _walk_images(root):
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                yield os.path.join(dirpath, name)
-
-
-def _lines(path, modality):
-    """``(id, item)`` per line of a text file; a line that is not UTF-8 is a bad item."""
-    base = os.path.dirname(path)
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            raw = raw.rstrip(b"\r\n")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield f"{path}:{lineno}", _Bad(f"line {lineno} is not valid UTF-8 ({exc.reason})")
-                continue
-            if modality == "image":
-                if not text.strip():
-                    continue
-                text = text if os.path.isabs(text) else os.path.join(base, text)
-            yield f"{path}:{lineno}", text
+EXIT_HELP = """\
+exit status:
+  0    every item scored
+  1    some items could not be read (named on stderr; their rows have an empty prediction)
+  2    usage error: nothing is scored and -o FILE is left untouched
+  3    the model failed on items that passed validation (a bug, or out of memory):
+       scoring stops and -o FILE is left untouched
+  130  interrupted (Ctrl-C): -o FILE is left untouched
+  141  standard output was closed early (e.g. '| head'): ends quietly, like a tool
+       killed by SIGPIPE
+"""
 
 
-def _is_parquet(path):
-    return path.lower().endswith((".parquet", ".pq"))
+class ScoringError(Exception):
+    """The model failed on a batch of validated items (exit status 3)."""
 
 
-def _parquet(path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
-    return pq.ParquetFile(path)
+# --------------------------------------------------------------------------- model
+def _claims_safe_format(path):
+    return os.fspath(path).lower().endswith(".skt") or zipfile.is_zipfile(path)
 
 
-def _open_csv(path):
-    """A csv reader; bytes that are not UTF-8 survive as surrogates, reported per value."""
-    csv.field_size_limit(2**31 - 1)  # long texts in one cell are fine
-    fh = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-    dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
-    return fh, csv.reader(fh, dialect)
+def load_model(path, device=None, quantize=None, *, allow_pickle=False):
+    """A fitted estimator from a :func:`sktransfer.save` file, or (opt-in) a joblib file.
 
-
-def _columns(path):
-    if _is_parquet(path):
-        return _parquet(path).schema_arrow.names
-    fh, reader = _open_csv(path)
-    with fh:
-        return next(reader, [])
-
-
-def _table_values(path, column):
-    """Stream one column of a CSV/TSV/Parquet file: ``str``, None (missing) or :class:`_Bad`."""
-    if _is_parquet(path):
-        pf = _parquet(path)
-        column = _pick_column(path, pf.schema_arrow.names, column)
-        for batch in pf.iter_batches(batch_size=_CHUNK_ROWS, columns=[column]):
-            yield from batch.column(0).to_pylist()
-        return
-    fh, reader = _open_csv(path)
-    with fh:
-        header = next(reader, [])
-        index = header.index(_pick_column(path, header, column))
-        for record in reader:
-            value = record[index] if index < len(record) else ""
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                yield _Bad("not valid UTF-8")
-                continue
-            yield value if value != "" else None
-
-
-def _pick_column(path, names, column):
-    if column is None:
-        if len(names) == 1:
-            return names[0]
-        raise UsageError(f"{path} has columns {names}: choose one with --column NAME")
-    if column not in names:
-        raise UsageError(f"{path} has no column {column!r} (columns: {names})")
-    return column
-
-
-def _table(path, column, modality):
-    base = os.path.dirname(path)
-    for row, value in enumerate(_table_values(path, column)):
-        ident = f"{path}:{row}"
-        if value is None or isinstance(value, _Bad):
-            reason = "missing value" if value is None else value.message
-            yield ident, _Bad(f"row {row}: {reason}")
-        elif modality == "image":
-            value = str(value)
-            yield ident, value if os.path.isabs(value) else os.path.join(base, value)
-        else:
-            yield ident, str(value)
-
-
-def check_inputs(inputs, modality, column):
-    """Classify every INPUT up front (cheap); raises :class:`UsageError` for bad ones."""
-    plan = []
-    for spec in inputs:
-        lower = spec.lower()
-        if os.path.isdir(spec):
-            if modality != "image":
-                raise UsageError(f"{spec} is a directory; a text model reads .txt or CSV files")
-            plan.append(("dir", spec))
-        elif os.path.isfile(spec):
-            if lower.endswith(TABLE_EXTENSIONS):
-                _pick_column(spec, _columns(spec), column)
-                plan.append(("table", spec))
-            elif lower.endswith(".txt") or modality == "text":
-                plan.append(("lines", spec))
-            else:
-                plan.append(("file", spec))
-        elif glob.has_magic(spec):
-            if next(glob.iglob(spec, recursive=True), None) is None:
-                raise UsageError(f"no file matches {spec!r}")
-            if modality != "image":
-                raise UsageError(f"{spec}: glob patterns select image files; this is a text model")
-            plan.append(("glob", spec))
-        else:
-            raise UsageError(f"no such file or directory: {spec}")
-    return plan
-
-
-def iter_items(plan, modality, column):
-    """``(id, item or _Bad)`` for every input, lazily, in command-line order."""
-    for kind, spec in plan:
-        if kind == "dir":
-            for path in _walk_images(spec):
-                yield path, path
-        elif kind == "glob":
-            for path in glob.iglob(spec, recursive=True):
-                if os.path.isfile(path):
-                    yield path, path
-        elif kind == "table":
-            yield from _table(spec, column, modality)
-        elif kind == "lines":
-            yield from _lines(spec, modality)
-        else:
-            yield spec, spec
-
-
-# --------------------------------------------------------------------------- scoring
-def load_model(path, device=None, quantize=None):
-    """A fitted estimator from a :func:`sktransfer.save` file or a joblib/pickle file."""
-    from sktransfer import persistence
-
+    A file named ``.skt`` or that is a zip archive is only ever read as the safe
+    format. Anything else is unpickled with joblib only when ``allow_pickle``:
+    unpickling runs code from the file.
+    """
     if not os.path.isfile(path):
         raise UsageError(f"model file not found: {path}")
     if device is not None:
@@ -194,11 +94,21 @@ def load_model(path, device=None, quantize=None):
             resolve_device(device)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    if persistence.is_sktransfer_file(path):
+    if _claims_safe_format(path):
+        from sktransfer.safe_format import load
+
         try:
-            return persistence.load(path, device=device, quantize=quantize)
-        except (ValueError, RuntimeError) as exc:
-            raise UsageError(f"cannot load model {path}: {exc}") from exc
+            return load(path, device=device, quantize=quantize)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise UsageError(
+                f"cannot load model {path}: {exc} (a .skt or zip file is read only as a "
+                "sktransfer.save file, never unpickled)"
+            ) from exc
+    if not allow_pickle:
+        raise UsageError(
+            f"cannot load model {path}: not a sktransfer.save file. --allow-pickle loads "
+            "joblib/pickle files, which runs code from the file: use it for trusted sources only"
+        )
     import joblib
 
     try:
@@ -217,23 +127,6 @@ def load_model(path, device=None, quantize=None):
     return est
 
 
-def _score(est, items):
-    """Probabilities for ``items``; ``(proba rows, errors)`` with one entry per item."""
-    try:
-        return list(est.predict_proba(items)), [None] * len(items)
-    except Exception:  # noqa: BLE001 - find the culprit item by item
-        pass
-    rows, errors = [], []
-    for item in items:
-        try:
-            rows.append(est.predict_proba([item])[0])
-            errors.append(None)
-        except Exception as exc:  # noqa: BLE001 - reported, never fatal
-            rows.append(None)
-            errors.append(f"{type(exc).__name__}: {exc}")
-    return rows, errors
-
-
 def no_feature_cache():
     """Turn sktransfer's in-process feature cache off within a ``with`` block."""
     try:
@@ -243,14 +136,125 @@ def no_feature_cache():
     return config_context(cache=False)
 
 
+@contextlib.contextmanager
+def thread_limit(n):
+    """Cap torch's and the BLAS pools' threads at ``n`` within a ``with`` block."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - sklearn brings it
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=n)
+        with limits:
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- output
+def _new_file_mode(target):
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def open_output(path):
+    """``(text stream, (dev, inode) or None)`` for ``-o``; a file is replaced atomically.
+
+    Unwritable targets raise :class:`UsageError` here, before any work: the
+    temporary file is created first. A device or FIFO is written in place.
+    """
+    from sktransfer._atomic import atomic_write
+
+    if path in (None, "-"):
+        yield sys.stdout, None
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {path}: it is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: no rename
+        try:
+            fh = open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with fh:
+            yield fh, None
+        return
+    target = os.path.realpath(path)  # through a symlink: replace the file, keep the link
+    parent = os.path.dirname(target)
+    with contextlib.ExitStack() as stack:
+        try:
+            raw = stack.enter_context(
+                atomic_write(target, durable=True, mode=_new_file_mode(target))
+            )
+        except OSError as exc:
+            why = f"no such directory {parent}" if not os.path.isdir(parent) else exc.strerror
+            raise UsageError(f"cannot write {path}: {why or exc}") from exc
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="", errors="surrogateescape")
+        try:
+            yield text, file_identity(target)
+            text.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                text.detach()  # atomic_write closes the file (and renames or removes it)
+
+
+def _quiet_stdout():
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture it)
+        pass
+
+
+# --------------------------------------------------------------------------- scoring
 def _batches(iterable, size):
     it = iter(iterable)
     while batch := list(itertools.islice(it, size)):
         yield batch
 
 
-def predict_stream(est, items, out, *, proba=False, batch_size=64, progress=True, err=None):
+def _modality(est):
+    return getattr(est, "modality_", None) or getattr(est, "_modality", None)
+
+
+def _score(est, prepared):
+    """Probability rows of the good items of a prepared batch, in one call."""
+    ids = [ident for ident, item in prepared if not isinstance(item, Bad)]
+    good = [item for _, item in prepared if not isinstance(item, Bad)]
+    if not good:
+        return []
+    try:
+        rows = est.predict_proba(good)
+    except Exception as exc:
+        where = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
+        raise ScoringError(
+            f"the model failed on a batch of {len(good)} validated item(s) ({where}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if len(rows) != len(good):
+        raise ScoringError(f"the model returned {len(rows)} rows for {len(good)} items")
+    return list(rows)
+
+
+def predict_stream(
+    est, items, out, *, proba=False, batch_size=64, progress=True, err=None, total=None, guard=None
+):
     """Score ``(id, item)`` pairs in batches and write CSV rows to ``out``.
+
+    Each batch is validated first (:func:`sktransfer.cli_inputs.prepare`): bad
+    items get an empty row and a message on ``err``; the good ones are scored in
+    one ``predict_proba`` call, whose failure raises :class:`ScoringError`.
 
     Returns
     -------
@@ -260,23 +264,24 @@ def predict_stream(est, items, out, *, proba=False, batch_size=64, progress=True
     from tqdm.auto import tqdm
 
     err = err or sys.stderr
+    modality = _modality(est)
     classes = list(est.classes_)
     writer = csv.writer(out)
     writer.writerow(["id", "prediction"] + ([f"proba_{c}" for c in classes] if proba else []))
+    blank = [""] * len(classes) if proba else []
     n_ok = n_bad = 0
-    bar = tqdm(unit="item", file=err, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="item", file=err, disable=not progress, dynamic_ncols=True)
     try:
         for batch in _batches(items, batch_size):
-            good = [(i, item) for i, (_, item) in enumerate(batch) if not isinstance(item, _Bad)]
-            rows, errors = _score(est, [item for _, item in good]) if good else ([], [])
-            result = {i: (row, e) for (i, _), row, e in zip(good, rows, errors)}
-            for i, (ident, item) in enumerate(batch):
-                row, error = result.get(i, (None, getattr(item, "message", None)))
-                if row is None:
+            prepared = prepare(batch, modality, guard)
+            rows = iter(_score(est, prepared))
+            for ident, item in prepared:
+                if isinstance(item, Bad):
                     n_bad += 1
-                    bar.write(f"sktransfer: error: {ident}: {error}", file=err)
-                    writer.writerow([ident, ""] + ([""] * len(classes) if proba else []))
+                    bar.write(f"sktransfer: error: {ident}: {item.message}", file=err)
+                    writer.writerow([ident, ""] + blank)
                     continue
+                row = next(rows)
                 n_ok += 1
                 label = classes[int(row.argmax())]
                 writer.writerow([ident, label] + ([f"{p:.6g}" for p in row] if proba else []))
@@ -288,40 +293,45 @@ def predict_stream(est, items, out, *, proba=False, batch_size=64, progress=True
 
 
 # --------------------------------------------------------------------------- commands
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _cmd_predict(args):
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    est = load_model(args.model, device=args.device, quantize=args.quantize)
-    if not hasattr(est, "predict_proba") or not hasattr(est, "classes_"):
-        raise UsageError(f"{args.model} holds a {type(est).__name__}, not a fitted classifier")
-    modality = getattr(est, "modality_", None) or getattr(est, "_modality", None)
-    plan = check_inputs(args.inputs, modality, args.column)
-    if "batch_size" in est.get_params():
-        est.set_params(batch_size=args.batch_size)
-    items = iter_items(plan, modality, args.column)
-    out = sys.stdout if args.output in (None, "-") else open(args.output, "w", newline="")
-    try:
+    if args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    check_output_not_input(args.output, args.inputs)
+    with open_output(args.output) as (out, guard), thread_limit(args.threads):
+        est = load_model(
+            args.model, device=args.device, quantize=args.quantize, allow_pickle=args.allow_pickle
+        )
+        if not hasattr(est, "predict_proba") or not hasattr(est, "classes_"):
+            raise UsageError(f"{args.model} holds a {type(est).__name__}, not a fitted classifier")
+        modality = _modality(est)
+        plan = check_inputs(args.inputs, modality, args.column)
+        if "batch_size" in est.get_params():
+            est.set_params(batch_size=args.batch_size)
+        progress = args.progress and _isatty(sys.stderr)
+        total = count_items(plan, modality) if progress else None
         with no_feature_cache():  # every item is seen once: caching would only grow memory
             _, n_bad = predict_stream(
                 est,
-                items,
+                iter_items(plan, modality, args.column),
                 out,
                 proba=args.proba,
                 batch_size=args.batch_size,
-                progress=args.progress,
+                progress=progress,
+                total=total,
+                guard=guard,
             )
-    finally:
-        if out is not sys.stdout:
-            out.close()
     if n_bad:
         print(f"sktransfer: {n_bad} item(s) failed", file=sys.stderr)
-    return 1 if n_bad else 0
+    return EXIT_SOME_FAILED if n_bad else EXIT_OK
 
 
 def _cmd_backbones(args):
@@ -346,30 +356,61 @@ def _cmd_demo(args):
 
 
 def build_parser():
+    from sktransfer import __version__
+
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="sktransfer", description="Pretrained image and text networks as sklearn estimators."
+        prog="sktransfer",
+        description="Pretrained image and text networks as sklearn estimators.",
+        epilog=EXIT_HELP,
+        formatter_class=raw,
     )
+    parser.add_argument("--version", action="version", version=f"sktransfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("predict", help="score images or texts with a saved model")
-    p.add_argument("model", help="a sktransfer.save file or a joblib file")
+    p = sub.add_parser(
+        "predict",
+        help="score images or texts with a saved model",
+        description="Score images or texts with a saved model; CSV rows id,prediction[,proba_*].",
+        epilog=EXIT_HELP,
+        formatter_class=raw,
+    )
+    p.add_argument("model", help="a sktransfer.save file (or, with --allow-pickle, a joblib file)")
     p.add_argument(
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, directories (recursive), globs, a .txt file (one item per line) "
-        "or a CSV/TSV/Parquet file (see --column)",
+        help="image files, directories (recursive), globs, a .txt file (one item per line), "
+        "a CSV/TSV/Parquet file (see --column), or - for standard input (one item per line)",
     )
-    p.add_argument("-o", "--output", help="output CSV (default: stdout)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output CSV, written to a temporary file and renamed at the end (default: stdout)",
+    )
     p.add_argument("--proba", action="store_true", help="add one proba_<class> column per class")
     p.add_argument("--batch-size", type=int, default=64, help="items per batch (default: 64)")
     p.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: the model's)")
     p.add_argument("--column", help="column of a CSV/Parquet input holding texts or image paths")
     p.add_argument("--quantize", choices=["dynamic"], help="int8 dynamic quantisation (CPU)")
     p.add_argument(
-        "--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)"
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}; on a busy 2-core "
+        "machine all cores scored several times slower than one. Raise it on an idle "
+        "many-core machine)",
     )
     p.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
+        "--allow-pickle",
+        action="store_true",
+        help="also load joblib/pickle model files; this EXECUTES CODE from the file, so use it "
+        "only for files from a trusted source (.skt and zip files are never unpickled)",
+    )
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (shown only when stderr is a terminal)",
     )
     p.set_defaults(func=_cmd_predict)
     b = sub.add_parser("backbones", help="list the available backbones")
@@ -383,20 +424,26 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failed items, 2 usage)."""
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2)
         return int(exc.code or 0)
     try:
         return int(args.func(args))
     except UsageError as exc:
         print(f"sktransfer: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except ScoringError as exc:
+        print(f"sktransfer: error: {exc}", file=sys.stderr)
+        return EXIT_SCORING
     except KeyboardInterrupt:
         print("sktransfer: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away: stop quietly
+        _quiet_stdout()
+        return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -130,7 +130,7 @@ def test_predict_images_dir_glob_and_corrupt_file(image_model, digits, tmp_path,
     paths = _write_images(tmp_path / "imgs", digits)
     (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"not a png")
     (tmp_path / "imgs" / "a" / "notes.md").write_text("ignored: not an image extension")
-    argv = ["predict", model, tmp_path / "imgs", "--batch-size", "2", "--proba"]
+    argv = ["predict", model, tmp_path / "imgs", "--batch-size", "2", "--proba", "--allow-pickle"]
     code, out, err = _run(argv, capsys)
     assert code == 1 and "broken.png" in err
     rows = {r["id"]: r for r in _rows(out)}
@@ -139,7 +139,8 @@ def test_predict_images_dir_glob_and_corrupt_file(image_model, digits, tmp_path,
     assert [rows[p]["prediction"] for p in paths] == list(expected)
     sums = [float(rows[p]["proba_even"]) + float(rows[p]["proba_odd"]) for p in paths]
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)
-    code, out, _ = _run(["predict", model, str(tmp_path / "imgs" / "**" / "img*.png")], capsys)
+    argv = ["predict", model, str(tmp_path / "imgs" / "**" / "img*.png"), "--allow-pickle"]
+    code, out, _ = _run(argv, capsys)
     assert code == 0
     assert sorted(r["id"] for r in _rows(out)) == sorted(paths)
 
@@ -148,13 +149,19 @@ def test_predict_image_list_file_and_device(image_model, digits, tmp_path, capsy
     clf, model = image_model
     paths = _write_images(tmp_path, digits)
     (tmp_path / "list.txt").write_text("\n".join(os.path.relpath(p, tmp_path) for p in paths))
-    argv = ["predict", model, tmp_path / "list.txt", "--device", "cpu", "--threads", "1"]
+    argv = ["predict", model, tmp_path / "list.txt", "--device", "cpu", "--threads", "3"]
+    seen = []
+    predict_proba = type(clf).predict_proba
+
+    def spy(self, X):
+        seen.append(torch.get_num_threads())
+        return predict_proba(self, X)
+
     threads = torch.get_num_threads()
-    try:
-        code, out, _ = _run(argv, capsys)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(clf), "predict_proba", spy)
+        code, out, _ = _run([*argv, "--allow-pickle"], capsys)
+    assert seen == [3] and torch.get_num_threads() == threads  # set while scoring, restored
     assert code == 0
     assert [r["prediction"] for r in _rows(out)] == list(clf.predict(paths))
 
