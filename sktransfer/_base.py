@@ -226,7 +226,7 @@ class PretrainedClassifierBase(
         split = None if frozen else self._split(y_idx, seed)
         if frozen or self.head_init == "probe":
             feats = np.stack(self._outputs(net, items, kind, prep, device, stop=n_blocks))
-            check_finite_rows(feats, "the backbone's features")
+            check_finite_rows(feats, "the backbone's output")
             fit_idx = np.arange(len(y_idx)) if frozen else split[0]
             head, info = fit_linear_head(
                 feats[fit_idx], y_idx[fit_idx], n_classes, sw[fit_idx], C=self.C

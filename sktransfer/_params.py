@@ -64,16 +64,14 @@ def check_labels(y, n_samples):
 def check_weights(sample_weight, n_samples):
     """``sample_weight`` as float64 of shape ``(n_samples,)`` (ones when None).
 
-    Weights must be finite and non-negative, and not all zero; a bad one is named
-    by its index.
+    Weights must be finite (scikit-learn's check), not all zero (likewise) and
+    non-negative; a negative one is named by its index.
     """
     sw = _check_sample_weight(sample_weight, np.empty((n_samples, 0)), dtype=np.float64)
     bad = np.flatnonzero(~(sw >= 0))  # NaN fails the comparison too
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"sample_weight[{i}] is {sw[i]!r}; sample weights must be >= 0")
-    if not sw.any():
-        raise ValueError("sample_weight is zero for every sample; nothing to fit")
+        raise ValueError(f"sample_weight[{i}] is {float(sw[i])}; sample weights must be >= 0")
     return sw
 
 
@@ -84,7 +82,7 @@ def check_finite_rows(rows, what):
     if not finite.all():
         i = int(np.argmin(finite))
         raise ValueError(
-            f"Sample {i}: {what} contains NaN or infinite values; check the input and the "
+            f"Sample {i}: {what} has NaN or infinite values; check the input and the "
             "backbone (a model that predicts NaN is never returned)."
         )
 
