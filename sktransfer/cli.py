@@ -15,8 +15,11 @@ written to a temporary file beside it and renamed at the end, so FILE holds
 either its old content or the complete new one; an ``-o`` that is one of the
 inputs (or an image file inside an input directory) is refused.
 
-``--threads`` defaults to 1: scoring on all cores of a busy 2-core machine was
-several times slower than on one (see ``benchmarks/bench_cli.py``).
+``--threads`` defaults to 1 (``benchmarks/bench_cli.py``, shared 2-core machine):
+with one other busy process, 2 threads scored 2.8x slower than 1 (up to 5x under
+the machine's usual load), while 1 thread on an idle machine gave up only the
+1.4-1.6x that 2 cores can win. The worst case of 1 is bounded; that of all cores
+is not. Pass ``--threads N`` on a dedicated machine.
 
 Exit status (also in ``--help``): 0 every item scored; 1 some items could not
 be read; 2 usage error (nothing scored, ``-o FILE`` untouched); 3 the model
@@ -396,9 +399,10 @@ def build_parser():
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}; on a busy 2-core "
-        "machine all cores scored several times slower than one. Raise it on an idle "
-        "many-core machine)",
+        help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}). Measured on a shared "
+        "2-core machine: with one other busy process, 2 threads scored 2.8x slower than 1 "
+        "(up to 5x under load); idle, 2 threads were 1.4-1.6x faster. Raise it on a "
+        "dedicated machine",
     )
     p.add_argument(
         "--allow-pickle",
