@@ -130,15 +130,6 @@ def load_model(path, device=None, quantize=None, *, allow_pickle=False):
     return est
 
 
-def no_feature_cache():
-    """Turn sktransfer's in-process feature cache off within a ``with`` block."""
-    try:
-        from sktransfer.cache import config_context
-    except ImportError:  # pragma: no cover - a build without the cache
-        return contextlib.nullcontext()
-    return config_context(cache=False)
-
-
 @contextlib.contextmanager
 def thread_limit(n):
     """Cap torch's and the BLAS pools' threads at ``n`` within a ``with`` block."""
@@ -321,7 +312,9 @@ def _cmd_predict(args):
             est.set_params(batch_size=args.batch_size)
         progress = args.progress and _isatty(sys.stderr)
         total = count_items(plan, modality) if progress else None
-        with no_feature_cache():  # every item is seen once: caching would only grow memory
+        from sktransfer.cache import config_context
+
+        with config_context(cache=False):  # every item is seen once: caching would only grow memory
             _, n_bad = predict_stream(
                 est,
                 iter_items(plan, modality, args.column),

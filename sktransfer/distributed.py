@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sktransfer.cache import config_context
+
 __all__ = ["predict_dask"]
 
 _HINT = 'predict_dask needs dask: pip install "sktransfer[dask]"'
@@ -52,12 +54,11 @@ def _model_handle(est):
 
 def _score_partition(items, est, proba):
     """Score one bag partition: a list of labels or of probability rows."""
-    from sktransfer.cli import no_feature_cache
 
     items = list(items)
     if not items:
         return []
-    with no_feature_cache():  # one pass over the data: a worker's cache would only grow
+    with config_context(cache=False):  # one pass over the data: a worker's cache would only grow
         return list(est.predict_proba(items) if proba else est.predict(items))
 
 
@@ -68,10 +69,9 @@ def _score_series(series, est, proba, columns):
         if proba:
             return pd.DataFrame({c: np.empty(0, dtype=float) for c in columns}, index=series.index)
         return pd.Series([], dtype=object, index=series.index, name="prediction")
-    from sktransfer.cli import no_feature_cache
 
     items = series.tolist()
-    with no_feature_cache():
+    with config_context(cache=False):
         if proba:
             return pd.DataFrame(est.predict_proba(items), index=series.index, columns=columns)
         return pd.Series(est.predict(items), index=series.index, name="prediction", dtype=object)
