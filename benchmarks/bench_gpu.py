@@ -13,7 +13,7 @@ to 224 px, the same epochs, batch size and DataLoader workers for every candidat
 * ``plain_fp32`` / ``plain_bf16``: a hand-written PyTorch loop (same blocks, preprocessing code,
   AdamW, constant rate) in fp32 NCHW, and in bf16 autocast + channels-last. The loops ship
   normalised float32 samples, as a torchvision ``ToTensor`` + ``Normalize`` pipeline does; the
-  estimator ships uint8 pixels and normalises on the GPU (:mod:`sktransfer._pixels`).
+  estimator ships uint8 pixels and normalises on the GPU (:mod:`sktransfer.inputs.pixels`).
 
 The goal (issue 4): bf16 + channels-last >= 2.5x faster than fp32, reported against both fp32
 references: ``sk_fp32 / sk_auto`` (PyTorch's default, TF32 convolutions) and

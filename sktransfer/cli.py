@@ -91,14 +91,14 @@ def load_model(path, device=None, quantize=None, *, allow_pickle=False):
     if not os.path.isfile(path):
         raise UsageError(f"model file not found: {path}")
     if device is not None:
-        from sktransfer._base import resolve_device
+        from sktransfer.training.batches import resolve_device
 
         try:
             resolve_device(device)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     if _claims_safe_format(path):
-        from sktransfer.safe_format import load
+        from sktransfer.io.safe_format import load
 
         try:
             return load(path, device=device, quantize=quantize)
@@ -167,7 +167,7 @@ def open_output(path):
     Unwritable targets raise :class:`UsageError` here, before any work: the
     temporary file is created first. A device or FIFO is written in place.
     """
-    from sktransfer._atomic import atomic_write
+    from sktransfer.io.atomic import atomic_write
 
     if path in (None, "-"):
         yield sys.stdout, None

@@ -6,15 +6,16 @@ pixels), so datasets stay small and picklable for ``DataLoader`` workers.
 Error messages always name the offending sample index (and path).
 
 This is the module to import from; the code lives in one file per concept:
-:mod:`sktransfer._image_inputs` (image adapters and :func:`load_image_folder`),
-:mod:`sktransfer._text_inputs` (text adapters), :mod:`sktransfer._sample_keys`
-(the feature cache's content keys) and :mod:`sktransfer._inputs` (what image and
+:mod:`sktransfer.inputs.images` (image adapters and :func:`load_image_folder`),
+:mod:`sktransfer.inputs.texts` (text adapters), :mod:`sktransfer.cache.keys`
+(the feature cache's content keys) and :mod:`sktransfer.inputs.containers` (what image and
 text share: containers to lists, targets).
 """
 
 from __future__ import annotations
 
-from sktransfer._image_inputs import (
+from sktransfer.cache.keys import sample_keys
+from sktransfer.inputs.images import (
     IMAGE_EXTENSIONS,
     ImageDataset,
     check_images,
@@ -22,8 +23,7 @@ from sktransfer._image_inputs import (
     load_rgb,
     preprocess_image,
 )
-from sktransfer._sample_keys import sample_keys
-from sktransfer._text_inputs import TextCollate, TextDataset, check_texts, make_text_collate
+from sktransfer.inputs.texts import TextCollate, TextDataset, check_texts, make_text_collate
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -11,13 +11,13 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from sktransfer._base import PretrainedClassifierBase
-from sktransfer._embedder import EmbedderBase
-from sktransfer._params import COMMON_CONSTRAINTS
-from sktransfer._pixels import StackPixels
-from sktransfer.augment import PRESETS, make_augment, tta_views
+from sktransfer._estimator.base import PretrainedClassifierBase
+from sktransfer._estimator.embedder import EmbedderBase
+from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer.data import ImageDataset, check_images
-from sktransfer.training import ArrayDataset
+from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
+from sktransfer.inputs.pixels import StackPixels
+from sktransfer.training.batches import ArrayDataset
 
 _IMAGE_CONSTRAINTS = {
     "backbone": "no_validation",

@@ -8,9 +8,9 @@ import os
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sktransfer._base import PretrainedClassifierBase
-from sktransfer._embedder import EmbedderBase
-from sktransfer._params import COMMON_CONSTRAINTS
+from sktransfer._estimator.base import PretrainedClassifierBase
+from sktransfer._estimator.embedder import EmbedderBase
+from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer.data import TextDataset, check_texts, make_text_collate
 
 _TEXT_CONSTRAINTS = {

@@ -337,8 +337,8 @@ def _mixed_images():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_uint8_pixels_normalised_on_the_device_equal_the_float_path(channels_last):
     """uint8 batches + normalisation after the device copy give bit-identical input."""
-    from sktransfer._batches import Collate, to_device
-    from sktransfer._pixels import PixelBatch, StackPixels
+    from sktransfer.inputs.pixels import PixelBatch, StackPixels
+    from sktransfer.training.batches import Collate, to_device
 
     prep = ImagePreprocessing(image_size=16, resize_size=18, mean=MEAN, std=STD)
     items = check_images(_mixed_images())
@@ -358,8 +358,8 @@ def test_uint8_pixels_normalised_on_the_device_equal_the_float_path(channels_las
 
 
 def test_pixel_batches_come_through_worker_processes_and_pickle():
-    from sktransfer._batches import Collate, to_device
-    from sktransfer._pixels import PixelBatch, StackPixels
+    from sktransfer.inputs.pixels import PixelBatch, StackPixels
+    from sktransfer.training.batches import Collate, to_device
 
     prep = ImagePreprocessing(image_size=12)
     items = check_images(_mixed_images())

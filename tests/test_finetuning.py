@@ -16,9 +16,9 @@ import sktransfer
 from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
 from sktransfer.cache import config_context
 from sktransfer.freezing import TransferNet
-from sktransfer.regularization import L2SP
-from sktransfer.schedules import suggest_lr, warmup_cosine
-from sktransfer.training import TrainConfig, param_groups
+from sktransfer.training.loop import TrainConfig, param_groups
+from sktransfer.training.regularization import L2SP
+from sktransfer.training.schedules import suggest_lr, warmup_cosine
 
 
 def _clf(cnn, **kw):

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 
-from sktransfer import head
+from sktransfer.training import heads as head
 
 
 def _problem(n, d, k, seed=0):

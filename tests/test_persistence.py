@@ -16,14 +16,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 import sktransfer
-from sktransfer import (
-    PretrainedImageClassifier,
-    PretrainedTextClassifier,
-    _archive,
-    persistence,
-    safe_format,
-)
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
 from sktransfer.deploy import is_quantized
+from sktransfer.io import archive as _archive
+from sktransfer.io import pickling, safe_format
 
 
 def _torchvision_ok():
@@ -62,14 +58,14 @@ def _rewrite(path, edit_meta=None, edit_members=None):
     """Rewrite a saved file with edited (and consistently re-checksummed) contents."""
     with zipfile.ZipFile(path) as zf:
         raw = {n: zf.read(n) for n in zf.namelist()}
-    meta = json.loads(raw.pop(persistence.MANIFEST))
+    meta = json.loads(raw.pop(_archive.MANIFEST))
     meta.pop("members")
     if edit_meta:
         edit_meta(meta)
     if edit_members:
         edit_members(raw)
     with open(path, "wb") as fh:
-        persistence._write_zip(fh, meta, raw)
+        _archive._write_zip(fh, meta, raw)
 
 
 def _fitted_attrs(est):
@@ -124,7 +120,7 @@ def test_joblib_text_model_loads_in_fresh_process(bert_clf, tmp_path):
 def test_pickle_from_newer_version_names_both(bert_clf, monkeypatch):
     clf, _ = bert_clf
     blob = pickle.dumps(clf)
-    monkeypatch.setattr(persistence, "_version", lambda: "0.0.1")
+    monkeypatch.setattr(pickling, "_version", lambda: "0.0.1")
     with pytest.raises(RuntimeError, match=r"sktransfer 0\.1\.\d.*installed 0\.0\.1"):
         pickle.loads(blob)
 
@@ -208,7 +204,7 @@ def test_flipped_byte_refused(bert_clf, tmp_path):
     sktransfer.save(bert_clf[0], path)
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(persistence.WEIGHTS)
+        info = zf.getinfo(_archive.WEIGHTS)
     data[info.header_offset + 200] ^= 0xFF  # inside the stored weights
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupted|modified"):
@@ -221,9 +217,9 @@ def test_member_tampered_with_valid_zip_refused(bert_clf, tmp_path):
     with zipfile.ZipFile(path) as zf:
         raw = {n: zf.read(n) for n in zf.namelist()}
         comment = zf.comment
-    weights = bytearray(raw[persistence.WEIGHTS])
+    weights = bytearray(raw[_archive.WEIGHTS])
     weights[-5] ^= 0x01
-    raw[persistence.WEIGHTS] = bytes(weights)
+    raw[_archive.WEIGHTS] = bytes(weights)
     with zipfile.ZipFile(path, "w") as zf:  # valid CRCs, stale checksums
         for name, data in raw.items():
             zf.writestr(name, data)
@@ -238,7 +234,7 @@ def test_manifest_tampered_refused(bert_clf, tmp_path):
     with zipfile.ZipFile(path) as zf:
         raw = {n: zf.read(n) for n in zf.namelist()}
         comment = zf.comment
-    raw[persistence.MANIFEST] = raw[persistence.MANIFEST].replace(b'"pos"', b'"POS"')
+    raw[_archive.MANIFEST] = raw[_archive.MANIFEST].replace(b'"pos"', b'"POS"')
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in raw.items():
             zf.writestr(name, data)
@@ -252,7 +248,7 @@ def test_not_a_model_file(tmp_path):
     path.write_bytes(b"hello")
     with pytest.raises(ValueError, match="not a readable sktransfer model"):
         sktransfer.load(path)
-    assert not persistence.is_sktransfer_file(path)
+    assert not _archive.is_sktransfer_file(path)
 
 
 def test_newer_format_refused_naming_versions(bert_clf, tmp_path):
@@ -260,11 +256,11 @@ def test_newer_format_refused_naming_versions(bert_clf, tmp_path):
     sktransfer.save(bert_clf[0], path)
 
     def newer(meta):
-        meta["format_version"] = persistence.FORMAT_VERSION + 1
+        meta["format_version"] = _archive.FORMAT_VERSION + 1
         meta["versions"]["sktransfer"] = "0.9.0"
 
     _rewrite(path, edit_meta=newer)
-    msg = rf"file format {persistence.FORMAT_VERSION + 1}.*0\.9\.0.*{sktransfer.__version__}"
+    msg = rf"file format {_archive.FORMAT_VERSION + 1}.*0\.9\.0.*{sktransfer.__version__}"
     with pytest.raises(ValueError, match=msg):
         sktransfer.load(path)
 
@@ -344,7 +340,7 @@ def test_embedder_roundtrip(tiny_bert_dir, texts, tmp_path):
 
 # --------------------------------------------------------------------------- faults
 def test_interrupted_fit_is_never_half_fitted(bert_clf, tiny_bert_dir, texts, monkeypatch):
-    import sktransfer._base as base
+    import sktransfer._estimator.base as base
 
     clf = PretrainedTextClassifier(tiny_bert_dir, freeze_depth=1, max_epochs=1, random_state=0)
     clf.fit(*texts)
@@ -401,9 +397,9 @@ def test_packaged_reference_detects_changed_weights(texts, tmp_path, monkeypatch
 
 def test_json_helpers_roundtrip():
     value = {"a": (1, 2.5, "x"), "b": np.array([[1, 2]], dtype=np.int16), "c": [None, True]}
-    back = persistence._from_json(json.loads(json.dumps(persistence._to_json(value, "v"))))
+    back = _archive._from_json(json.loads(json.dumps(_archive._to_json(value, "v"))))
     assert back["a"] == (1, 2.5, "x")
     assert back["b"].dtype == np.int16 and back["b"].shape == (1, 2)
     assert back["c"] == [None, True]
     with pytest.raises(TypeError, match="cannot be saved"):
-        persistence._to_json({"f": io.BytesIO()}, "v")
+        _archive._to_json({"f": io.BytesIO()}, "v")

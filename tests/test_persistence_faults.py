@@ -25,7 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sktransfer
-from sktransfer import PretrainedTextClassifier, _archive, _atomic, safe_format
+from sktransfer import PretrainedTextClassifier
+from sktransfer.io import archive as _archive
+from sktransfer.io import atomic as _atomic
+from sktransfer.io import safe_format
 
 BOMB = 64 << 20  # inflated bytes of the test bombs (64 KiB compressed)
 CONFIG = "backbone/config.json"
@@ -435,7 +438,7 @@ _CHILD = textwrap.dedent(
     """
     import io, os, sys, time
     import sktransfer
-    from sktransfer import _archive
+    from sktransfer.io import archive as _archive
 
     est = sktransfer.load(sys.argv[1])
     real = _archive._write_zip

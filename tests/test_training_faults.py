@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer import PretrainedImageClassifier
-from sktransfer.training import NonFiniteLossError
+from sktransfer.training.loop import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,6 +1,6 @@
 """The safe file format: :func:`save` / :func:`load` without pickle.
 
-One zip file (see :mod:`sktransfer._archive`: checksummed members, atomic
+One zip file (see :mod:`sktransfer.io.archive`: checksummed members, atomic
 write) holding the weights in safetensors and everything else as JSON
 (versions, estimator class, parameters, classes, preprocessing, how to rebuild
 the backbone), Hugging Face config and tokenizer files. Loading runs no pickled
@@ -22,7 +22,7 @@ import tempfile
 import torch
 from torch import nn
 
-from sktransfer._archive import (
+from sktransfer.io.archive import (
     FORMAT_NAME,
     FORMAT_VERSION,
     WEIGHTS,
@@ -31,7 +31,7 @@ from sktransfer._archive import (
     _read,
     _to_json,
 )
-from sktransfer.persistence import _version
+from sktransfer.io.pickling import _version
 
 HF_CONFIG = "backbone/config.json"
 TOKENIZER_DIR = "tokenizer/"
@@ -380,7 +380,7 @@ def load(path, device=None, quantize=None):
     with _malformed(path):
         est = _rebuild(path, meta, members)
     if device is not None:
-        from sktransfer._base import resolve_device
+        from sktransfer.training.batches import resolve_device
 
         resolve_device(device)  # fail early on a device this machine lacks
         est.set_params(device=device)

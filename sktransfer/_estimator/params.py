@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, column_or_1d
 
-from sktransfer.schedules import SCHEDULES
+from sktransfer.training.schedules import SCHEDULES
 
 COMMON_CONSTRAINTS = {
     "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],

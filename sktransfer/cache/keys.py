@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from sktransfer._image_inputs import _bad_type, _closed_error, _is_closed
+from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
 
 
 def _digest(*parts):

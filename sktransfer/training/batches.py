@@ -1,6 +1,6 @@
 """Batches for the torch loops: datasets, collation, device moves, block runs.
 
-Shared by the fine-tuning loop (:mod:`sktransfer.training`), the estimators'
+Shared by the fine-tuning loop (:mod:`sktransfer.training.loop`), the estimators'
 feature extraction and prediction, and the embedders; plus the device and RNG
 helpers those loops run under.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from sktransfer._pixels import PixelBatch
 from sktransfer.backbones._base import TextState
+from sktransfer.inputs.pixels import PixelBatch
 
 
 class LabeledDataset(Dataset):

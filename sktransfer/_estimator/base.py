@@ -19,15 +19,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from sktransfer._batches import (  # noqa: F401 - resolve_device: imported from here elsewhere
-    cudnn_autotune,
-    resolve_device,
-    runs_channels_last,
-    seeded_globals,
-    set_layout,
-)
-from sktransfer._outputs import BlockOutputsMixin
-from sktransfer._params import (
+from sktransfer._estimator.outputs import BlockOutputsMixin
+from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
     check_finite_weights,
@@ -37,19 +30,22 @@ from sktransfer._params import (
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
-from sktransfer.persistence import PicklableModulesMixin
-from sktransfer.regularization import L2SP
-from sktransfer.training import (
+from sktransfer.io.pickling import PicklableModulesMixin
+from sktransfer.training.batches import (
     Collate,
     LabeledDataset,
-    TrainConfig,
-    fine_tune,
-    fit_linear_head,
+    cudnn_autotune,
     make_loader,
     predict_logits,
+    resolve_device,
     resolve_precision,
-    run_phases,
+    runs_channels_last,
+    seeded_globals,
+    set_layout,
 )
+from sktransfer.training.heads import fit_linear_head
+from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
+from sktransfer.training.regularization import L2SP
 
 
 class PretrainedClassifierBase(

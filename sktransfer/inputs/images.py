@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from sktransfer._inputs import _as_targets, _to_list
 from sktransfer.backbones._base import ImagePreprocessing
+from sktransfer.inputs.containers import _as_targets, _to_list
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sktransfer.cache import count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
 from sktransfer.freezing import block_namespace
-from sktransfer.training import PadTokens, RowsDataset, run_blocks
+from sktransfer.training.batches import PadTokens, RowsDataset, run_blocks
 
 
 class BlockOutputsMixin:

@@ -6,7 +6,7 @@ size, and the zip comment holds the manifest's own SHA-256, so any truncation,
 corruption or edit is detected before anything is built from the file. Values
 in the manifest are plain JSON; numpy arrays and tuples are tagged so they
 round-trip. Nothing here unpickles or imports code. What an estimator's
-archive holds is :mod:`sktransfer.safe_format`'s business.
+archive holds is :mod:`sktransfer.io.safe_format`'s business.
 
 Reading does bounded work on any input (see :func:`_read`): the manifest is
 read and verified first; unexpected, missing or duplicate members, and members
@@ -28,8 +28,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from sktransfer._atomic import atomic_write
-from sktransfer.persistence import _version, check_version
+from sktransfer.io.atomic import atomic_write
+from sktransfer.io.pickling import _version, check_version
 
 FORMAT_NAME = "sktransfer-model"
 FORMAT_VERSION = 1

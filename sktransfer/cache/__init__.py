@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sktransfer._atomic import atomic_write
+from sktransfer.io.atomic import atomic_write
 
 _MAGIC = b"SKTC1\n"
 _LOCK = threading.RLock()
@@ -60,8 +60,10 @@ def check_cache_dir(cache_dir):
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        why = "is not a directory" if os.path.exists(path) and not os.path.isdir(path) else (
-            f"cannot be written ({exc.strerror or exc})"
+        why = (
+            "is not a directory"
+            if os.path.exists(path) and not os.path.isdir(path)
+            else (f"cannot be written ({exc.strerror or exc})")
         )
         raise ValueError(
             f"cache_dir {os.fspath(cache_dir)!r} {why}; pass a writable directory, "
@@ -117,21 +119,21 @@ def cache_info() -> dict:
     ``hits``/``misses`` count samples looked up; ``backbone_forwards`` counts samples
     run through the backbone from raw input; ``entries``/``bytes`` describe the
     in-memory tier; ``head_solves``/``head_hits`` count probe-head fits solved and
-    taken from the head memo (:mod:`sktransfer.head`).
+    taken from the head memo (:mod:`sktransfer.training.heads`).
     """
-    from sktransfer import head
+    from sktransfer.training import heads
 
     with _LOCK:
         info = {**_STATS, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
-    return {**info, **head.STATS}
+    return {**info, **heads.STATS}
 
 
 def clear_cache(*, disk=False) -> None:
     """Empty the in-memory tier (and the disk tier with ``disk=True``) and the head memo;
     reset counters."""
-    from sktransfer import head
+    from sktransfer.training import heads
 
-    head.clear_memo()
+    heads.clear_memo()
     with _LOCK:
         _MEMORY.data.clear()
         _MEMORY.nbytes = 0

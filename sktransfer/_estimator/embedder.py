@@ -8,13 +8,19 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer._batches import resolve_device, runs_channels_last, set_layout
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.data import sample_keys
 from sktransfer.freezing import TransferNet, block_namespace
-from sktransfer.persistence import PicklableModulesMixin
-from sktransfer.training import Collate, make_loader, run_blocks
+from sktransfer.io.pickling import PicklableModulesMixin
+from sktransfer.training.batches import (
+    Collate,
+    make_loader,
+    resolve_device,
+    run_blocks,
+    runs_channels_last,
+    set_layout,
+)
 
 
 class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):

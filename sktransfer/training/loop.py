@@ -1,11 +1,11 @@
-"""Training: the skorch fine-tuning loop (the frozen-mode head solver is :mod:`sktransfer.head`).
+"""Training: the skorch fine-tuning loop (frozen mode's head solvers: :mod:`.heads`).
 
 * Fine-tuning: a :class:`skorch.NeuralNet` drives the epochs. It is wrapped, not
   inherited by the estimators: it only sees the trainable parameters, keeps the
   frozen blocks in eval mode (``TransferNet.train``), weighs the loss by
   ``sample_weight`` and records validation accuracy. Per-block parameter groups
-  (``layer_decay``), per-batch schedules (:mod:`sktransfer.schedules`), L2-SP
-  (:mod:`sktransfer.regularization`), bf16 autocast and channels-last are options of
+  (``layer_decay``), per-batch schedules (:mod:`sktransfer.training.schedules`), L2-SP
+  (:mod:`sktransfer.training.regularization`), bf16 autocast and channels-last are options of
   :class:`TrainConfig`.
 """
 
@@ -23,22 +23,8 @@ from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from sktransfer._batches import (  # noqa: F401 - re-exported (embedders, estimators)
-    ArrayDataset,
-    Collate,
-    LabeledDataset,
-    PadTokens,
-    RowsDataset,
-    autocast,
-    make_loader,
-    predict_logits,
-    resolve_precision,
-    run_blocks,
-    split_output,
-    to_device,
-)
-from sktransfer.head import fit_linear_head  # noqa: F401 - re-exported (estimators)
-from sktransfer.schedules import BatchLRScheduler, lr_range_test
+from sktransfer.training.batches import autocast, to_device
+from sktransfer.training.schedules import BatchLRScheduler, lr_range_test
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -103,7 +89,7 @@ class TrainConfig:
     verbose: int = 0
     lr_schedule: str = "warmup_cosine"
     layer_decay: float | None = None
-    l2sp: Any = None  # a sktransfer.regularization.L2SP, or None
+    l2sp: Any = None  # a sktransfer.training.regularization.L2SP, or None
     precision: str = "fp32"  # resolved: "fp32" | "bf16"
     channels_last: bool = False
     num_workers: int = 0
@@ -338,7 +324,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
 
 
 def lr_range_test_for(net, train_ds, collate, cfg: TrainConfig, n_steps: int) -> tuple[float, dict]:
-    """:func:`sktransfer.schedules.lr_range_test` with ``cfg``'s optimizer, groups and loss."""
+    """:func:`.schedules.lr_range_test` with ``cfg``'s optimizer, groups and loss."""
 
     def make_optimizer(module, lr):
         return cfg.optimizer_class(param_groups(module, lr, cfg), lr=lr)

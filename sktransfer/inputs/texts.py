@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sktransfer._inputs import _as_targets, _to_list
 from sktransfer.backbones._base import TextPreprocessing
+from sktransfer.inputs.containers import _as_targets, _to_list
 
 
 def check_texts(X):

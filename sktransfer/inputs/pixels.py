@@ -3,7 +3,7 @@
 Inside the estimators an image dataset yields the resized, cropped pixels as uint8
 (``ImageDataset(..., normalize=False)``) and :class:`StackPixels` collates them into
 a :class:`PixelBatch`. The float conversion and the mean/std normalisation run in
-:func:`sktransfer._batches.to_device`, after the copy to the device. So a quarter of
+:func:`sktransfer.training.batches.to_device`, after the copy to the device. So a quarter of
 the bytes cross the DataLoader workers' shared memory, the pinned-memory copy and
 the host-to-device transfer, and the workers do no per-pixel float arithmetic.
 

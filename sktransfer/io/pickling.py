@@ -6,46 +6,19 @@ a machine without a GPU and then resolves ``device="auto"`` there. Unpickling
 first makes torchvision/transformers importable (see :func:`_rebuild`).
 
 The safe, pickle-free file format behind :func:`sktransfer.save` /
-:func:`sktransfer.load` lives in :mod:`sktransfer.safe_format` (estimator <->
-file) and :mod:`sktransfer._archive` (the checksummed zip); its names stay
-importable from here.
+:func:`sktransfer.load` lives in :mod:`sktransfer.io.safe_format` (estimator <->
+file) and :mod:`sktransfer.io.archive` (the checksummed zip).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from importlib import import_module
 
 import torch
 from torch import nn
 
 _VERSION_KEY = "_sktransfer_version"
-
-# Names that lived here before the safe format got its own modules; resolved on
-# first access (PEP 562) because those modules import check_version from here.
-_MOVED = {
-    "save": "sktransfer.safe_format",
-    "load": "sktransfer.safe_format",
-    "is_sktransfer_file": "sktransfer._archive",
-    "FORMAT_NAME": "sktransfer._archive",
-    "FORMAT_VERSION": "sktransfer._archive",
-    "MANIFEST": "sktransfer._archive",
-    "WEIGHTS": "sktransfer._archive",
-    "HF_CONFIG": "sktransfer.safe_format",
-    "TOKENIZER_DIR": "sktransfer.safe_format",
-    "_to_json": "sktransfer._archive",
-    "_from_json": "sktransfer._archive",
-    "_read": "sktransfer._archive",
-    "_write_zip": "sktransfer._archive",
-    "_build_net": "sktransfer.safe_format",
-}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        return getattr(import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version():

@@ -1,0 +1,1 @@
+"""The shared estimator skeleton: fit/predict, parameters, cached outputs, embedders."""

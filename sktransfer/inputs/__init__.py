@@ -1,0 +1,1 @@
+"""Input adapters: containers -> items, image decoding and pixels, texts, augmentation."""

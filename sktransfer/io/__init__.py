@@ -1,0 +1,1 @@
+"""Persistence: device-safe pickling, the safe file format, its archive, atomic writes."""

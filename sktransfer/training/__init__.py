@@ -1,0 +1,1 @@
+"""Training: the skorch loop, its callbacks, schedules, head solvers and regularisers."""
