@@ -21,7 +21,8 @@ from sktransfer import (
     cache_info,
     clear_cache,
 )
-from sktransfer.cache import _disk_path, config_context, digest, lookup
+from sktransfer.cache import _disk_path, config_context, lookup
+from sktransfer.cache.keys import digest
 
 
 @pytest.fixture(autouse=True)

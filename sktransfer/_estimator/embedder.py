@@ -10,8 +10,8 @@ from torch import nn
 
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
-from sktransfer.data import sample_keys
-from sktransfer.freezing import TransferNet, block_namespace
+from sktransfer.cache.keys import block_namespace, sample_keys
+from sktransfer.freezing import TransferNet
 from sktransfer.io.pickling import PicklableModulesMixin
 from sktransfer.training.batches import (
     Collate,

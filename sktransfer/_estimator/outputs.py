@@ -8,8 +8,7 @@ Frozen features (the whole backbone, pooled) and the activations at a frozen bou
 from __future__ import annotations
 
 from sktransfer.cache import count_forwards, get_config, lookup
-from sktransfer.data import sample_keys
-from sktransfer.freezing import block_namespace
+from sktransfer.cache.keys import block_namespace, sample_keys
 from sktransfer.training.batches import PadTokens, RowsDataset, run_blocks
 
 

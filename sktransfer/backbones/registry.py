@@ -199,7 +199,7 @@ def _cached_load(key, load, share=False) -> Backbone:
     (a deep copy of EfficientNet-Lite0 is ~25 ms, a frozen grid search makes one per
     fit): the template's modules themselves, for a frozen model that never trains them.
     """
-    from sktransfer.cache import module_digest, stamp_digest
+    from sktransfer.cache.keys import module_digest, stamp_digest
 
     template = _TEMPLATES.get(key)
     if template is None:

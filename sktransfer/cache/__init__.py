@@ -20,7 +20,6 @@ after the features were computed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -29,8 +28,8 @@ from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 
+from sktransfer.cache.keys import digest
 from sktransfer.io.atomic import atomic_write
 
 _MAGIC = b"SKTC1\n"
@@ -149,14 +148,6 @@ def clear_cache(*, disk=False) -> None:
 def count_forwards(n: int) -> None:
     with _LOCK:
         _STATS["backbone_forwards"] += int(n)
-
-
-def digest(*parts) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    for p in parts:
-        h.update(p if isinstance(p, (bytes, memoryview)) else str(p).encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- tiers
@@ -279,76 +270,3 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
         if out[i] is None:
             out[i] = out[first[keys[i]]]
     return out
-
-
-# --------------------------------------------------------------------------- identity
-def _state_items(module, keep_vars=False):
-    """``(name, tensor)`` pairs of the state dict; a quantised layer's packed params unpacked."""
-    for name, value in module.state_dict(keep_vars=keep_vars).items():
-        if isinstance(value, torch.Tensor):
-            yield name, value
-        elif isinstance(value, (tuple, list)):  # DynamicQuantizedLinear: (int8 weight, bias)
-            for i, t in enumerate(value):
-                if isinstance(t, torch.Tensor):
-                    yield f"{name}.{i}", t
-
-
-def _tensor_state(module):
-    """Identity of the module's current tensors: replaced or modified tensors change it.
-
-    Walks each submodule's own parameters and buffers (cheaper than ``state_dict``); a
-    quantised layer's packed weights live outside those, so such modules use the state dict.
-    """
-    subs = list(module.modules())
-    if any("_packed_params" in vars(m) for m in subs):
-        return tuple(
-            (name, t.data_ptr(), t._version, tuple(t.shape))
-            for name, t in _state_items(module, keep_vars=True)
-        )
-    return tuple(
-        (t.data_ptr(), t._version, tuple(t.shape))
-        for m in subs
-        for t in (*m._parameters.values(), *m._buffers.values())
-        if t is not None
-    )
-
-
-def module_digest(module) -> str:
-    """Hash of a module's parameters and buffers.
-
-    Memoised on the module object (stamped with its tensors' identities and
-    in-place version counters), so an unchanged module is hashed once and any
-    change to its weights gives a new digest.
-    """
-    state = _tensor_state(module)
-    stamp = getattr(module, "_sktransfer_digest", None)
-    if stamp is not None and stamp[0] == state:
-        return stamp[1]
-    h = hashlib.blake2b(digest_size=20)
-    for name, t in _state_items(module):
-        t = t.detach().cpu()
-        if t.is_quantized:  # int8 values plus their scales
-            per_tensor = t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
-            h.update(str(t.q_scale() if per_tensor else t.q_per_channel_scales().tolist()).encode())
-            t = t.int_repr()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    value = h.hexdigest()
-    stamp_digest(module, value, state)
-    return value
-
-
-def stamp_digest(module, value, state=None) -> None:
-    """Record ``value`` as the digest of ``module``'s current tensors."""
-    object.__setattr__(module, "_sktransfer_digest", (state or _tensor_state(module), value))
-
-
-def prep_identity(prep) -> str:
-    """A stable description of the preprocessing (tokenizer by name, vocab size, length)."""
-    if prep is None:
-        return "none"
-    fields = dict(vars(prep))
-    tok = fields.pop("tokenizer", None)
-    if tok is not None:
-        fields["tokenizer"] = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
-    return json.dumps(fields, sort_keys=True, default=str)

@@ -1,21 +1,28 @@
-"""Per-sample content keys for the feature cache: same content, same key.
+"""Every key, digest and namespace of the feature cache, in one place.
 
-Files are keyed by absolute path, size and mtime (not read); arrays, PIL images
-and texts by a BLAKE2b digest of their bytes. Import from :mod:`sktransfer.data`.
+* :func:`digest`: BLAKE2b-160 over parts (bytes as given, anything else as text).
+* :func:`sample_keys`: same content, same key. Files are keyed by absolute path,
+  size and mtime (not read); arrays, PIL images and texts by a digest of their bytes.
+  Public as :func:`sktransfer.data.sample_keys`.
+* :func:`module_digest` / :func:`stamp_digest`: a module's weights, memoised on the
+  module until a tensor changes; :func:`prep_identity`: the preprocessing.
+* :func:`block_namespace`: the namespace of the outputs of ``net.blocks[:stop]``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
 
 
-def _digest(*parts):
+def digest(*parts) -> str:
     h = hashlib.blake2b(digest_size=20)
     for p in parts:
         h.update(p if isinstance(p, (bytes, memoryview)) else str(p).encode("utf-8"))
@@ -52,7 +59,7 @@ def sample_keys(items, kind="image", index=None):
             if not isinstance(item, str):
                 raise TypeError(f"Sample {i}: expected a str, got {type(item).__name__}.")
             try:
-                keys.append("txt:" + _digest(item.encode("utf-8")))
+                keys.append("txt:" + digest(item.encode("utf-8")))
             except UnicodeEncodeError as exc:
                 raise ValueError(f"Sample {i}: text is not valid Unicode ({exc.reason}).") from exc
         elif isinstance(item, (str, os.PathLike)):
@@ -64,11 +71,117 @@ def sample_keys(items, kind="image", index=None):
             keys.append(f"path:{path}:{st.st_size}:{st.st_mtime_ns}")
         elif isinstance(item, np.ndarray):
             a = np.ascontiguousarray(item)
-            keys.append("arr:" + _digest(a.shape, a.dtype.str, memoryview(a).cast("B")))
+            keys.append("arr:" + digest(a.shape, a.dtype.str, memoryview(a).cast("B")))
         elif isinstance(item, Image.Image):
             if _is_closed(item):
                 raise _closed_error(i)
-            keys.append("pil:" + _digest(item.mode, item.size, item.tobytes()))
+            keys.append("pil:" + digest(item.mode, item.size, item.tobytes()))
         else:
             raise _bad_type(item, i)
     return keys
+
+
+# --------------------------------------------------------------------------- identity
+def _state_items(module, keep_vars=False):
+    """``(name, tensor)`` pairs of the state dict; a quantised layer's packed params unpacked."""
+    for name, value in module.state_dict(keep_vars=keep_vars).items():
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, (tuple, list)):  # DynamicQuantizedLinear: (int8 weight, bias)
+            for i, t in enumerate(value):
+                if isinstance(t, torch.Tensor):
+                    yield f"{name}.{i}", t
+
+
+def _tensor_state(module):
+    """Identity of the module's current tensors: replaced or modified tensors change it.
+
+    Walks each submodule's own parameters and buffers (cheaper than ``state_dict``); a
+    quantised layer's packed weights live outside those, so such modules use the state dict.
+    """
+    subs = list(module.modules())
+    if any("_packed_params" in vars(m) for m in subs):
+        return tuple(
+            (name, t.data_ptr(), t._version, tuple(t.shape))
+            for name, t in _state_items(module, keep_vars=True)
+        )
+    return tuple(
+        (t.data_ptr(), t._version, tuple(t.shape))
+        for m in subs
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
+    )
+
+
+def module_digest(module) -> str:
+    """Hash of a module's parameters and buffers.
+
+    Memoised on the module object (stamped with its tensors' identities and
+    in-place version counters), so an unchanged module is hashed once and any
+    change to its weights gives a new digest.
+    """
+    state = _tensor_state(module)
+    stamp = getattr(module, "_sktransfer_digest", None)
+    if stamp is not None and stamp[0] == state:
+        return stamp[1]
+    h = hashlib.blake2b(digest_size=20)
+    for name, t in _state_items(module):
+        t = t.detach().cpu()
+        if t.is_quantized:  # int8 values plus their scales
+            per_tensor = t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+            h.update(str(t.q_scale() if per_tensor else t.q_per_channel_scales().tolist()).encode())
+            t = t.int_repr()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    value = h.hexdigest()
+    stamp_digest(module, value, state)
+    return value
+
+
+def stamp_digest(module, value, state=None) -> None:
+    """Record ``value`` as the digest of ``module``'s current tensors."""
+    object.__setattr__(module, "_sktransfer_digest", (state or _tensor_state(module), value))
+
+
+def prep_identity(prep) -> str:
+    """A stable description of the preprocessing (tokenizer by name, vocab size, length)."""
+    if prep is None:
+        return "none"
+    fields = dict(vars(prep))
+    tok = fields.pop("tokenizer", None)
+    if tok is not None:
+        fields["tokenizer"] = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- namespaces
+def block_namespace(net, stop: int, prep, kind: str, precision="fp32", channels_last=False) -> str:
+    """Cache namespace of the outputs of ``net.blocks[:stop]`` (+ pool at the end).
+
+    Hashes each block's structure (``repr``) and weights, and the preprocessing,
+    so a changed weight, architecture, resolution or tokenizer is a miss; outputs
+    computed under bf16 autocast or in the channels-last layout (equal up to float
+    rounding) get their own namespace.
+    """
+    modules = list(net.blocks[:stop]) + ([net.pool] if stop == len(net.blocks) else [])
+    parts = [kind, stop, len(net.blocks), prep_identity(prep)]
+    if kind == "image":  # decoded upright by EXIF orientation since 0.x: older entries differ
+        parts.append("exif_upright")
+    if precision != "fp32":
+        parts.append(f"precision={precision}")
+    if channels_last:
+        parts.append("channels_last")
+    shared = getattr(net, "shares_template", False)
+    for m in modules:
+        parts += [_structure_digest(m) if shared else digest(repr(m)), module_digest(m)]
+    return digest(*parts)
+
+
+def _structure_digest(module) -> str:
+    """``digest(repr(module))``, kept on a registry template's module: the template's
+    structure never changes (its weights are still checked, by ``module_digest``)."""
+    value = module.__dict__.get("_sktransfer_structure")
+    if value is None:
+        value = digest(repr(module))
+        object.__setattr__(module, "_sktransfer_structure", value)
+    return value
