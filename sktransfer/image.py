@@ -11,7 +11,7 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from sktransfer._estimator.base import PretrainedClassifierBase
+from sktransfer._estimator.classifier import PretrainedClassifierBase
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer.data import ImageDataset, check_images

@@ -8,7 +8,7 @@ import os
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sktransfer._estimator.base import PretrainedClassifierBase
+from sktransfer._estimator.classifier import PretrainedClassifierBase
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer.data import TextDataset, check_texts, make_text_collate

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import make_cnn
 from sklearn.model_selection import GridSearchCV
-from sklearn.preprocessing import LabelEncoder
 
 import sktransfer
 from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
+from sktransfer._estimator.targets.single_label import SingleLabel
 from sktransfer.cache import config_context
 from sktransfer.freezing import TransferNet
 from sktransfer.training.loop import TrainConfig, param_groups
@@ -53,7 +53,7 @@ def test_early_stopping_restores_the_best_epoch(cnn, digits_small):
     assert best["epoch"] < h[-1]["epoch"]  # the run went on past its best epoch (then stopped)
     assert len(h) < 8 and h[-1]["valid_loss"] > best["valid_loss"]
     # the final weights are that epoch's: the validation loss recomputed now matches it
-    _, valid_idx = clf._split(LabelEncoder().fit_transform(y), clf._seed())
+    _, valid_idx = clf._split(SingleLabel().encode(clf, y, len(y)), clf._seed())
     proba = clf.predict_proba(X[valid_idx])
     loss = -np.mean(np.log(proba[np.arange(len(valid_idx)), y[valid_idx]]))
     assert loss == pytest.approx(best["valid_loss"], abs=1e-5)
@@ -112,7 +112,7 @@ def test_layer_decay_param_groups(cnn):
     net = TransferNet(list(cnn), ["a", "b", "c", "d"], torch.nn.Identity(), torch.nn.Linear(8, 2))
     net.set_frozen(1)
     cfg = TrainConfig(lr=1.0, max_epochs=1, batch_size=1, optimizer="adamw", weight_decay=0.1,
-                      device="cpu", seed=0, layer_decay=0.5)  # fmt: skip
+                      device="cpu", seed=0, target=SingleLabel(), layer_decay=0.5)  # fmt: skip
     groups = param_groups(net, 1e-2, cfg)
     assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-2 * 0.5**3, 1e-2 * 0.5])
     assert groups[1]["params"][0] is cnn[1][0].weight  # block 1: 3 blocks below the head

@@ -1,7 +1,11 @@
-"""Shared estimator base: the fit/predict skeleton of both classifiers.
+"""Shared estimator base: the fit/predict skeleton of every sktransfer estimator.
 
-The modality classes (``image.py``, ``text.py``) only say how raw input becomes a
-dataset and which preprocessing overrides apply; everything else lives here.
+inputs -> backbone blocks -> cache -> head / training, for any target: what differs
+between single-label, multi-label and regression fits (encoding ``y``, the frozen head
+solver, the loss, the validation metric, the outputs) is asked of the fit's target piece
+(:mod:`sktransfer._estimator.targets`). The modality classes (``image.py``, ``text.py``)
+only say how raw input becomes a dataset and which preprocessing overrides apply; the
+family bases (:mod:`.classifier`, :mod:`.regressor`) add ``predict``/``predict_proba``.
 """
 
 from __future__ import annotations
@@ -11,12 +15,10 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer._estimator.outputs import BlockOutputsMixin
@@ -24,9 +26,9 @@ from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
     check_finite_weights,
-    check_labels,
     check_weights,
 )
+from sktransfer._estimator.state import FitState
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
@@ -43,19 +45,17 @@ from sktransfer.training.batches import (
     seeded_globals,
     set_layout,
 )
-from sktransfer.training.heads import fit_linear_head
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
 from sktransfer.training.regularization import L2SP
 
 
-class PretrainedClassifierBase(
-    BlockOutputsMixin, PicklableModulesMixin, ClassifierMixin, BaseEstimator
-):
-    """Fit/predict skeleton shared by the image and text classifiers."""
+class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEstimator):
+    """Fit/predict skeleton shared by every image and text estimator with a head."""
 
     _modality = None  # "image" | "text"
     _is_sktransfer_estimator = True
     _parameter_constraints: dict = dict(COMMON_CONSTRAINTS)
+    _targets: tuple = ()  # Target classes of the family, tried in order on y
 
     # ------------------------------------------------------------------ modality hooks
     def _check_X(self, X, *, fitting):  # pragma: no cover - abstract
@@ -82,12 +82,19 @@ class PretrainedClassifierBase(
     def _seed(self):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
+    def _target_for(self, y):
+        """The target piece that reads ``y`` (the first of ``_targets`` that accepts it)."""
+        return next(t for t in self._targets if t.accepts(y))()
+
+    @property
+    def _target(self):
+        """The fitted estimator's target piece (``target_type_``)."""
+        name = getattr(self, "target_type_", self._targets[-1].name)
+        return next(t for t in self._targets if t.name == name)()
+
     def _reset(self):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
             delattr(self, attr)
-
-    def _check_vector_X(self, X, *, fitting):
-        return validate_data(self, X, reset=fitting, dtype=np.float32)
 
     def _resolve_backbone(self, share=False):
         return resolve_backbone(
@@ -145,8 +152,8 @@ class PretrainedClassifierBase(
         Parameters
         ----------
         X : images or texts (see the class docstring)
-        y : array-like of shape (n_samples,)
-            Class labels of any dtype (strings, ints, bools).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets (see the class docstring).
         sample_weight : array-like of shape (n_samples,), default=None
             Per-sample weights applied to the loss (multiplied by ``class_weight``).
 
@@ -160,111 +167,116 @@ class PretrainedClassifierBase(
         if get_config()["cache"]:
             check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
-        y = check_labels(y, len(items))
-        encoder = LabelEncoder().fit(y)
-        classes = encoder.classes_
-        if len(classes) < 2:
-            raise ValueError(
-                f"y contains only one class ({classes[0]!r}); a classifier needs at least 2 classes"
-            )
-        y_idx = encoder.transform(y)
+        target = self._target_for(y)
+        encoded = target.encode(self, y, len(items))
         sw = check_weights(sample_weight, len(items))
-        if self.class_weight is not None:
-            sw = sw * compute_class_weight(self.class_weight, classes=classes, y=y)[y_idx]
-        seed = self._seed()
+        if encoded.weights is not None:
+            sw = sw * encoded.weights
         backbone = self._resolve_backbone(share=self._shares_template(device))
-        prep = self._preprocessing(backbone)
-        n_frozen = resolve_freeze_depth(self.freeze_depth, backbone.n_blocks)
+        state = FitState(
+            items=items, kind=kind, target=target, y=encoded, sample_weight=sw,
+            backbone=backbone, prep=self._preprocessing(backbone), device=device,
+            n_frozen=resolve_freeze_depth(self.freeze_depth, backbone.n_blocks), seed=self._seed(),
+        )  # fmt: skip
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                with seeded_globals(seed), cudnn_autotune(device):
-                    result = self._fit_net(
-                        backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed
-                    )
+                torch.manual_seed(state.seed)
+                with seeded_globals(state.seed), cudnn_autotune(device):
+                    net, history, info = self._fit_net(state)
         except BaseException:  # KeyboardInterrupt too: it propagates, nothing half-fitted stays
             self._reset()
             raise
-        net, history, n_features_out, info = result
         self.module_ = net
-        self.classes_ = classes
+        for key, value in encoded.attrs.items():
+            setattr(self, key, value)
+        self.target_type_ = target.name
+        self.n_outputs_ = encoded.n_outputs
         self.n_blocks_ = backbone.n_blocks
-        self.n_frozen_blocks_ = n_frozen
+        self.n_frozen_blocks_ = state.n_frozen
         self.block_names_ = [name for name, _ in backbone.blocks]
         self.backbone_name_ = backbone.name
         self.backbone_source_ = dict(backbone.source)
-        self.preprocessing_ = prep
+        self.preprocessing_ = state.prep
         self.modality_ = self._modality
         self.input_kind_ = kind
-        self.n_features_out_ = n_features_out
+        self.n_features_out_ = net.head.in_features
         self.history_ = history
         for key, value in info.items():
             setattr(self, key, value)
         return self
 
-    def _fit_net(self, backbone, prep, items, kind, y_idx, sw, classes, n_frozen, device, seed):
-        n_classes = len(classes)
-        blocks = [m for _, m in backbone.blocks]
+    def _new_net(self, state):
+        """The backbone's blocks and pool in a :class:`TransferNet`, all frozen, on the device."""
+        backbone, device = state.backbone, state.device
         names = [n for n, _ in backbone.blocks]
-        n_blocks = len(blocks)
-        net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=n_blocks)
+        blocks = [m for _, m in backbone.blocks]
+        net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=len(blocks))
         net.train_bn = bool(getattr(self, "train_bn", True))
         net.shares_template = backbone.shared
         if not net.shares_template:  # (the template: on the CPU, channels-last, never changed)
             net.to(device)
-            set_layout(net, channels_last=self._runtime(device, kind)[1])
+            set_layout(net, channels_last=self._runtime(device, state.kind)[1])
         if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
-            self._outputs(net, items[:1], kind, prep, device, stop=n_blocks, use_cache=False)
-            net.set_frozen(n_blocks)
-        frozen = n_frozen == n_blocks
+            self._outputs(net, state.items[:1], state.kind, state.prep, device,
+                          stop=len(blocks), use_cache=False)  # fmt: skip
+            net.set_frozen(len(blocks))
+        return net
+
+    def _fit_net(self, state):
+        """``(net, history, info)``: the frozen head solved exactly, then (unless frozen)
+        the unfrozen blocks fine-tuned from it."""
+        net, values, sw = self._new_net(state), state.y.values, state.sample_weight
+        n_blocks = state.n_blocks
         # fine-tuning: split first, so that neither the probe head nor the training ever sees
         # the validation samples that early stopping and history_ are measured on
-        split = None if frozen else self._split(y_idx, seed)
-        if frozen or self.head_init == "probe":
-            feats = np.stack(self._outputs(net, items, kind, prep, device, stop=n_blocks))
+        state.split = None if state.frozen else self._split(state.y, state.seed)
+        if state.frozen or self.head_init == "probe":
+            rows = self._outputs(net, state.items, state.kind, state.prep, state.device,
+                                 stop=n_blocks)  # fmt: skip
+            feats = np.stack(rows)
             check_finite_rows(feats, "the backbone's output")
-            fit_idx = np.arange(len(y_idx)) if frozen else split[0]
-            head, info = fit_linear_head(
-                feats[fit_idx], y_idx[fit_idx], n_classes, sw[fit_idx], C=self.C
+            idx = np.arange(len(values)) if state.frozen else state.split[0]
+            head, info = state.target.solve_head(
+                self, feats[idx], values[idx], sw[idx], state.y.n_outputs
             )
         else:
-            dim = backbone.feature_dim  # known for registry backbones: no probe forward
+            dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
             if dim is None:
-                dim = self._outputs(net, items[:1], kind, prep, device, stop=n_blocks)[0].shape[-1]
-            torch.manual_seed(seed)
-            head, info = nn.Linear(dim, n_classes), None
-        net.head = head.to(device)
-        n_features_out = head.in_features
-        if frozen:
+                dim = self._outputs(net, state.items[:1], state.kind, state.prep, state.device,
+                                    stop=n_blocks)[0].shape[-1]  # fmt: skip
+            torch.manual_seed(state.seed)
+            head, info = nn.Linear(dim, state.y.n_outputs), None
+        net.head = head.to(state.device)
+        if state.frozen:
             history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
-            return net, history, n_features_out, {"lr_": None if self.lr == "auto" else self.lr}
-        net.set_frozen(n_frozen)
-        history, info = self._fine_tune(
-            net, items, kind, prep, y_idx, sw, n_frozen, device, seed, split
-        )
+            return net, history, {"lr_": None if self.lr == "auto" else self.lr}
+        net.set_frozen(state.n_frozen)
+        history, info = self._fine_tune(net, state)
         check_finite_weights(net)
         net.eval()
-        return net, history, n_features_out, info
+        return net, history, info
 
-    def _fine_tune(self, net, items, kind, prep, y_idx, sw, n_frozen, device, seed, split):
+    def _fine_tune(self, net, state):
         """Optional head-only epochs, then the configured blocks; ``lr="auto"`` first.
 
         Each phase trains on cached activations at its own frozen boundary (the
         head-only phase on the cached pooled features); the model ends with the
-        final boundary ``n_frozen``.
+        final boundary ``state.n_frozen``.
         """
+        items, kind, prep, device = state.items, state.kind, state.prep, state.device
+        values, sw = state.y.values, state.sample_weight
+        train_idx, valid_idx = state.split
         n_blocks = len(net.blocks)
-        train_idx, valid_idx = split
 
         def data(boundary):
             start = boundary if self._use_boundary_cache(boundary) else 0
             sub = self._suffix_dataset
             train = sub(net, items, train_idx, kind, prep, device, start, training=True)
-            train = LabeledDataset(train, y_idx[train_idx], sw[train_idx])
+            train = LabeledDataset(train, values[train_idx], sw[train_idx])
             valid = None
             if valid_idx is not None:
                 valid = sub(net, items, valid_idx, kind, prep, device, start)
-                valid = LabeledDataset(valid, y_idx[valid_idx], sw[valid_idx])
+                valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
             return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
 
         precision, channels_last = self._runtime(device, kind)
@@ -275,32 +287,39 @@ class PretrainedClassifierBase(
             l2sp = L2SP(backbone, [net.head.weight], self.l2sp_alpha, self.l2sp_beta)
         cfg = TrainConfig(
             lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
-            optimizer=self.optimizer, weight_decay=self.weight_decay, device=device, seed=seed,
-            early_stopping=self.early_stopping, n_iter_no_change=self.n_iter_no_change,
-            verbose=self.verbose, lr_schedule=self.lr_schedule, layer_decay=self.layer_decay,
-            l2sp=l2sp, precision=precision, channels_last=channels_last,
-            num_workers=self.num_workers, compile=self.compile,
+            optimizer=self.optimizer, weight_decay=self.weight_decay, device=device,
+            seed=state.seed, target=state.target, early_stopping=self.early_stopping,
+            n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
+            lr_schedule=self.lr_schedule, layer_decay=self.layer_decay, l2sp=l2sp,
+            precision=precision, channels_last=channels_last, num_workers=self.num_workers,
+            compile=self.compile,
         )  # fmt: skip
         return run_phases(
-            net, data, cfg, n_frozen=n_frozen, head_epochs=self.unfreeze_schedule,
+            net, data, cfg, n_frozen=state.n_frozen, head_epochs=self.unfreeze_schedule,
             auto_lr=self.lr == "auto", train=fine_tune,
         )  # fmt: skip
 
-    def _split(self, y_idx, seed):
-        """Stratified train/validation split, or no split when it cannot be stratified."""
+    def _split(self, encoded, seed):
+        """Train/validation split of the encoded ``y`` (stratified when the target says on
+        what), or no split when there are too few samples for one."""
+        n = len(encoded.values)
         if not self.early_stopping:
-            return np.arange(len(y_idx)), None
-        n_valid = int(round(self.validation_fraction * len(y_idx)))
-        counts = np.bincount(y_idx)
-        if n_valid < len(counts) or counts.min() < 2 or len(y_idx) - n_valid < len(counts):
+            return np.arange(n), None
+        n_valid = int(round(self.validation_fraction * n))
+        strata = encoded.stratify
+        n_strata = 1 if strata is None else len(np.unique(strata))
+        too_few = n_valid < max(n_strata, 1) or n - n_valid < max(n_strata, 1)
+        if strata is not None and np.bincount(strata).min() < 2:
+            too_few = True
+        if too_few:
+            kind = "stratified " if strata is not None else ""
             warnings.warn(
-                "too few samples for a stratified validation split; training without "
-                "early stopping",
+                f"too few samples for a {kind}validation split; training without early stopping",
                 stacklevel=4,
             )
-            return np.arange(len(y_idx)), None
+            return np.arange(n), None
         train_idx, valid_idx = train_test_split(
-            np.arange(len(y_idx)), test_size=n_valid, stratify=y_idx, random_state=seed
+            np.arange(n), test_size=n_valid, stratify=strata, random_state=seed
         )
         return np.sort(train_idx), np.sort(valid_idx)
 
@@ -338,26 +357,19 @@ class PretrainedClassifierBase(
             net, loader, device, start=k, precision=precision, channels_last=channels_last
         )
 
-    def predict_proba(self, X):
-        """Class probabilities, columns in ``classes_`` order; rows sum to 1.
-
-        With ``tta=n`` (images) the probabilities of the image and of ``n``
-        deterministic augmented views (flips, shifted crops) are averaged.
-        """
+    def _predict_outputs(self, X):
+        """``output_module(logits)`` of the fitted target (probabilities, values), float64;
+        with ``tta=n`` (images) averaged over the image and ``n`` deterministic views."""
         items, kind = self._items(X)
         views = [None] + self._tta_views(kind)
-        proba = 0.0
+        module = self._target.output_module(self)
+        total = 0.0
         for view in views:
             logits = self._logits(items, kind, view)
             check_finite_rows(logits, "the network's output")
-            logits = torch.from_numpy(logits).double()
-            proba = proba + torch.softmax(logits, dim=1).numpy()
-        return proba / len(views)
-
-    def predict(self, X):
-        """Predicted labels (same dtype as the labels given to ``fit``)."""
-        proba = self.predict_proba(X)  # checks fitted first
-        return self.classes_[np.argmax(proba, axis=1)]
+            with torch.inference_mode():
+                total = total + module(torch.from_numpy(logits).double()).numpy()
+        return total / len(views)
 
     def export_onnx(self, path, *, opset=17):
         """Write the fitted network (preprocessed input -> class probabilities) as ONNX.

@@ -20,17 +20,18 @@ from sktransfer.inputs.pixels import PixelBatch
 
 
 class LabeledDataset(Dataset):
-    """``base[i] = (x, _)`` -> ``(x, (label, weight))`` for the training loop."""
+    """``base[i] = (x, _)`` -> ``(x, (target, weight))`` for the training loop; a target is
+    a class index or a float row (multi-label indicators, regression outputs)."""
 
-    def __init__(self, base, labels, weights):
-        self.base, self.labels, self.weights = base, labels, weights
+    def __init__(self, base, targets, weights):
+        self.base, self.targets, self.weights = base, np.asarray(targets), weights
 
     def __len__(self):
         return len(self.base)
 
     def __getitem__(self, i):
         x, _ = self.base[i]
-        return x, (int(self.labels[i]), float(self.weights[i]))
+        return x, (self.targets[i], float(self.weights[i]))
 
 
 class Collate:
@@ -44,9 +45,10 @@ class Collate:
         x = self.inner(xs)[0] if self.inner is not None else default_collate(xs)[0]
         targets = [t for _, t in batch]
         if targets and isinstance(targets[0], tuple):
-            labels = torch.tensor([t[0] for t in targets], dtype=torch.int64)
+            values = np.stack([t[0] for t in targets])
+            dtype = torch.int64 if values.dtype.kind in "iub" else torch.float32
             weights = torch.tensor([t[1] for t in targets], dtype=torch.float32)
-            return x, (labels, weights)
+            return x, (torch.as_tensor(values, dtype=dtype), weights)
         return x, torch.as_tensor(targets)
 
 

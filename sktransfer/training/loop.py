@@ -55,22 +55,27 @@ class StopEarly(EarlyStopping):
 
 
 # --------------------------------------------------------------------------- fine-tuning
-class ValidAccuracy(Callback):
-    """Per-epoch validation accuracy from the validation batches' predictions."""
+class ValidMetric(Callback):
+    """Per-epoch validation metric of the fit's target (``valid_acc``, ``valid_r2``, ...),
+    from the validation batches' outputs, kept on the device until the epoch ends."""
+
+    def __init__(self, target):
+        self.target = target
 
     def on_epoch_begin(self, net, **kwargs):
-        self.correct_, self.count_ = 0, 0
+        self.outputs_, self.targets_ = [], []
 
     def on_batch_end(self, net, batch=None, training=None, y_pred=None, **kwargs):
         if training or y_pred is None:
             return
-        labels = batch[1][0].to(y_pred.device, non_blocking=True)
-        self.correct_ = self.correct_ + (y_pred.argmax(1) == labels).sum()  # no sync per batch
-        self.count_ += len(labels)
+        self.outputs_.append(y_pred.detach())
+        self.targets_.append(batch[1][0].to(y_pred.device, non_blocking=True))
 
     def on_epoch_end(self, net, **kwargs):
-        if self.count_:
-            net.history.record("valid_acc", int(self.correct_) / self.count_)
+        if self.outputs_:
+            outputs, targets = torch.cat(self.outputs_).float(), torch.cat(self.targets_)
+            net.history.record(self.target.metric, self.target.score(outputs, targets))
+        self.outputs_, self.targets_ = [], []
 
 
 @dataclasses.dataclass
@@ -84,6 +89,7 @@ class TrainConfig:
     weight_decay: float
     device: Any
     seed: int
+    target: Any  # the fit's target piece: the loss and the validation metric
     early_stopping: bool = True
     n_iter_no_change: int = 3
     verbose: int = 0
@@ -123,11 +129,6 @@ def param_groups(net, lr, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def weighted_loss(logits, labels, weights):
-    losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    return (losses * weights).sum() / weights.sum()
-
-
 class TransferNeuralNet(NeuralNet):
     """skorch net over a :class:`~sktransfer.freezing.TransferNet`.
 
@@ -165,8 +166,8 @@ class TransferNeuralNet(NeuralNet):
             raise _Interrupted() from exc
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        labels, weights = (to_tensor(t, device=self.device) for t in y_true)
-        return weighted_loss(y_pred, labels, weights)
+        targets, weights = (to_tensor(t, device=self.device) for t in y_true)
+        return self.config.target.loss(y_pred, targets, weights)
 
     def get_iterator(self, dataset, training=False):
         """skorch makes a new DataLoader every epoch; with worker processes, keep one per dataset.
@@ -253,13 +254,14 @@ class TransferNeuralNet(NeuralNet):
         return args, kwargs
 
 
-HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_acc", "lr", "dur")
+HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "lr", "dur")
 
 
 def history_records(history, best_epoch=None, epoch_offset=0, phase=None) -> list[dict]:
     out = []
     for row in history:
-        rec = {k: float(row[k]) for k in HISTORY_KEYS if k in row}
+        keys = [k for k in row if k in HISTORY_KEYS or k.startswith("valid_")]
+        rec = {k: float(row[k]) for k in keys}
         rec["epoch"] = int(row["epoch"]) + epoch_offset
         if best_epoch is not None:
             rec["best"] = row["epoch"] == best_epoch
@@ -275,7 +277,10 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
     With a validation set and ``cfg.early_stopping`` the best epoch (lowest
     validation loss) is restored at the end and flagged ``best`` in the history.
     """
-    callbacks = [("valid_acc", ValidAccuracy()), ("lr", BatchLRScheduler(cfg.lr_schedule))]
+    callbacks = [
+        ("valid_metric", ValidMetric(cfg.target)),
+        ("lr", BatchLRScheduler(cfg.lr_schedule)),
+    ]
     stopper = None
     if cfg.early_stopping and valid_ds is not None:
         stopper = StopEarly(
@@ -289,8 +294,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
     cuda = torch.device(cfg.device).type == "cuda"
     skorch_net = TransferNeuralNet(
         module=net,
-        criterion=nn.CrossEntropyLoss,
-        criterion__reduction="none",
+        criterion=nn.Identity,  # unused: get_loss asks the target
         optimizer=cfg.optimizer_class,
         lr=cfg.lr,
         max_epochs=cfg.max_epochs,
@@ -330,10 +334,10 @@ def lr_range_test_for(net, train_ds, collate, cfg: TrainConfig, n_steps: int) ->
         return cfg.optimizer_class(param_groups(module, lr, cfg), lr=lr)
 
     def loss_fn(module, batch):
-        x, (labels, weights) = batch
+        x, (targets, weights) = batch
         with autocast(cfg.device, cfg.precision):
             logits = module(to_device(x, cfg.device, cfg.channels_last))
-        return weighted_loss(logits, labels.to(cfg.device), weights.to(cfg.device))
+        return cfg.target.loss(logits, targets.to(cfg.device), weights.to(cfg.device))
 
     return lr_range_test(
         net,

@@ -1,0 +1,49 @@
+"""Single-label classification: softmax outputs, cross-entropy, a multinomial logistic head."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from sktransfer._estimator.params import check_labels
+from sktransfer._estimator.targets import Encoded, Target
+from sktransfer.training.heads import fit_linear_head
+
+
+class SingleLabel(Target):
+    """``y``: one label of any dtype per sample; ``classes_`` holds them, sorted."""
+
+    name = "single_label"
+    metric = "valid_acc"
+
+    def encode(self, est, y, n_samples):
+        y = check_labels(y, n_samples)
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise ValueError(
+                f"y contains only one class ({classes[0]!r}); a classifier needs at least 2 classes"
+            )
+        idx = encoder.transform(y).astype(np.int64)
+        weights = None
+        if getattr(est, "class_weight", None) is not None:
+            weights = compute_class_weight(est.class_weight, classes=classes, y=y)[idx]
+        return Encoded(idx, len(classes), {"classes_": classes}, stratify=idx, weights=weights)
+
+    def solve_head(self, est, features, values, sample_weight, n_outputs):
+        return fit_linear_head(features, values, n_outputs, sample_weight, C=est.C)
+
+    def loss(self, outputs, targets, weights):
+        losses = nn.functional.cross_entropy(outputs.float(), targets, reduction="none")
+        return (losses * weights).sum() / weights.sum()
+
+    def score(self, outputs, targets):
+        return float((outputs.argmax(1) == targets).float().mean())
+
+    def output_module(self, est):
+        return nn.Softmax(dim=1)
+
+    def decode(self, est, outputs):
+        return est.classes_[np.argmax(outputs, axis=1)]
