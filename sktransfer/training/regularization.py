@@ -66,9 +66,3 @@ class L2SP:
             if anchor is not None:
                 values = torch._foreach_sub(values, [anchor[i] for i in live])
             torch._foreach_add_(grads, values, alpha=coef)
-
-    def distance(self) -> float:
-        """``||w_S - w_S^0||``: how far the backbone moved from the source."""
-        with torch.no_grad():
-            pairs = zip(self.backbone, self.anchor)
-            return float(sum((p - p0).double().pow(2).sum().cpu() for p, p0 in pairs) ** 0.5)
