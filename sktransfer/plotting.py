@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from sklearn.utils.validation import check_is_fitted
 
+_METRICS = {"valid_acc": "valid accuracy", "valid_f1": "valid F1", "valid_r2": "valid R²"}
+
 
 def plot_history(est, ax=None, *, title=None):
-    """Plot ``est.history_``: train/valid loss per epoch and validation accuracy.
+    """Plot ``est.history_``: train/valid loss per epoch and the validation metric.
 
     Parameters
     ----------
     est : fitted PretrainedImageClassifier or PretrainedTextClassifier
         Also accepts a fitted ``GridSearchCV`` (its ``best_estimator_`` is plotted).
     ax : matplotlib Axes or None
-        Where to draw the losses; a new figure when None. Validation accuracy
-        goes on a twin y-axis.
+        Where to draw the losses; a new figure when None. The validation metric
+        (accuracy, F1 or R², as the estimator records it) goes on a twin y-axis.
     title : str or None
 
     Returns
@@ -26,6 +28,7 @@ def plot_history(est, ax=None, *, title=None):
     """
     try:
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError('plot_history needs matplotlib: pip install "sktransfer[plot]"') from exc
     est = getattr(est, "best_estimator_", est)
@@ -40,19 +43,25 @@ def plot_history(est, ax=None, *, title=None):
             ax.plot(epochs, values, style, label=key.replace("_", " "))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    accuracy = [row.get("valid_acc") for row in history]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    metric = next((k for k in _METRICS if any(k in row for row in history)), None)
     lines, labels = ax.get_legend_handles_labels()
-    if any(a is not None for a in accuracy):
+    if metric is not None:
         ax2 = ax.twinx()
-        ax2.plot(epochs, accuracy, "-^", color="tab:green", label="valid accuracy")
-        ax2.set_ylabel("valid accuracy")
+        label = _METRICS[metric]
+        ax2.plot(epochs, [row.get(metric) for row in history], "-^", color="tab:green",
+                 label=label)  # fmt: skip
+        ax2.set_ylabel(label)
         more = ax2.get_legend_handles_labels()
         lines, labels = lines + more[0], labels + more[1]
     if len(history) == 1 and "n_iter" in history[0]:
         ax.set_title(
-            title or f"frozen features: head fitted in {history[0]['n_iter']} L-BFGS steps"
+            title or f"frozen features: head fitted in {history[0]['n_iter']} solver steps"
         )
     else:
         ax.set_title(title or f"{type(est).__name__}, freeze_depth={est.freeze_depth!r}")
-    ax.legend(lines, labels, loc="best")
+    # the legend below the axes, never over the curves; the figure makes room for it
+    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.18),
+              ncol=max(1, len(labels)), frameon=False)  # fmt: skip
+    ax.figure.tight_layout()
     return ax

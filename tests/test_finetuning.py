@@ -296,7 +296,18 @@ def test_verbose_zero_is_silent_and_one_shows_progress_and_table(cnn, digits_sma
         assert col in header
     assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 2
     assert "LR range test" in out
-    assert "features" in err and "%|" in err  # tqdm bars on stderr
+    assert "fit: features" in err and "%|" in err  # tqdm bars on stderr, named
+    assert "\x1b[" not in out  # no ANSI colour codes: captured stdout is not a terminal
+
+
+def test_epoch_table_shows_small_learning_rates(cnn, digits_small, capsys):
+    X, y = digits_small
+    _clf(cnn, freeze_depth=1, verbose=1, lr=3e-5, max_epochs=1).fit(X, y)
+    out, _ = capsys.readouterr()
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    header = next(line.split() for line in out.splitlines() if "train_loss" in line)
+    lr = rows[0][header.index("lr")]
+    assert float(lr) > 0 and "e-" in lr  # scientific notation, not 0.0000
 
 
 # ------------------------------------------------------------------ text

@@ -232,7 +232,7 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         state.split = None if state.frozen else self._split(state.y, state.seed)
         if state.frozen or self.head_init == "probe":
             rows = self._outputs(net, state.items, state.kind, state.prep, state.device,
-                                 stop=n_blocks)  # fmt: skip
+                                 stop=n_blocks, desc="fit: features")  # fmt: skip
             feats = np.stack(rows)
             check_finite_rows(feats, "the backbone's output")
             idx = np.arange(len(values)) if state.frozen else state.split[0]
@@ -271,11 +271,13 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         def data(boundary):
             start = boundary if self._use_boundary_cache(boundary) else 0
             sub = self._suffix_dataset
-            train = sub(net, items, train_idx, kind, prep, device, start, training=True)
+            train = sub(net, items, train_idx, kind, prep, device, start, training=True,
+                        desc=f"fit: train activations (block {start})")  # fmt: skip
             train = LabeledDataset(train, values[train_idx], sw[train_idx])
             valid = None
             if valid_idx is not None:
-                valid = sub(net, items, valid_idx, kind, prep, device, start)
+                valid = sub(net, items, valid_idx, kind, prep, device, start,
+                            desc=f"fit: validation activations (block {start})")  # fmt: skip
                 valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
             return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
 
@@ -337,7 +339,7 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         precision, channels_last = self._runtime(device, kind)
         k = net.n_frozen if view is None and self._use_boundary_cache(net.n_frozen) else 0
         if k == len(net.blocks):  # frozen: cached features -> head
-            rows = self._outputs(net, items, kind, prep, device, stop=k)
+            rows = self._outputs(net, items, kind, prep, device, stop=k, desc="prediction")
             with torch.inference_mode():
                 feats = torch.from_numpy(np.stack(rows))
                 head = net.head
@@ -348,14 +350,17 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
                     return nn.functional.linear(feats.double(), w, b).numpy()
                 return head(feats.to(device)).float().cpu().numpy()
         if view is None:
-            dataset = self._suffix_dataset(net, items, range(len(items)), kind, prep, device, k)
+            dataset = self._suffix_dataset(
+                net, items, range(len(items)), kind, prep, device, k, desc="prediction: activations"
+            )
         else:  # an augmented view: never from the cache
             dataset = self._make_dataset(items, kind, prep, training=False, view=view)
         collate = Collate(self._suffix_collate(kind, prep, k, len(net.blocks)))
         loader = self._loader(dataset, kind, prep, device, collate)
         return predict_logits(
-            net, loader, device, start=k, precision=precision, channels_last=channels_last
-        )
+            net, loader, device, start=k, precision=precision, channels_last=channels_last,
+            verbose=self.verbose,
+        )  # fmt: skip
 
     def _predict_outputs(self, X):
         """``output_module(logits)`` of the fitted target (probabilities, values), float64;

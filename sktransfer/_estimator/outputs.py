@@ -18,7 +18,9 @@ class BlockOutputsMixin:
     def _use_boundary_cache(self, n_frozen):
         return n_frozen > 0 and get_config()["cache"] and getattr(self, "augment", None) is None
 
-    def _outputs(self, net, items, kind, prep, device, *, stop, use_cache=True, index=None):
+    def _outputs(
+        self, net, items, kind, prep, device, *, stop, use_cache=True, index=None, desc="features"
+    ):
         """Per-sample outputs of blocks ``[:stop]`` (pooled when ``stop`` is the end).
 
         Looked up in the content-addressed cache; only misses run the backbone.
@@ -38,7 +40,7 @@ class BlockOutputsMixin:
             loader = self._loader(dataset, kind, prep, device)
             return run_blocks(
                 net, loader, device, stop=stop, precision=precision,
-                channels_last=channels_last, verbose=self.verbose and use_cache,
+                channels_last=channels_last, verbose=self.verbose and use_cache, desc=desc,
             )  # fmt: skip
 
         if not use_cache or not get_config()["cache"]:  # (no weight hashing either)
@@ -47,12 +49,15 @@ class BlockOutputsMixin:
         keys = sample_keys(items, "text" if kind == "text" else "image", index=where)
         return lookup(namespace, keys, compute, cache_dir=self.cache_dir)
 
-    def _suffix_dataset(self, net, items, idx, kind, prep, device, start, training=False):
+    def _suffix_dataset(
+        self, net, items, idx, kind, prep, device, start, training=False, desc="features"
+    ):
         idx = list(idx)
         subset = [items[i] for i in idx]
         if start == 0:
             return self._make_dataset(subset, kind, prep, training=training, index=idx)
-        return RowsDataset(self._outputs(net, subset, kind, prep, device, stop=start, index=idx))
+        rows = self._outputs(net, subset, kind, prep, device, stop=start, index=idx, desc=desc)
+        return RowsDataset(rows)
 
     def _suffix_collate(self, kind, prep, start, n_blocks):
         if start == 0:

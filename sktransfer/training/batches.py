@@ -179,11 +179,12 @@ def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=N
 
 
 def _progress(loader, verbose, desc):
+    """A tqdm bar over ``loader``'s batches, named for what it computes (``desc``)."""
     if not verbose:
         return loader
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, total=len(loader), leave=False, file=sys.stderr)
+    return tqdm(loader, desc=desc, total=len(loader), unit="batch", leave=False, file=sys.stderr)
 
 
 @torch.no_grad()  # not inference_mode: lazy modules may materialise here
@@ -198,16 +199,18 @@ def run_blocks(
     precision="fp32",
     channels_last=False,
     verbose=0,
+    desc="features",
 ) -> list:
     """Run ``net`` blocks ``start:stop`` (pooled at the end) in eval mode over ``loader``.
 
-    Returns one array per sample (see :func:`split_output`).
+    Returns one array per sample (see :func:`split_output`). ``verbose``: a progress bar
+    named ``desc``.
     """
     was_training = net.training
     net.eval()
     rows = []
     try:
-        for x, _ in _progress(loader, verbose, "features"):
+        for x, _ in _progress(loader, verbose, desc):
             with autocast(device, precision):
                 out = net.features(to_device(x, device, channels_last), start=start, stop=stop)
             rows.extend(split_output(out, out_dtype))
@@ -216,12 +219,14 @@ def run_blocks(
     return rows
 
 
-def predict_logits(net, loader, device, start=0, *, precision="fp32", channels_last=False):
+def predict_logits(
+    net, loader, device, start=0, *, precision="fp32", channels_last=False, verbose=0
+):
     """Logits of ``net`` (from block ``start``) over ``loader``, float32 numpy."""
     net.eval()
     out = []
     with torch.inference_mode():
-        for x, _ in loader:
+        for x, _ in _progress(loader, verbose, "prediction"):
             with autocast(device, precision):
                 logits = net(to_device(x, device, channels_last), start=start)
             out.append(logits.float().cpu().numpy())

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, PrintLog, ProgressBar
 from skorch.dataset import get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
@@ -55,6 +55,29 @@ class StopEarly(EarlyStopping):
 
 
 # --------------------------------------------------------------------------- fine-tuning
+class EpochTable(PrintLog):
+    """skorch's epoch table with numbers a reader can read: 4 significant digits (a
+    learning rate of 3e-05 is not ``0.0000``) and no ANSI colour codes unless stdout is a
+    terminal (a log file or a notebook capture stays clean)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("floatfmt", ".4g")
+        super().__init__(*args, **kwargs)
+
+    def format_row(self, row, key, color):
+        if not _stdout_is_terminal():
+            color = ""
+        text = super().format_row(row, key, color)
+        return text.replace("\x1b[0m", "") if not color and isinstance(text, str) else text
+
+
+def _stdout_is_terminal():
+    import sys
+
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
 class ValidMetric(Callback):
     """Per-epoch validation metric of the fit's target (``valid_acc``, ``valid_r2``, ...),
     from the validation batches' outputs, kept on the device until the epoch ends."""
@@ -153,6 +176,12 @@ class TransferNeuralNet(NeuralNet):
         x = to_device(x, self.device, cfg.channels_last if cfg else False)
         with autocast(self.device, cfg.precision if cfg else "fp32"):
             return self.forward_(x, **fit_params)
+
+    def get_default_callbacks(self):
+        return [
+            (name, EpochTable()) if name == "print_log" else (name, cb)  # an instance: last
+            for name, cb in super().get_default_callbacks()
+        ]
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop; a Ctrl-C leaves it as :class:`_Interrupted`, which
@@ -257,11 +286,10 @@ class TransferNeuralNet(NeuralNet):
 HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "lr", "dur")
 
 
-def history_records(history, best_epoch=None, epoch_offset=0, phase=None) -> list[dict]:
+def history_records(history, metric, best_epoch=None, epoch_offset=0, phase=None) -> list[dict]:
     out = []
     for row in history:
-        keys = [k for k in row if k in HISTORY_KEYS or k.startswith("valid_")]
-        rec = {k: float(row[k]) for k in keys}
+        rec = {k: float(row[k]) for k in (*HISTORY_KEYS, metric) if k in row}
         rec["epoch"] = int(row["epoch"]) + epoch_offset
         if best_epoch is not None:
             rec["best"] = row["epoch"] == best_epoch
@@ -324,7 +352,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
     best = None
     if stopper is not None:
         best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
-    return history_records(skorch_net.history, best, epoch_offset, phase)
+    return history_records(skorch_net.history, cfg.target.metric, best, epoch_offset, phase)
 
 
 def lr_range_test_for(net, train_ds, collate, cfg: TrainConfig, n_steps: int) -> tuple[float, dict]:
