@@ -2,7 +2,10 @@
 
 ``sktransfer predict MODEL INPUT...`` streams inputs through a fitted model in
 batches and writes ``id,prediction[,proba_<class>...]`` CSV rows as it goes, so
-memory stays flat however many items there are. INPUT ``-`` reads standard
+memory stays flat however many items there are. A multi-label model's
+``prediction`` lists its predicted labels separated by ``;`` (empty: no label); a
+regressor writes ``prediction`` (1-D ``y``) or ``prediction_0..k-1`` (k outputs),
+and ``--proba`` is a usage error for it. INPUT ``-`` reads standard
 input, one item per line (a text, or an image path). Each item is decoded
 (images) or checked (texts) before its batch is scored in one call: an item that
 cannot be read (an unreadable image, a line that is not UTF-8, a missing value)
@@ -41,8 +44,6 @@ import sys
 import zipfile
 
 from sktransfer.cli_inputs import (
-    IMAGE_EXTENSIONS,
-    TABLE_EXTENSIONS,
     Bad,
     UsageError,
     check_inputs,
@@ -53,7 +54,7 @@ from sktransfer.cli_inputs import (
     prepare,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "TABLE_EXTENSIONS", "UsageError", "load_model", "main"]
+__all__ = ["UsageError", "load_model", "main"]
 
 DEFAULT_THREADS = 1
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SCORING = 0, 1, 2, 3
@@ -134,17 +135,12 @@ def load_model(path, device=None, quantize=None, *, allow_pickle=False):
 def thread_limit(n):
     """Cap torch's and the BLAS pools' threads at ``n`` within a ``with`` block."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - sklearn brings it
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=n)
-        with limits:
+        with threadpool_limits(limits=n):  # (threadpoolctl: a scikit-learn dependency)
             yield
     finally:
         torch.set_num_threads(before)
@@ -222,14 +218,65 @@ def _modality(est):
     return getattr(est, "modality_", None) or getattr(est, "_modality", None)
 
 
-def _score(est, prepared):
-    """Probability rows of the good items of a prepared batch, in one call."""
+MULTI_LABEL_SEPARATOR = ";"
+
+
+class _Columns:
+    """How a fitted estimator's outputs become CSV columns after ``id``.
+
+    Single-label: ``prediction`` (the label), then with ``proba`` one ``proba_<class>``
+    column per class (from one ``predict_proba`` call). Multi-label: ``prediction`` lists
+    the predicted labels (probability >= 0.5, as ``predict``) joined by ``;``, empty when
+    none is predicted; ``proba_<label>`` as above. Regression (no ``proba``): ``prediction``
+    for a model fitted on 1-D ``y``, else ``prediction_0`` ... ``prediction_<k-1>``, each
+    value the shortest decimal that reads back as ``predict``'s float64.
+    """
+
+    def __init__(self, est, proba, model="the model"):
+        self.kind = getattr(est, "target_type_", None)
+        if self.kind is None and hasattr(est, "classes_"):  # saved before target_type_
+            self.kind = "single_label"
+        if self.kind == "regression":
+            if proba:
+                raise UsageError(
+                    f"--proba needs a classifier; {model} holds a {type(est).__name__} "
+                    "(a regressor: its predictions are the values)"
+                )
+            k = int(est.n_outputs_)
+            self.header = (
+                ["prediction"] if est.y_ndim_ == 1 else [f"prediction_{j}" for j in range(k)]
+            )
+            self.method = est.predict
+        elif self.kind in ("single_label", "multi_label"):
+            self.classes = list(est.classes_)
+            self.header = ["prediction"] + ([f"proba_{c}" for c in self.classes] if proba else [])
+            self.method = est.predict_proba
+        else:
+            raise UsageError(
+                f"{model} holds a {type(est).__name__}, not a fitted classifier or regressor"
+            )
+        self.proba = proba
+
+    def row(self, output):
+        """The CSV cells of one item's ``predict_proba`` (or regressor ``predict``) row."""
+        if self.kind == "regression":
+            return [repr(float(v)) for v in output.reshape(-1)]  # (a 1-D y: a scalar)
+        if self.kind == "single_label":
+            cells = [self.classes[int(output.argmax())]]
+        else:
+            chosen = [str(c) for c, p in zip(self.classes, output) if p >= 0.5]
+            cells = [MULTI_LABEL_SEPARATOR.join(chosen)]
+        return cells + ([f"{p:.6g}" for p in output] if self.proba else [])
+
+
+def _score(method, prepared):
+    """Output rows of the good items of a prepared batch, in one call of ``method``."""
     ids = [ident for ident, item in prepared if not isinstance(item, Bad)]
     good = [item for _, item in prepared if not isinstance(item, Bad)]
     if not good:
         return []
     try:
-        rows = est.predict_proba(good)
+        rows = method(good)
     except Exception as exc:
         where = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
         raise ScoringError(
@@ -248,7 +295,8 @@ def predict_stream(
 
     Each batch is validated first (:func:`sktransfer.cli_inputs.prepare`): bad
     items get an empty row and a message on ``err``; the good ones are scored in
-    one ``predict_proba`` call, whose failure raises :class:`ScoringError`.
+    one ``predict_proba`` call (a regressor: ``predict``), whose failure raises
+    :class:`ScoringError`. The columns are :class:`_Columns`'.
 
     Returns
     -------
@@ -259,26 +307,24 @@ def predict_stream(
 
     err = err or sys.stderr
     modality = _modality(est)
-    classes = list(est.classes_)
+    columns = _Columns(est, proba)
     writer = csv.writer(out)
-    writer.writerow(["id", "prediction"] + ([f"proba_{c}" for c in classes] if proba else []))
-    blank = [""] * len(classes) if proba else []
+    writer.writerow(["id", *columns.header])
+    blank = [""] * len(columns.header)
     n_ok = n_bad = 0
     bar = tqdm(total=total, unit="item", file=err, disable=not progress, dynamic_ncols=True)
     try:
         for batch in _batches(items, batch_size):
             prepared = prepare(batch, modality, guard)
-            rows = iter(_score(est, prepared))
+            rows = iter(_score(columns.method, prepared))
             for ident, item in prepared:
                 if isinstance(item, Bad):
                     n_bad += 1
                     bar.write(f"sktransfer: error: {ident}: {item.message}", file=err)
-                    writer.writerow([ident, ""] + blank)
+                    writer.writerow([ident, *blank])
                     continue
-                row = next(rows)
                 n_ok += 1
-                label = classes[int(row.argmax())]
-                writer.writerow([ident, label] + ([f"{p:.6g}" for p in row] if proba else []))
+                writer.writerow([ident, *columns.row(next(rows))])
             out.flush()
             bar.update(len(batch))
     finally:
@@ -304,8 +350,7 @@ def _cmd_predict(args):
         est = load_model(
             args.model, device=args.device, quantize=args.quantize, allow_pickle=args.allow_pickle
         )
-        if not hasattr(est, "predict_proba") or not hasattr(est, "classes_"):
-            raise UsageError(f"{args.model} holds a {type(est).__name__}, not a fitted classifier")
+        _Columns(est, args.proba, args.model)  # a usage error before any input is read
         modality = _modality(est)
         plan = check_inputs(args.inputs, modality, args.column)
         if "batch_size" in est.get_params():
@@ -347,8 +392,8 @@ def _cmd_backbones(args):
 def _cmd_demo(args):
     from sktransfer.demo import run_demo
 
-    result = run_demo(verbose=args.verbose)
-    return result if isinstance(result, int) else 0
+    run_demo(verbose=args.verbose)
+    return EXIT_OK
 
 
 def build_parser():
@@ -366,7 +411,9 @@ def build_parser():
     p = sub.add_parser(
         "predict",
         help="score images or texts with a saved model",
-        description="Score images or texts with a saved model; CSV rows id,prediction[,proba_*].",
+        description="Score images or texts with a saved model; CSV rows id,prediction[,proba_*]. "
+        "Multi-label: prediction lists the predicted labels separated by ';'. Regression: "
+        "prediction (1-D y) or prediction_0..prediction_<k-1> (k outputs).",
         epilog=EXIT_HELP,
         formatter_class=raw,
     )
@@ -383,7 +430,9 @@ def build_parser():
         "--output",
         help="output CSV, written to a temporary file and renamed at the end (default: stdout)",
     )
-    p.add_argument("--proba", action="store_true", help="add one proba_<class> column per class")
+    p.add_argument(
+        "--proba", action="store_true", help="add one proba_<class> column per class (classifiers)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="items per batch (default: 64)")
     p.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: the model's)")
     p.add_argument("--column", help="column of a CSV/Parquet input holding texts or image paths")

@@ -15,7 +15,6 @@ import glob
 import os
 import sys
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 STDIN = "-"
 _CHUNK_ROWS = 10_000
@@ -35,11 +34,20 @@ class Bad:
 
 
 # --------------------------------------------------------------------------- enumeration
+def _image_extensions():
+    """:data:`sktransfer.inputs.images.IMAGE_EXTENSIONS`, imported when first needed: that
+    module imports torch (2.6 s), which ``sktransfer --help`` and ``backbones`` never need."""
+    from sktransfer.inputs.images import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
+
+
 def _walk_images(root):
+    extensions = _image_extensions()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(extensions):
                 yield os.path.join(dirpath, name)
 
 
@@ -266,7 +274,7 @@ def check_output_not_input(output, inputs):
             continue
         if os.path.isfile(spec) and _same(spec, output):
             raise UsageError(f"the output {output} is also an input: it would be overwritten")
-        if os.path.isdir(spec) and output.lower().endswith(IMAGE_EXTENSIONS):
+        if os.path.isdir(spec) and output.lower().endswith(_image_extensions()):
             root = os.path.join(os.path.realpath(spec), "")
             if real.startswith(root):
                 raise UsageError(

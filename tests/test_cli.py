@@ -166,6 +166,56 @@ def test_predict_image_list_file_and_device(image_model, digits, tmp_path, capsy
     assert [r["prediction"] for r in _rows(out)] == list(clf.predict(paths))
 
 
+# --------------------------------------------------------------------------- other targets
+@pytest.fixture(scope="module")
+def multi_label_model(tiny_bert_dir, texts, tmp_path_factory):
+    X, labels = texts
+    pos = (labels == "pos").astype(int)
+    film = np.array(["film" in x.split() for x in X], dtype=int)
+    Y = np.stack([pos * film, (1 - pos) * film, film, pos], axis=1)  # some rows: no label
+    clf = PretrainedTextClassifier(tiny_bert_dir, C=100.0, random_state=0).fit(X, Y)
+    path = tmp_path_factory.mktemp("models") / "multi.skt"
+    sktransfer.save(clf, path)
+    return clf, str(path)
+
+
+def test_predict_multi_label_lists_labels(multi_label_model, texts, tmp_path, capsys):
+    clf, model = multi_label_model
+    lines = texts[0][:30]
+    data = "\n".join(lines[:3]).encode() + b"\n\xff broken\n" + "\n".join(lines[3:]).encode()
+    (tmp_path / "in.txt").write_bytes(data + b"\n")
+    code, out, err = _run(["predict", model, tmp_path / "in.txt", "--proba"], capsys)
+    assert code == 1 and "in.txt:4" in err
+    rows = _rows(out)
+    header = ["id", "prediction", "proba_0", "proba_1", "proba_2", "proba_3"]
+    assert list(rows[0]) == header
+    assert rows[3]["prediction"] == "" and rows[3]["proba_0"] == ""
+    good = rows[:3] + rows[4:]
+    indicators = clf.predict(lines)
+    expected = [
+        cli.MULTI_LABEL_SEPARATOR.join(str(j) for j in np.flatnonzero(r)) for r in indicators
+    ]
+    assert [r["prediction"] for r in good] == expected
+    assert any(";" in e for e in expected) and any(e == "" for e in expected)
+    proba = np.array([[float(r[f"proba_{j}"]) for j in range(4)] for r in good])
+    np.testing.assert_allclose(proba, clf.predict_proba(lines), atol=1e-5)
+    code, out, _ = _run(["predict", model, tmp_path / "in.txt"], capsys)  # no --proba
+    assert list(_rows(out)[0]) == ["id", "prediction"]
+
+
+def test_predict_refuses_a_model_without_predictions(digits_small, tmp_path, capsys):
+    from conftest import make_cnn
+
+    from sktransfer import ImageEmbedder
+
+    emb = ImageEmbedder(make_cnn(), image_size=16).fit(digits_small[0][:4])
+    joblib.dump(emb, tmp_path / "emb.joblib")
+    (tmp_path / "in.txt").write_text("x.png\n")
+    argv = ["predict", tmp_path / "emb.joblib", tmp_path / "in.txt", "--allow-pickle"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "ImageEmbedder, not a fitted classifier or regressor" in err
+
+
 # --------------------------------------------------------------------------- usage
 @pytest.mark.parametrize(
     "argv, message",
