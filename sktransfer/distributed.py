@@ -52,8 +52,30 @@ def _model_handle(est):
     return dask.delayed(est, pure=True)
 
 
+def _layout(est, proba):
+    """``(columns, dtype)`` of the dataframe result: ``columns`` is None for a ``prediction``
+    Series. The names are those of ``sktransfer predict``'s CSV: ``proba_<class>``; a
+    regressor's ``prediction`` (1-D ``y``) or ``prediction_0..k-1``; a multi-label
+    ``predict`` is the indicator matrix, one ``prediction_<label>`` column per label."""
+    kind = getattr(est, "target_type_", "single_label")
+    if kind == "regression":
+        if proba:
+            raise ValueError(
+                f"proba=True needs a classifier; {type(est).__name__} is a regressor "
+                "(its predictions are the values)"
+            )
+        if est.y_ndim_ == 1:
+            return None, np.float64
+        return [f"prediction_{j}" for j in range(int(est.n_outputs_))], np.float64
+    if proba:
+        return [f"proba_{c}" for c in est.classes_], np.float64
+    if kind == "multi_label":
+        return [f"prediction_{c}" for c in est.classes_], np.int64
+    return None, object  # labels of any dtype
+
+
 def _score_partition(items, est, proba):
-    """Score one bag partition: a list of labels or of probability rows."""
+    """Score one bag partition: a list of ``predict`` (or ``predict_proba``) rows."""
 
     items = list(items)
     if not items:
@@ -62,42 +84,46 @@ def _score_partition(items, est, proba):
         return list(est.predict_proba(items) if proba else est.predict(items))
 
 
-def _score_series(series, est, proba, columns):
+def _score_series(series, est, proba, columns, dtype):
     import pandas as pd
 
-    if len(series) == 0:
-        if proba:
-            return pd.DataFrame({c: np.empty(0, dtype=float) for c in columns}, index=series.index)
-        return pd.Series([], dtype=object, index=series.index, name="prediction")
-
     items = series.tolist()
-    with config_context(cache=False):
-        if proba:
-            return pd.DataFrame(est.predict_proba(items), index=series.index, columns=columns)
-        return pd.Series(est.predict(items), index=series.index, name="prediction", dtype=object)
+    if not items:
+        values = np.empty((0, len(columns or [None])), dtype=dtype)
+    else:
+        with config_context(cache=False):
+            values = est.predict_proba(items) if proba else est.predict(items)
+    if columns is None:
+        return pd.Series(np.ravel(values), index=series.index, name="prediction", dtype=dtype)
+    return pd.DataFrame(np.asarray(values, dtype=dtype), index=series.index, columns=columns)
 
 
 def predict_dask(est, collection, *, proba=False, column=None):
-    """Score a Dask collection with a fitted sktransfer classifier.
+    """Score a Dask collection with a fitted sktransfer classifier or regressor.
 
     Parameters
     ----------
-    est : fitted PretrainedImageClassifier or PretrainedTextClassifier
+    est : fitted sktransfer classifier or regressor (image or text)
         Anything the estimator's ``predict`` accepts per item works: image paths
         (readable on the workers) or texts.
     collection : dask.bag.Bag, dask.dataframe.Series or dask.dataframe.DataFrame
         A bag of items, a dataframe column, or a dataframe plus ``column``.
     proba : bool, default=False
-        Return class probabilities (in ``est.classes_`` order) instead of labels.
+        Return class probabilities (in ``est.classes_`` order) instead of
+        predictions; classifiers only.
     column : str, optional
         The column to score when ``collection`` is a dataframe.
 
     Returns
     -------
     dask collection (lazy; call ``.compute()``)
-        For a bag: a bag of labels, or of probability arrays. For a dataframe:
-        a ``prediction`` Series, or a DataFrame with one ``proba_<class>``
-        column per class; the index is the input's.
+        For a bag: one ``predict`` row per item (a label, a multi-label indicator
+        array, a regressor's value or array of values), or one probability array.
+        For a dataframe, with the input's index and the column names of
+        ``sktransfer predict``: a ``prediction`` Series (labels; a regressor fitted on
+        1-D ``y``: float64); a DataFrame of ``prediction_0..k-1`` (a regressor's k
+        outputs, float64) or of ``prediction_<label>`` (a multi-label indicator
+        matrix, int64); with ``proba``, one ``proba_<class>`` column per class.
 
     Examples
     --------
@@ -112,11 +138,11 @@ def predict_dask(est, collection, *, proba=False, column=None):
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(est)
-    model = _model_handle(est)
+    columns, dtype = _layout(est, proba)  # (refuses proba for a regressor, before any work)
     if isinstance(collection, db.Bag):
         if column is not None:
             raise ValueError("column applies to dataframes, not to bags")
-        return collection.map_partitions(_score_partition, model, proba)
+        return collection.map_partitions(_score_partition, _model_handle(est), proba)
     try:
         import dask.dataframe as dd
     except ImportError as exc:  # pragma: no cover - dask without its dataframe extra
@@ -132,9 +158,9 @@ def predict_dask(est, collection, *, proba=False, column=None):
         )
     import pandas as pd
 
-    columns = [f"proba_{c}" for c in est.classes_]
-    if proba:
-        meta = pd.DataFrame({c: np.empty(0, dtype=float) for c in columns})
+    if columns is None:
+        meta = pd.Series([], dtype=dtype, name="prediction")
     else:
-        meta = pd.Series([], dtype=object, name="prediction")
-    return collection.map_partitions(_score_series, model, proba, columns, meta=meta)
+        meta = pd.DataFrame({c: np.empty(0, dtype=dtype) for c in columns})
+    model = _model_handle(est)
+    return collection.map_partitions(_score_series, model, proba, columns, dtype, meta=meta)

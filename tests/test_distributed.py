@@ -104,3 +104,43 @@ def test_grid_search_under_dask_backend(client, tiny_bert_dir, texts):
     # the 3 candidates x 2 folds ran as tasks on the cluster's workers
     keys = [str(task["key"]) for task in stream.data]
     assert sum("fit_and_score" in k for k in keys) == 6, keys
+
+
+# --------------------------------------------------------------------------- other targets
+@pytest.fixture(scope="module")
+def multi_label_clf(tiny_bert_dir, texts):
+    X, labels = texts
+    pos = (labels == "pos").astype(int)
+    film = np.array(["film" in x.split() for x in X], dtype=int)
+    Y = np.stack([pos, film, pos * film], axis=1)
+    return PretrainedTextClassifier(tiny_bert_dir, C=100.0, random_state=0).fit(X, Y)
+
+
+def test_multi_label_bag_and_dataframe(multi_label_clf, texts):
+    X = texts[0][:30]
+    expected = multi_label_clf.predict(X)
+    with dask.config.set(scheduler="sync"):
+        rows = predict_dask(multi_label_clf, db.from_sequence(X, npartitions=3)).compute()
+        np.testing.assert_array_equal(np.stack(rows), expected)
+        frame = pd.DataFrame({"text": X}, index=np.arange(len(X)) * 10)
+        ddf = dd.from_pandas(frame, npartitions=3)
+        pred = predict_dask(multi_label_clf, ddf, column="text").compute()
+        proba = predict_dask(multi_label_clf, ddf["text"], proba=True).compute()
+    # the indicator matrix, one prediction_<label> column per label, the input's index
+    assert list(pred.columns) == ["prediction_0", "prediction_1", "prediction_2"]
+    assert list(pred.index) == list(frame.index) and (pred.dtypes == np.int64).all()
+    np.testing.assert_array_equal(pred.to_numpy(), expected)
+    assert 0 < expected.sum() < expected.size  # both values occur: the check can fail
+    assert list(proba.columns) == ["proba_0", "proba_1", "proba_2"]
+    np.testing.assert_allclose(proba.to_numpy(), multi_label_clf.predict_proba(X), atol=1e-6)
+
+
+def test_empty_partitions_keep_the_meta(multi_label_clf, bert_clf, texts):
+    frame = pd.DataFrame({"text": texts[0][:2]})
+    ddf = dd.from_pandas(frame, npartitions=1)
+    empty = ddf[ddf["text"] == "no such text"]
+    with dask.config.set(scheduler="sync"):
+        pred = predict_dask(multi_label_clf, empty, column="text").compute()
+        labels = predict_dask(bert_clf, empty, column="text").compute()
+    assert pred.shape == (0, 3) and list(pred.columns)[0] == "prediction_0"
+    assert labels.shape == (0,) and labels.name == "prediction"
