@@ -1,4 +1,6 @@
-"""The linear-probe head: multinomial logistic regression on extracted features, memoised.
+"""The exact frozen-mode heads on extracted features, memoised: multinomial logistic
+regression (classifiers, :func:`fit_linear_head`) and ridge regression (regressors,
+:func:`fit_ridge_head`).
 
 Frozen mode (and the head warm start before fine-tuning, ``head_init="probe"``) fits the
 head to convergence with SciPy's L-BFGS-B on the same objective and stopping rule as
@@ -206,3 +208,72 @@ def _solve(X, y, w, n_classes, C, max_iter, tol):
         W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
     info = {"train_loss": float(res.fun), "n_iter": int(res.nit), "converged": bool(res.success)}
     return W, b, info
+
+
+def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
+    """Ridge regression solved exactly in float64; returns ``(nn.Linear, info)``.
+
+    Minimises ``sum_i w_i ||y_i - B x_i - c||^2 + alpha ||B||^2`` (the objective of
+    ``sklearn.linear_model.Ridge(alpha, fit_intercept=True)`` with ``sample_weight``):
+    ``X`` and ``Y`` are centred on their weighted means and ``B`` solves
+    ``(Xc' W Xc + alpha I) B' = Xc' W Yc``; the intercept is ``c = y_mean - B x_mean``.
+    With fewer weighted samples than features the dual (kernel) form solves the
+    ``n x n`` system ``(K + alpha I) A = sqrt(W) Yc``, ``B' = Xs' A`` instead (the same
+    solution, exactly). ``alpha=0`` is the minimum-norm least-squares solution.
+
+    ``targets`` of shape ``(n, k)``: the head has ``k`` outputs. The objective is
+    separable per output and scaling an output scales both of its terms alike, so
+    solving on standardised targets gives the standardised image of the solution on
+    the original ones. Memoised like :func:`fit_linear_head` (same memo and counters),
+    keyed by the digest of the features, weights and targets plus ``alpha``.
+    ``info``: ``train_loss`` (the weighted mean over samples of the mean squared error
+    over outputs, the fine-tuning loss's definition), ``n_iter`` (1).
+    """
+    from scipy import linalg
+
+    X = np.asarray(features)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    Y = np.asarray(targets, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    n, d = X.shape
+    k = Y.shape[1]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    xw_key = _digest(X, w)
+    key = _digest(xw_key, Y, params=("ridge", float(alpha)))
+    with _LOCK:
+        hit = _MEMO.get(key)
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            STATS["head_hits"] += 1
+    if hit is not None:
+        W, b, info = hit
+        return _as_head(W, b, d, k), dict(info)
+    X = X.astype(np.float64, copy=False)
+    w_sum = w.sum()
+    x_mean, y_mean = (w @ X) / w_sum, (w @ Y) / w_sum
+    keep = w > 0  # zero-weight rows add nothing to either side
+    root = np.sqrt(w[keep])[:, None]
+    Xs, Ys = (X[keep] - x_mean) * root, (Y[keep] - y_mean) * root
+    m = len(Xs)
+    with threadpool_limits(limits=1 if m * d * min(m, d) <= QR_SINGLE_THREAD_FLOPS else None):
+        if alpha == 0:
+            B = linalg.lstsq(Xs, Ys, lapack_driver="gelsd")[0].T
+        elif m < d:  # dual: B' = Xs' (Xs Xs' + alpha I)^-1 Ys
+            K = Xs @ Xs.T
+            K[np.diag_indices_from(K)] += alpha
+            B = (Xs.T @ linalg.solve(K, Ys, assume_a="pos")).T
+        else:
+            G = Xs.T @ Xs
+            G[np.diag_indices_from(G)] += alpha
+            B = linalg.solve(G, Xs.T @ Ys, assume_a="pos").T
+    b = y_mean - B @ x_mean
+    resid = Y - X @ B.T - b
+    info = {"train_loss": float(w @ (resid**2).mean(axis=1) / w_sum), "n_iter": 1}
+    with _LOCK:
+        STATS["head_solves"] += 1
+        _MEMO[key] = (B, b, info)
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return _as_head(B, b, d, k), dict(info)
