@@ -10,8 +10,10 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "PretrainedImageClassifier": "sktransfer.image",
+    "PretrainedImageRegressor": "sktransfer.image",
     "ImageEmbedder": "sktransfer.image",
     "PretrainedTextClassifier": "sktransfer.text",
+    "PretrainedTextRegressor": "sktransfer.text",
     "TextEmbedder": "sktransfer.text",
     "list_backbones": "sktransfer.backbones",
     "load_image_folder": "sktransfer.data",

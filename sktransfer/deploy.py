@@ -5,9 +5,10 @@
   fly). It pays off for transformer text backbones; convolutional image
   backbones have (almost) no Linear layers and are left as they are.
 * :func:`export_onnx` writes the fitted network, from the preprocessed tensors to
-  class probabilities, as an ONNX graph with a dynamic batch axis (and a dynamic
-  sequence axis for text). Classes and preprocessing are recorded in the
-  model's metadata. Needs the ``onnx`` extra: ``pip install "sktransfer[onnx]"``.
+  the fitted target's outputs (a classifier's class probabilities, a regressor's
+  predictions in the units of ``y``), as an ONNX graph with a dynamic batch axis
+  (and a dynamic sequence axis for text). Classes and preprocessing are recorded
+  in the model's metadata. Needs the ``onnx`` extra: ``pip install "sktransfer[onnx]"``.
 """
 
 from __future__ import annotations
@@ -53,12 +54,12 @@ def quantize_dynamic(est):
 
     The backbone's ``nn.Linear`` layers get int8 weights (one scale per output
     channel) and quantise their activations per batch; the head stays float32, so
-    probabilities keep their precision. Quantised kernels run on the CPU only:
-    the copy's ``device`` parameter is set to ``"cpu"``.
+    probabilities (or a regressor's predictions) keep their precision. Quantised
+    kernels run on the CPU only: the copy's ``device`` parameter is set to ``"cpu"``.
 
     Parameters
     ----------
-    est : fitted sktransfer classifier or embedder
+    est : fitted sktransfer classifier, regressor or embedder
 
     Returns
     -------
@@ -101,23 +102,33 @@ def quantize_dynamic(est):
 
 # --------------------------------------------------------------------------- ONNX
 class _ImageGraph(nn.Module):
-    def __init__(self, net, proba):
+    def __init__(self, net, output):
         super().__init__()
-        self.net, self.proba = net, proba
+        self.net, self.output = net, output
 
     def forward(self, pixel_values):
-        out = self.net(pixel_values).float()
-        return torch.softmax(out, dim=1) if self.proba else out
+        return self.output(self.net(pixel_values).float())
 
 
 class _TextGraph(nn.Module):
-    def __init__(self, net, keys, proba):
+    def __init__(self, net, keys, output):
         super().__init__()
-        self.net, self.keys, self.proba = net, list(keys), proba
+        self.net, self.keys, self.output = net, list(keys), output
 
     def forward(self, *tensors):
-        out = self.net(dict(zip(self.keys, tensors))).float()
-        return torch.softmax(out, dim=1) if self.proba else out
+        return self.output(self.net(dict(zip(self.keys, tensors))).float())
+
+
+def _output(est):
+    """``(name, module)`` of the graph's output: the fitted target's ``output_module``
+    (``probabilities`` of a classifier, ``predictions`` of a regressor, in ``predict``'s
+    arithmetic), or the pooled ``features`` of an embedder."""
+    from sklearn.base import is_regressor
+
+    if not hasattr(est, "target_type_"):
+        return "features", nn.Identity()
+    module = est._target.output_module(est)
+    return ("predictions" if is_regressor(est) else "probabilities"), module
 
 
 def _hf_configs(net):
@@ -132,11 +143,11 @@ def _hf_configs(net):
 def _example(est, net):
     """``(graph, example inputs, input names, dynamic axes)`` for ``est``."""
     prep = est.preprocessing_
-    proba = hasattr(est, "classes_")
+    output = _output(est)[1]
     if est._modality == "image":
         size = int(prep.image_size)
         x = torch.zeros(2, 3, size, size)
-        return _ImageGraph(net, proba), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}}
+        return _ImageGraph(net, output), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}}
     if est._modality != "text":  # pragma: no cover - defensive
         raise ValueError(f"cannot export a {est._modality} model to ONNX")
     for config in _hf_configs(net):
@@ -150,7 +161,7 @@ def _example(est, net):
     )
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     axes = {k: {0: "batch", 1: "sequence"} for k in keys}
-    return _TextGraph(net, keys, proba), tuple(enc[k] for k in keys), keys, axes
+    return _TextGraph(net, keys, output), tuple(enc[k] for k in keys), keys, axes
 
 
 def export_onnx(est, path, *, opset=17):
@@ -158,7 +169,7 @@ def export_onnx(est, path, *, opset=17):
 
     Parameters
     ----------
-    est : fitted sktransfer classifier or embedder
+    est : fitted sktransfer classifier, regressor or embedder
         Not quantised (export the float model).
     path : str or path-like
         Where to write the ``.onnx`` file.
@@ -173,8 +184,12 @@ def export_onnx(est, path, *, opset=17):
         mean/std); texts ``input_ids``, ``attention_mask`` (and
         ``token_type_ids`` when the tokenizer makes them) int64
         ``(batch, sequence)``. Output ``probabilities`` ``(batch, n_classes)``
-        in ``classes_`` order (``features`` for an embedder). The metadata keys
-        ``sktransfer_classes`` and ``sktransfer_preprocessing`` hold JSON.
+        in ``classes_`` order for a classifier, ``predictions``
+        ``(batch, n_outputs)`` in the units of ``y`` for a regressor (``predict``
+        before it ravels a 1-D target), ``features`` for an embedder. The metadata
+        keys ``sktransfer_classes``, ``sktransfer_n_outputs`` and
+        ``sktransfer_preprocessing`` hold JSON; ``sktransfer_target`` names the
+        target kind.
 
     Examples
     --------
@@ -195,7 +210,7 @@ def export_onnx(est, path, *, opset=17):
     path = os.fspath(path)
     net = copy.deepcopy(est.module_).cpu().eval()
     graph, example, names, axes = _example(est, net)
-    output = "probabilities" if hasattr(est, "classes_") else "features"
+    output = _output(est)[0]
     axes[output] = {0: "batch"}
     with _quiet(), torch.no_grad():
         torch.onnx.export(
@@ -227,8 +242,12 @@ def _add_metadata(model, est):
         "sktransfer_estimator": type(est).__name__,
         "sktransfer_preprocessing": json.dumps(fields),
     }
+    if hasattr(est, "target_type_"):
+        meta["sktransfer_target"] = est.target_type_
     if hasattr(est, "classes_"):
         meta["sktransfer_classes"] = json.dumps([_plain(c) for c in est.classes_])
+    if hasattr(est, "y_mean_"):  # a regressor's graph already maps back to y's units
+        meta["sktransfer_n_outputs"] = json.dumps(int(est.n_outputs_))
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

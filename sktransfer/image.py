@@ -1,4 +1,5 @@
-"""Image modality: ``PretrainedImageClassifier`` and ``ImageEmbedder``."""
+"""Image modality: ``PretrainedImageClassifier``, ``PretrainedImageRegressor`` and
+``ImageEmbedder``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from sktransfer._estimator.classifier import PretrainedClassifierBase
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.params import COMMON_CONSTRAINTS
+from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
 from sktransfer.data import ImageDataset, check_images
 from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
 from sktransfer.inputs.pixels import StackPixels
@@ -33,7 +35,7 @@ _IMAGE_CONSTRAINTS = {
 
 
 class _ImageInput:
-    """Image input handling shared by the classifier and the embedder."""
+    """Image input handling shared by the classifier, the regressor and the embedder."""
 
     _modality = "image"
 
@@ -262,6 +264,214 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         self.C = C
         self.head_init = head_init
         self.class_weight = class_weight
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
+        self.num_workers = num_workers
+        self.compile = compile
+        self.device = device
+        self.cache_dir = cache_dir
+        self.random_state = random_state
+        self.verbose = verbose
+        self.weights = weights
+        self.image_size = image_size
+        self.augment = augment
+        self.tta = tta
+        self.train_bn = train_bn
+
+
+class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
+    """Image regressor on a pretrained backbone: ``y`` of shape ``(n,)`` or ``(n, k)``.
+
+    Frozen mode (the default) is ridge regression on the backbone's pooled features,
+    solved exactly (``sklearn.linear_model.Ridge(alpha)``'s objective, with
+    ``sample_weight``); fine-tuning minimises the weighted mean squared error on
+    targets standardised per output (``y_mean_``, ``y_scale_``), from that ridge
+    head (``head_init="probe"``). ``predict`` returns values in the units of ``y``;
+    ``score`` is R².
+
+    Parameters
+    ----------
+    backbone : str, path, torch.nn.Module, fitted sktransfer image estimator or None
+        ``None`` is the packaged offline ``"efficientnet_lite0"``. A registry name
+        (see :func:`sktransfer.list_backbones`), a ``torch.nn.Module`` (an
+        ``nn.Sequential``'s children are its blocks), or a fitted estimator whose
+        fine-tuned backbone is reused with a new head.
+    freeze_depth : "all" or int, default="all"
+        ``"all"``: frozen features + a ridge head solved exactly. ``k >= 0``: the
+        first ``k`` blocks frozen, the rest fine-tuned (0 = full fine-tuning).
+        ``-k``: all but the last ``k`` frozen.
+    lr : float or "auto", default=1e-4
+        Peak learning rate for fine-tuning (unused when ``freeze_depth="all"``).
+        ``"auto"``: an LR range test on the training split picks it inside
+        ``fit`` (fastai's ``lr_find``: a tenth of the rate at the loss minimum);
+        the rate used is stored as ``lr_``.
+    lr_schedule : {"warmup_cosine", "onecycle", "constant"}, default="warmup_cosine"
+        Per-batch schedule: linear warmup over 10% of the steps then cosine decay
+        to 0; one-cycle (Smith); or constant.
+    max_epochs : int, default=10
+        Fine-tuning epochs (with ``unfreeze_schedule``: after the head-only ones).
+    batch_size : int, default=32
+        Training and inference batch size.
+    optimizer : {"adamw", "adam", "sgd"} or torch optimizer class, default="adamw"
+        The fine-tuning optimizer.
+    weight_decay : float, default=0.01
+        Ignored when ``l2sp_alpha > 0`` (the L2-SP penalty replaces it).
+    layer_decay : float in (0, 1] or None, default=None
+        Discriminative rates: the head gets ``lr``, the last block
+        ``lr * layer_decay``, the one below ``lr * layer_decay**2``, ...
+    unfreeze_schedule : int or None, default=None
+        Gradual unfreezing (fastai ``fine_tune``): train the head alone for this
+        many epochs first, then the blocks ``freeze_depth`` leaves trainable for
+        ``max_epochs`` epochs.
+    l2sp_alpha : float, default=0.0
+        L2-SP strength (Li et al. 2018): ``alpha/2 ||w - w0||^2`` pulls the
+        fine-tuned backbone weights toward their pretrained values ``w0``.
+    l2sp_beta : float, default=0.01
+        With L2-SP, ``beta/2 ||W_head||^2`` on the head's weights.
+    alpha : float >= 0, default=1.0
+        L2 strength of the ridge head (as in ``Ridge``: on the weights, not the
+        intercept, against the sum of the weighted squared errors); used in frozen
+        mode and for the head warm start.
+    head_init : {"probe", "random"}, default="probe"
+        Before fine-tuning, start the head from the ridge solution on frozen
+        features ("probe", LP-FT) or from a random init.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` while fine-tuning, stop after
+        ``n_iter_no_change`` epochs without a better validation loss and restore
+        the best epoch's weights (flagged ``best`` in ``history_``).
+    validation_fraction : float, default=0.1
+        Share of the samples held out for early stopping and ``valid_r2``.
+    n_iter_no_change : int, default=3
+        Epochs without a better validation loss before early stopping.
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+        "auto": bf16 autocast on CUDA, fp32 on the CPU.
+    num_workers : int, default=0
+        ``DataLoader`` worker processes for decoding and augmentation.
+    compile : bool, default=False
+        ``torch.compile`` the trained part of the network.
+    device : str, default="auto"
+        "auto" (cuda when available, resolved at fit/predict time), "cpu", "cuda", "cuda:N".
+    cache_dir : str, path or None, default=None
+        Directory for the on-disk tier of the feature cache, shared by processes
+        (None: the global ``sktransfer.set_config(cache_dir=...)``, by default off).
+    random_state : int, RandomState or None, default=None
+        One seed for torch, numpy, data order, the validation split and augmentation.
+    verbose : int, default=0
+        0 prints nothing; 1 shows tqdm progress bars (stderr) for feature
+        extraction and epochs, and an epoch table (stdout: train loss, valid
+        loss, valid R², lr, time).
+    weights : str, path or None, default="default"
+        The backbone's pretrained weights: "default", a torchvision weights name,
+        a local state-dict path, or None (random init).
+    image_size : int or None, default=None
+        Input resolution; None uses the backbone's own.
+    augment : {"light", "standard"}, callable or None, default=None
+        Training-time augmentation: "light" = horizontal flip + random-resized
+        crop of 80-100% of the area; "standard" = random-resized crop of 35-100%,
+        flip and a small colour jitter; or a ``PIL.Image -> PIL.Image`` callable.
+        Seeded by ``random_state``. Disables the frozen-prefix activation cache
+        during training.
+    tta : int or None, default=0
+        Test-time augmentation: the predictions of ``tta`` deterministic extra
+        views (flip, shifted crops) are averaged with the image's own.
+    train_bn : bool, default=False
+        Whether BatchNorm layers in fine-tuned blocks update their running
+        statistics (False keeps the pretrained statistics; their scale/shift
+        still learn).
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets (columns of ``y``; 1 for a 1-D ``y``).
+    y_mean_ : ndarray of shape (n_outputs_,)
+        Per-output mean of ``y`` over the training set.
+    y_scale_ : ndarray of shape (n_outputs_,)
+        Per-output standard deviation of ``y`` (1 for a constant output); the
+        network predicts ``(y - y_mean_) / y_scale_``.
+    y_ndim_ : int
+        1 when ``fit`` saw a 1-D ``y`` (``predict`` then returns shape ``(n,)``).
+    n_blocks_ : int
+        Number of freezable backbone blocks.
+    n_frozen_blocks_ : int
+    block_names_ : list of str
+    history_ : list of dict
+        Per-epoch ``train_loss`` (weighted MSE on standardised targets),
+        ``valid_loss``, ``valid_r2``, ``lr``, ``dur``; ``best`` marks the epoch
+        whose weights were kept; ``phase`` ("head" or "all") with
+        ``unfreeze_schedule``.
+    lr_ : float or None
+        The learning rate used (``lr``, or the LR range test's pick).
+    lr_find_ : dict
+        With ``lr="auto"``: the range test's ``lrs`` and raw ``losses``.
+    module_ : sktransfer.freezing.TransferNet
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sktransfer import PretrainedImageRegressor
+    >>> _ = torch.manual_seed(0)
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    >>> rng = np.random.RandomState(0)
+    >>> y = rng.uniform(0, 10, 20)  # image brightness
+    >>> X = (rng.uniform(0, 25.5, (20, 16, 16, 3)) * y[:, None, None, None]).astype(np.uint8)
+    >>> reg = PretrainedImageRegressor(cnn, image_size=16, alpha=0.1, random_state=0).fit(X, y)
+    >>> reg.predict(X[:2]).shape
+    (2,)
+    >>> reg.score(X, y) > 0.9
+    True
+    """
+
+    _parameter_constraints = {**REGRESSOR_CONSTRAINTS, **_IMAGE_CONSTRAINTS}
+
+    def __init__(
+        self,
+        backbone=None,
+        *,
+        freeze_depth="all",
+        lr=1e-4,
+        lr_schedule="warmup_cosine",
+        max_epochs=10,
+        batch_size=32,
+        optimizer="adamw",
+        weight_decay=0.01,
+        layer_decay=None,
+        unfreeze_schedule=None,
+        l2sp_alpha=0.0,
+        l2sp_beta=0.01,
+        alpha=1.0,
+        head_init="probe",
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        precision="auto",
+        num_workers=0,
+        compile=False,
+        device="auto",
+        cache_dir=None,
+        random_state=None,
+        verbose=0,
+        weights="default",
+        image_size=None,
+        augment=None,
+        tta=0,
+        train_bn=False,
+    ):
+        self.backbone = backbone
+        self.freeze_depth = freeze_depth
+        self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.layer_decay = layer_decay
+        self.unfreeze_schedule = unfreeze_schedule
+        self.l2sp_alpha = l2sp_alpha
+        self.l2sp_beta = l2sp_beta
+        self.alpha = alpha
+        self.head_init = head_init
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change

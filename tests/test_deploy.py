@@ -88,6 +88,7 @@ def test_export_onnx_image_matches_torch(cnn_clf, tmp_path):
     path = export_onnx(clf, tmp_path / "cnn.onnx")
     sess = _session(path)
     assert [i.name for i in sess.get_inputs()] == ["pixel_values"]
+    assert [o.name for o in sess.get_outputs()] == ["probabilities"]  # the target's output
     pixels = np.stack([preprocess_image(load_rgb(x), clf.preprocessing_).numpy() for x in X])
     for n in (1, 7, len(X)):  # dynamic batch axis
         (out,) = sess.run(None, {"pixel_values": pixels[:n]})

@@ -39,6 +39,8 @@ _TOKENIZER_SUFFIXES = (".json", ".txt", ".model")  # data files only; no pickles
 _CLASSES = {
     "PretrainedImageClassifier": "sktransfer.image",
     "PretrainedTextClassifier": "sktransfer.text",
+    "PretrainedImageRegressor": "sktransfer.image",
+    "PretrainedTextRegressor": "sktransfer.text",
     "ImageEmbedder": "sktransfer.image",
     "TextEmbedder": "sktransfer.text",
 }
@@ -110,7 +112,7 @@ def save(est, path, *, store_backbone="embed"):
 
     Parameters
     ----------
-    est : fitted PretrainedImageClassifier, PretrainedTextClassifier or embedder
+    est : fitted sktransfer classifier, regressor or embedder
         Its parameters must be plain values (no ``nn.Module`` backbone, callable
         ``augment`` or ``RandomState``); use ``joblib.dump`` for those.
     path : str or path-like

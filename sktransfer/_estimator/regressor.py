@@ -1,0 +1,34 @@
+"""The regressor family: real-valued targets, a ridge head, ``predict``; ``score`` is R²."""
+
+from __future__ import annotations
+
+import numbers
+
+from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import Interval
+
+from sktransfer._estimator.base import PretrainedEstimatorBase
+from sktransfer._estimator.params import COMMON_CONSTRAINTS
+from sktransfer._estimator.targets.regression import Regression
+
+#: the shared parameters, less the classifier's head and label weights, plus the ridge's
+REGRESSOR_CONSTRAINTS = {
+    **{k: v for k, v in COMMON_CONSTRAINTS.items() if k not in ("C", "class_weight")},
+    "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+}
+
+
+class PretrainedRegressorBase(RegressorMixin, PretrainedEstimatorBase):
+    """``predict`` over the skeleton; ``score`` is R² (``RegressorMixin``)."""
+
+    _targets = (Regression,)
+    _parameter_constraints = dict(REGRESSOR_CONSTRAINTS)
+
+    def predict(self, X):
+        """Predicted values in the units of ``y``: shape ``(n,)`` when ``fit`` saw a 1-D
+        ``y``, else ``(n, n_outputs_)``.
+
+        With ``tta=n`` (images) the predictions of the image and of ``n`` deterministic
+        augmented views (flips, shifted crops) are averaged.
+        """
+        return self._target.decode(self, self._predict_outputs(X))

@@ -1,0 +1,119 @@
+"""Regression: real-valued targets, standardised for the loss, a ridge head, R².
+
+``y`` of shape ``(n,)`` or ``(n, k)``. Each output is standardised over the training
+set (``(y - y_mean_) / y_scale_``; a constant output keeps scale 1): the head and the
+network predict standardised values, which keeps the fine-tuning loss and learning
+rates independent of the targets' units, and :meth:`Regression.output_module` maps
+them back (``out * y_scale_ + y_mean_``), in ``predict`` and in an exported ONNX graph
+alike. The frozen head is ridge regression solved exactly
+(:func:`sktransfer.training.heads.fit_ridge_head`); the per-output scaling changes
+both terms of its objective alike, so it is ``Ridge(alpha)``'s solution on the
+original targets.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from torch import nn
+
+from sktransfer._estimator.targets import Encoded, Target
+from sktransfer.training.heads import fit_ridge_head
+
+
+def check_targets(y, n_samples):
+    """``y`` as float64 of shape ``(n, k)`` and its original ndim (1 or 2); a value that is
+    not a finite number is named by its index (``y[i]`` or ``y[i, j]``)."""
+    if y is None:
+        raise ValueError(
+            "this regressor requires y to be passed, but the target y is None: "
+            "pass one value (or one row of values) per sample"
+        )
+    raw = np.asarray(y)
+    if raw.dtype.kind in "USa" and not isinstance(y, np.ndarray):  # a list mixing str and numbers
+        raw = np.asarray(y, dtype=object)  # keeps each value as given, to name the bad one
+    if raw.ndim not in (1, 2):
+        raise ValueError(
+            f"y must have shape (n_samples,) or (n_samples, n_outputs), got {raw.shape}"
+        )
+    if len(raw) != n_samples:
+        raise ValueError(f"X has {n_samples} samples but y has {len(raw)} rows")
+    if raw.ndim == 2 and raw.shape[1] == 0:
+        raise ValueError("y has 0 outputs; pass at least one target column")
+    if raw.dtype.kind not in "biuf":  # object / string arrays: every value must be a number
+        for idx in np.ndindex(raw.shape):
+            value = raw[idx]
+            if not isinstance(value, numbers.Real):
+                value = value.item() if isinstance(value, np.generic) else value
+                raise TypeError(f"{_name(idx)} is {value!r}; regression targets must be numbers")
+    values = raw.astype(np.float64)
+    values = values.reshape(len(raw), -1)
+    finite = np.isfinite(values)
+    if not finite.all():
+        flat = int(np.argmin(finite.ravel()))
+        i, j = divmod(flat, values.shape[1])
+        idx = (i,) if raw.ndim == 1 else (i, j)
+        raise ValueError(
+            f"{_name(idx)} is {values[i, j]}; regression targets must be finite (no NaN or inf)"
+        )
+    return values, raw.ndim
+
+
+def _name(idx):
+    return f"y[{', '.join(str(int(i)) for i in idx)}]"
+
+
+class Standardise(nn.Module):
+    """Network outputs (standardised units) -> predictions: ``out * scale + mean``, in the
+    input's dtype (float64 in ``predict``, float32 in an ONNX graph)."""
+
+    def __init__(self, mean, scale):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float64)))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float64)))
+
+    def forward(self, out):
+        return out * self.scale.to(out.dtype) + self.mean.to(out.dtype)
+
+
+class Regression(Target):
+    """``y``: finite numbers, ``(n,)`` or ``(n, k)``; fitted ``y_mean_``, ``y_scale_``
+    (float64, shape ``(k,)``) and ``y_ndim_`` (1: ``predict`` returns ``(n,)``)."""
+
+    name = "regression"
+    metric = "valid_r2"
+
+    def encode(self, est, y, n_samples):
+        values, ndim = check_targets(y, n_samples)
+        mean = values.mean(axis=0)
+        scale = values.std(axis=0)
+        tiny = scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
+        scale[tiny] = 1.0  # a constant output: centred only
+        attrs = {"y_mean_": mean, "y_scale_": scale, "y_ndim_": int(ndim)}
+        return Encoded((values - mean) / scale, values.shape[1], attrs, stratify=None)
+
+    def solve_head(self, est, features, values, sample_weight, n_outputs):
+        return fit_ridge_head(features, values, sample_weight, alpha=est.alpha)
+
+    def loss(self, outputs, targets, weights):
+        losses = ((outputs.float() - targets.float()) ** 2).mean(dim=1)
+        return (losses * weights).sum() / weights.sum()
+
+    def score(self, outputs, targets):
+        """R² as ``sklearn.metrics.r2_score`` (uniform average over outputs; an output
+        constant over the validation set scores 1 when predicted exactly, else 0). R² is
+        invariant to the per-output standardisation, so standardised units give the
+        original units' score."""
+        outputs, targets = outputs.double(), targets.double()
+        ss_res = ((targets - outputs) ** 2).sum(dim=0)
+        ss_tot = ((targets - targets.mean(dim=0)) ** 2).sum(dim=0)
+        r2 = torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300), (ss_res == 0).double())
+        return float(r2.mean())
+
+    def output_module(self, est):
+        return Standardise(est.y_mean_, est.y_scale_)
+
+    def decode(self, est, outputs):
+        return outputs.ravel() if est.y_ndim_ == 1 else outputs
