@@ -1,4 +1,7 @@
-"""scikit-learn citizenship: clone, params, Pipeline, search, CV, pickling, estimator checks."""
+"""scikit-learn citizenship: clone, params, Pipeline, search, CV, pickling.
+
+scikit-learn's estimator checks over every public estimator are in test_common.py.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +10,13 @@ import pickle
 import joblib
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.utils.estimator_checks import parametrize_with_checks
-from torch import nn
 
 from sktransfer import ImageEmbedder, PretrainedImageClassifier
-
-
-def _vector_backbone():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.LazyLinear(32), nn.Tanh())
-
-
-def _vector_clf(**kw):
-    return PretrainedImageClassifier(_vector_backbone(), random_state=0, **kw)
-
-
-# Every entry needs a reason a reviewer would accept. The frozen configuration
-# (feature extraction + an L-BFGS logistic head) passes every check.
-FINE_TUNING_EXPECTED_FAILURES = {
-    "check_sample_weight_equivalence_on_dense_data": (
-        "fine-tuning is mini-batch AdamW: a row repeated twice lands in different batches than "
-        "one row with weight 2, so the two runs take different optimisation paths; the loss is "
-        "the same in expectation, not step by step (the frozen configuration passes this check)"
-    ),
-}
-
-
-def _expected_failures(estimator):
-    return {} if estimator.freeze_depth == "all" else FINE_TUNING_EXPECTED_FAILURES
-
-
-@parametrize_with_checks(
-    [_vector_clf(), _vector_clf(freeze_depth=0, max_epochs=3, lr=1e-2, early_stopping=False)],
-    expected_failed_checks=_expected_failures,
-)
-def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
 
 
 def test_clone_and_params_are_plain(cnn):

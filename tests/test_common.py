@@ -1,0 +1,263 @@
+"""scikit-learn's estimator checks over every public estimator (imbalanced-learn's style).
+
+An image or text estimator that declares its input honestly gets no checks at all from
+``parametrize_with_checks`` (scikit-learn only generates 2-D numeric data), so the image
+estimators run the full suite on a 2-D configuration: a ``torch.nn.Module`` backbone
+that takes numeric vectors. The text estimators take strings only (``_TextInput._check_X``
+is :func:`sktransfer.inputs.texts.check_texts`; no backbone makes them take vectors), so
+they run the checks that need no data, and text-data versions of the checks that do.
+
+One table, :data:`EXPECTED_FAILED_CHECKS`, lists every check expected to fail, per
+configuration, with its reason; the marks are strict, so a check that starts passing
+fails the suite until its entry is removed.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_texts
+from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import estimator_checks as ec
+from sklearn.utils.estimator_checks import (
+    estimator_checks_generator,
+    parametrize_with_checks,
+)
+from torch import nn
+
+from sktransfer import (
+    ImageEmbedder,
+    PretrainedImageClassifier,
+    PretrainedTextClassifier,
+    TextEmbedder,
+)
+
+
+def _vector_backbone():
+    """A backbone of numeric vectors of any width: the 2-D test configuration."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyLinear(32), nn.Tanh())
+
+
+FINE_TUNE = dict(freeze_depth=0, max_epochs=2, batch_size=64, lr=1e-2, early_stopping=False)
+
+
+class _TwoDTaggedImageEmbedder(ImageEmbedder):
+    """``ImageEmbedder`` whose tags admit the 2-D input it takes with a module backbone.
+
+    The only change: ``EmbedderBase.__sklearn_tags__`` says ``two_d_array=False`` for
+    every backbone, which makes scikit-learn skip every check
+    (:func:`test_image_embedder_tags_admit_vector_input` tracks that bug). The backbone
+    is parameter-free: the embedder cannot take a lazy module yet
+    (:func:`test_image_embedder_takes_a_lazy_backbone`).
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = isinstance(self.backbone, nn.Module)
+        return tags
+
+
+def _label(est):
+    kind = "frozen" if getattr(est, "freeze_depth", "all") == "all" else "fine-tuning"
+    name = type(est).__name__.lstrip("_").replace("TwoDTagged", "")
+    return f"{name}[{kind}]"
+
+
+_FLOAT32_SUMS = (
+    "fine-tuning runs in float32: the weighted mean loss over 15 rows and the plain mean "
+    "over their ~27 repetitions are equal in exact arithmetic but round differently, so "
+    "the probabilities differ by ~4e-8 after two epochs (measured), over the check's "
+    "rtol=1e-7, atol=1e-9; they agree to float32 rounding, and unweighted they do not "
+    "(test_fine_tuning_sample_weight_equals_repetition_to_float32_rounding). The frozen "
+    "configuration (float64 head) passes this check"
+)
+
+# {configuration: {check name: reason}}; "bug:" reasons name the file to fix, the others
+# are deliberate behaviour a reviewer can weigh.
+EXPECTED_FAILED_CHECKS = {
+    "PretrainedImageClassifier[fine-tuning]": {
+        "check_sample_weight_equivalence_on_dense_data": _FLOAT32_SUMS,
+    },
+    "ImageEmbedder[frozen]": {
+        "check_transformer_preserve_dtypes": (
+            "transform returns float32 whatever X's dtype (DESIGN: '(n, d) float32', the "
+            "network's dtype); bug: embedder.py declares no "
+            "transformer_tags.preserves_dtype, so scikit-learn assumes float64 is kept"
+        ),
+        "check_param_validation": (
+            "bug: image.py gives ImageEmbedder the classifier's _IMAGE_CONSTRAINTS, which "
+            "also constrain augment, tta and train_bn, parameters it does not have"
+        ),
+    },
+}
+
+
+def _expected_failures(est):
+    return EXPECTED_FAILED_CHECKS.get(_label(est), {})
+
+
+IMAGE_ESTIMATORS = [
+    PretrainedImageClassifier(_vector_backbone(), random_state=0),
+    PretrainedImageClassifier(_vector_backbone(), random_state=0, **FINE_TUNE),
+    _TwoDTaggedImageEmbedder(nn.Sequential(nn.Tanh())),
+]
+
+
+@parametrize_with_checks(
+    IMAGE_ESTIMATORS, expected_failed_checks=_expected_failures, xfail_strict=True
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_multilabel_checks_are_generated_for_the_classifiers():
+    """A 2-D 0/1 ``y`` is a multi-label fit (DESIGN); scikit-learn generates its four
+    ``check_classifiers_multilabel_*`` checks only for ``classifier_tags.multi_label``."""
+    for est in IMAGE_ESTIMATORS:
+        if not is_classifier(est):
+            continue
+        names = {ec._check_name(check) for _, check in estimator_checks_generator(est)}
+        multilabel = {n for n in names if n.startswith("check_classifiers_multilabel_")}
+        assert len(multilabel) == 4, f"{_label(est)}: {sorted(multilabel)}"
+
+
+def test_fine_tuning_sample_weight_equals_repetition_to_float32_rounding():
+    """Backs the expected failure above with the check's own data."""
+    rng = np.random.RandomState(42)
+    X, y, sw = rng.rand(15, 30), rng.randint(0, 3, 15), rng.randint(0, 5, 15)
+
+    def proba(X_fit, y_fit, weights=None):
+        est = PretrainedImageClassifier(_vector_backbone(), random_state=0, **FINE_TUNE)
+        return est.fit(X_fit, y_fit, sample_weight=weights).predict_proba(X)
+
+    weighted = proba(X, y, sw)
+    repeated = proba(X.repeat(sw, axis=0), y.repeat(sw))
+    unweighted = proba(X[sw > 0], y[sw > 0])
+    assert np.abs(weighted - repeated).max() < 1e-6
+    assert np.abs(weighted - unweighted).max() > 1e-3
+
+
+# ---------------------------------------------------------------- checks that need no data
+# scikit-learn runs check_param_validation in its own test suite, not in the generator.
+DATA_FREE_CHECKS = [
+    ec.check_estimator_cloneable,
+    ec.check_estimator_repr,
+    ec.check_estimator_tags_renamed,
+    ec.check_valid_tag_types,
+    ec.check_no_attributes_set_in_init,
+    ec.check_parameters_default_constructible,
+    ec.check_get_params_invariance,
+    ec.check_set_params,
+    ec.check_do_not_raise_errors_in_init_or_set_params,
+    ec.check_mixin_order,
+    ec.check_param_validation,  # every constraint rejects a bad type and a bad value in fit
+]
+
+
+def _data_free_cases():
+    estimators = [
+        *IMAGE_ESTIMATORS[:2],
+        ImageEmbedder(nn.Sequential(nn.Tanh())),
+        PretrainedTextClassifier("unused/model/dir"),  # never loaded: no check fits
+        TextEmbedder("unused/model/dir"),
+    ]
+    cases = []
+    for est in estimators:
+        for check in DATA_FREE_CHECKS:
+            reason = _expected_failures(est).get(check.__name__)
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            cases.append(
+                pytest.param(est, check, marks=marks, id=f"{_label(est)}-{check.__name__}")
+            )
+    return cases
+
+
+@pytest.mark.parametrize("estimator, check", _data_free_cases())
+def test_checks_that_need_no_data(estimator, check):
+    check(type(estimator).__name__, estimator)
+
+
+# ---------------------------------------------------------------- text data
+# What the data-needing checks assert, on the texts the text estimators take.
+def _text_estimators(path):
+    return [
+        PretrainedTextClassifier(path, random_state=0),
+        PretrainedTextClassifier(path, random_state=0, max_length=16, **FINE_TUNE),
+        TextEmbedder(path, max_length=16),
+    ]
+
+
+def _outputs(est, X):
+    if hasattr(est, "predict_proba"):
+        return est.predict_proba(X)
+    return est.predict(X) if is_regressor(est) else est.transform(X)
+
+
+@pytest.fixture(scope="module")
+def text_data():
+    texts, labels = make_texts(n=40, seed=1)
+    return np.asarray(texts, dtype=object), labels
+
+
+@pytest.mark.parametrize("index", range(3), ids=["classifier", "fine-tuning", "embedder"])
+def test_text_estimator_checks(tiny_bert_dir, text_data, index):
+    est = _text_estimators(tiny_bert_dir)[index]
+    X, y = text_data
+    params = clone(est).get_params()
+    # check_estimators_unfitted
+    with pytest.raises(NotFittedError):
+        _outputs(est, X[:2])
+    # check_estimators_fit_returns_self, check_dont_overwrite_parameters
+    assert est.fit(X, y) is est
+    assert est.get_params() == params
+    public = {k for k in vars(est) if not k.startswith("_")}
+    assert public - set(params) == {k for k in public - set(params) if k.endswith("_")}
+    # check_n_features_in_after_fitting: strings have no feature count
+    assert not hasattr(est, "n_features_in_")
+    # check_dict_unchanged
+    before = dict(vars(est))
+    out = _outputs(est, X)
+    assert vars(est).keys() == before.keys()
+    assert all(vars(est)[k] is before[k] for k in before)
+    # check_methods_subset_invariance, check_methods_sample_order_invariance
+    np.testing.assert_allclose(_outputs(est, X[10:20]), out[10:20], rtol=1e-6, atol=1e-7)
+    order = np.random.RandomState(0).permutation(len(X))
+    np.testing.assert_allclose(_outputs(est, X[order]), out[order], rtol=1e-6, atol=1e-7)
+    # check_estimators_pickle
+    np.testing.assert_array_equal(_outputs(pickle.loads(pickle.dumps(est)), X), out)
+    # check_fit_idempotent
+    np.testing.assert_allclose(_outputs(clone(est).fit(X, y), X), out, rtol=1e-6, atol=1e-7)
+    # check_estimators_empty_data_messages, check_fit2d_1sample-style refusal names the issue
+    with pytest.raises(ValueError):
+        clone(est).fit(X[:0], y[:0])
+
+
+# ---------------------------------------------------------------- known bugs, tracked
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: embedder.py EmbedderBase.__sklearn_tags__ sets two_d_array=False for a "
+    "torch.nn.Module backbone, though _ImageInput takes 2-D vectors with one (the "
+    "classifier's base says True); scikit-learn then runs no check on it",
+)
+def test_image_embedder_tags_admit_vector_input():
+    est = ImageEmbedder(_vector_backbone())
+    X = np.random.RandomState(0).normal(size=(6, 5))
+    assert est.fit_transform(X).shape[0] == 6  # it does take vectors
+    assert est.__sklearn_tags__().input_tags.two_d_array
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="bug: embedder.py EmbedderBase._features hashes the backbone's parameters for "
+    "the cache key before any forward materialises a LazyLinear/LazyConv2d "
+    "(uninitialized parameter); PretrainedEstimatorBase._new_net runs one forward first",
+)
+def test_image_embedder_takes_a_lazy_backbone():
+    X = np.random.RandomState(0).normal(size=(6, 5))
+    assert ImageEmbedder(_vector_backbone()).fit_transform(X).shape == (6, 32)
