@@ -203,6 +203,44 @@ def test_predict_multi_label_lists_labels(multi_label_model, texts, tmp_path, ca
     assert list(_rows(out)[0]) == ["id", "prediction"]
 
 
+@pytest.fixture(scope="module")
+def regressor_models(tiny_bert_dir, texts, tmp_path_factory):
+    from sktransfer import PretrainedTextRegressor
+
+    X, labels = texts
+    score = np.where(labels == "pos", 1000.0, 900.0) + np.arange(len(X))
+    models = {}
+    for name, y in [("1d", score), ("2d", np.stack([score, -score / 7, np.ones(len(X))], 1))]:
+        reg = PretrainedTextRegressor(tiny_bert_dir, random_state=0).fit(X, y)
+        path = tmp_path_factory.mktemp("models") / f"reg_{name}.skt"
+        sktransfer.save(reg, path)
+        models[name] = reg, str(path)
+    return models
+
+
+@pytest.mark.parametrize("name", ["1d", "2d"])
+def test_predict_regressor_values(regressor_models, texts, tmp_path, capsys, name):
+    reg, model = regressor_models[name]
+    lines = texts[0][:12]
+    data = "\n".join(lines[:2]).encode() + b"\n\xff broken\n" + "\n".join(lines[2:]).encode()
+    (tmp_path / "in.txt").write_bytes(data + b"\n")
+    code, out, err = _run(["predict", model, tmp_path / "in.txt"], capsys)
+    assert code == 1 and "in.txt:3" in err
+    rows = _rows(out)
+    columns = ["prediction"] if name == "1d" else ["prediction_0", "prediction_1", "prediction_2"]
+    assert list(rows[0]) == ["id", *columns]
+    assert all(rows[2][c] == "" for c in columns)
+    good = rows[:2] + rows[3:]
+    values = np.array([[float(r[c]) for c in columns] for r in good])
+    expected = reg.predict(lines).reshape(len(lines), -1)
+    # (not bit-equal: the CLI batches the good items of each batch, uncached)
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    assert 850 < values[:, 0].min() and values[:, 0].max() < 1200  # original units
+    assert max(len(r[columns[0]]) for r in good) > 8  # more than %.6g would keep
+    code, out, err = _run(["predict", model, tmp_path / "in.txt", "--proba"], capsys)
+    assert code == 2 and out == "" and "--proba needs a classifier" in err
+
+
 def test_predict_refuses_a_model_without_predictions(digits_small, tmp_path, capsys):
     from conftest import make_cnn
 

@@ -144,3 +144,29 @@ def test_empty_partitions_keep_the_meta(multi_label_clf, bert_clf, texts):
         labels = predict_dask(bert_clf, empty, column="text").compute()
     assert pred.shape == (0, 3) and list(pred.columns)[0] == "prediction_0"
     assert labels.shape == (0,) and labels.name == "prediction"
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_regressor_series_or_frame(tiny_bert_dir, texts, two_d):
+    from sktransfer import PretrainedTextRegressor
+
+    X = texts[0][:40]
+    y = np.where(texts[1][:40] == "pos", 3.0, -1.0) + np.linspace(0, 1, 40)
+    if two_d:
+        y = np.stack([y, 10 * y], axis=1)
+    reg = PretrainedTextRegressor(tiny_bert_dir, random_state=0).fit(X, y)
+    frame = pd.DataFrame({"text": X}, index=np.arange(40) + 5)
+    with dask.config.set(scheduler="sync"):
+        rows = predict_dask(reg, db.from_sequence(X, npartitions=2)).compute()
+        pred = predict_dask(reg, dd.from_pandas(frame, npartitions=2), column="text").compute()
+    expected = reg.predict(X)  # (partitions are other batches: float32 features move ~1e-7)
+    np.testing.assert_allclose(np.asarray(rows), expected, atol=1e-5)
+    if two_d:
+        assert isinstance(pred, pd.DataFrame)
+        assert list(pred.columns) == ["prediction_0", "prediction_1"]
+    else:
+        assert isinstance(pred, pd.Series) and pred.name == "prediction"
+    assert list(pred.index) == list(frame.index) and pred.to_numpy().dtype == np.float64
+    np.testing.assert_allclose(pred.to_numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="proba=True needs a classifier"):
+        predict_dask(reg, dd.from_pandas(frame, npartitions=1)["text"], proba=True)
