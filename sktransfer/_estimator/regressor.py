@@ -24,6 +24,11 @@ class PretrainedRegressorBase(RegressorMixin, PretrainedEstimatorBase):
     _targets = (Regression,)
     _parameter_constraints = dict(REGRESSOR_CONSTRAINTS)
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # y of shape (n, k): one head output per column
+        return tags
+
     def predict(self, X):
         """Predicted values in the units of ``y``: shape ``(n,)`` when ``fit`` saw a 1-D
         ``y``, else ``(n, n_outputs_)``.
