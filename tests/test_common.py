@@ -208,6 +208,7 @@ def _text_estimators(path):
     return [
         PretrainedTextClassifier(path, random_state=0),
         PretrainedTextClassifier(path, random_state=0, max_length=16, **FINE_TUNE),
+        PretrainedTextClassifier(path, random_state=0),  # y: a 0/1 indicator matrix
         PretrainedTextRegressor(path, random_state=0),
         PretrainedTextRegressor(path, random_state=0, max_length=16, **FINE_TUNE),
         TextEmbedder(path, max_length=16),
@@ -217,6 +218,7 @@ def _text_estimators(path):
 TEXT_IDS = [
     "classifier",
     "classifier-fine-tuning",
+    "classifier-multilabel",
     "regressor",
     "regressor-fine-tuning",
     "embedder",
@@ -239,8 +241,11 @@ def text_data():
 def test_text_estimator_checks(tiny_bert_dir, text_data, index):
     est = _text_estimators(tiny_bert_dir)[index]
     X, y = text_data
+    noise = np.random.RandomState(0).normal(size=len(y))
     if is_regressor(est):
-        y = (y == "pos") + np.random.RandomState(0).normal(scale=0.1, size=len(y))
+        y = (y == "pos") + 0.1 * noise
+    elif TEXT_IDS[index] == "classifier-multilabel":
+        y = np.column_stack([y == "pos", noise > 0, y == "neg"]).astype(int)
     params = clone(est).get_params()
     # check_estimators_unfitted
     with pytest.raises(NotFittedError):
@@ -252,6 +257,9 @@ def test_text_estimator_checks(tiny_bert_dir, text_data, index):
     assert public - set(params) == {k for k in public - set(params) if k.endswith("_")}
     # check_n_features_in_after_fitting: strings have no feature count
     assert not hasattr(est, "n_features_in_")
+    if np.ndim(y) == 2 and is_classifier(est):  # check_classifiers_multilabel_output_format_*
+        assert est.predict(X).shape == y.shape and est.predict(X).dtype == y.dtype
+        assert est.predict_proba(X).shape == y.shape
     # check_dict_unchanged
     before = dict(vars(est))
     out = _outputs(est, X)
