@@ -270,3 +270,20 @@ def test_frozen_cpu_models_share_the_registry_template_and_never_change_it(digit
     fresh = resolve_backbone(name, "image")
     assert all(p.requires_grad for _, blk in fresh.blocks for p in blk.parameters())
     assert all(m.training for _, blk in fresh.blocks for m in blk.modules())
+
+
+def test_lru_evicts_least_recently_used_within_its_limit():
+    from sktransfer.cache.lru import LRU
+
+    lru = LRU(10, sizeof=len)
+    lru.put("a", "xxxx")
+    lru.put("b", "xxxx")
+    assert lru.get("a") == "xxxx"  # refreshes a: b is now the oldest
+    lru.put("c", "xxxx")  # 12 > 10: evict b
+    assert "b" not in lru and "a" in lru and "c" in lru
+    assert lru.size == 8 and lru.evictions == 1
+    lru.put("huge", "x" * 11)  # never fits: not stored, nothing evicted for it
+    assert "huge" not in lru and len(lru) == 2
+    lru.limit = 4
+    lru.trim()
+    assert list(lru.data) == ["c"] and lru.evictions == 2

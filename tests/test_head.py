@@ -54,7 +54,7 @@ def test_reaches_logistic_regression_optimum(n, d, k):
 def test_wide_features_solve_in_the_row_space():
     X, y = _problem(40, 200, 3)
     _fit(X, y, 3)
-    ((mu, Z, Q),) = head._BASES.values()
+    ((mu, Z, Q),) = head._BASES.data.values()
     assert Q.shape == (200, 40) and Z.shape == (40, 40)
     np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-10)
     np.testing.assert_allclose(mu, X.mean(axis=0))

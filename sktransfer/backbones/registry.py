@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from sktransfer.backbones._base import Backbone
+from sktransfer.cache.lru import LRU
 
 DEFAULTS = {"image": "efficientnet_lite0", "text": "all-MiniLM-L6-v2"}
 
@@ -163,8 +163,7 @@ def resolve_backbone(spec, modality, *, weights="default", share=False) -> Backb
     return backbone
 
 
-_TEMPLATES: OrderedDict = OrderedDict()
-_MAX_TEMPLATES = 3
+_TEMPLATES = LRU(3)  # the last loaded backbones
 
 
 def _weights_key(weights):
@@ -214,10 +213,7 @@ def _cached_load(key, load, share=False) -> Backbone:
             [p.requires_grad for m in modules for p in m.parameters()],
             [sub.training for m in modules for sub in m.modules()],
         )
-        _TEMPLATES[key] = template
-        while len(_TEMPLATES) > _MAX_TEMPLATES:
-            _TEMPLATES.popitem(last=False)
-    _TEMPLATES.move_to_end(key)
+        _TEMPLATES.put(key, template)
     modules = [m for _, m in template.blocks] + [template.pool]
     if share:
         copies = modules

@@ -24,12 +24,12 @@ import json
 import os
 import tempfile
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
 
 from sktransfer.cache.keys import digest
+from sktransfer.cache.lru import LRU
 from sktransfer.io.atomic import atomic_write
 
 _MAGIC = b"SKTC1\n"
@@ -93,7 +93,8 @@ def set_config(*, cache=None, cache_dir=None, cache_max_bytes=None):
             if int(cache_max_bytes) < 0:
                 raise ValueError(f"cache_max_bytes must be >= 0, got {cache_max_bytes}")
             _CONFIG["cache_max_bytes"] = int(cache_max_bytes)
-            _MEMORY.evict()
+            _MEMORY.limit = _CONFIG["cache_max_bytes"]
+            _MEMORY.trim()
 
 
 def get_config() -> dict:
@@ -123,7 +124,8 @@ def cache_info() -> dict:
     from sktransfer.training import heads
 
     with _LOCK:
-        info = {**_STATS, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
+        info = {**_STATS, "evictions": _MEMORY.evictions, "entries": len(_MEMORY),
+                "bytes": _MEMORY.size}  # fmt: skip
     return {**info, **heads.STATS}
 
 
@@ -134,8 +136,8 @@ def clear_cache(*, disk=False) -> None:
 
     heads.clear_memo()
     with _LOCK:
-        _MEMORY.data.clear()
-        _MEMORY.nbytes = 0
+        _MEMORY.clear()
+        _MEMORY.evictions = 0
         for k in _STATS:
             _STATS[k] = 0
         if disk and _CONFIG["cache_dir"]:
@@ -151,34 +153,7 @@ def count_forwards(n: int) -> None:
 
 
 # --------------------------------------------------------------------------- tiers
-class _MemoryLRU:
-    def __init__(self):
-        self.data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.nbytes = 0
-
-    def get(self, key):
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
-
-    def put(self, key, value):
-        if key in self.data:
-            self.nbytes -= self.data.pop(key).nbytes
-        if value.nbytes > _CONFIG["cache_max_bytes"]:
-            return
-        self.data[key] = value
-        self.nbytes += value.nbytes
-        self.evict()
-
-    def evict(self):
-        while self.nbytes > _CONFIG["cache_max_bytes"] and self.data:
-            _, old = self.data.popitem(last=False)
-            self.nbytes -= old.nbytes
-            _STATS["evictions"] += 1
-
-
-_MEMORY = _MemoryLRU()
+_MEMORY = LRU(_CONFIG["cache_max_bytes"], sizeof=lambda value: value.nbytes)
 
 
 def _disk_path(cache_dir, key):

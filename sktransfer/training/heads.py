@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from sktransfer.cache.lru import LRU
+
 SINGLE_THREAD_FLOPS = 5e7  # n * d * k up to which the solver uses one BLAS thread
 QR_SINGLE_THREAD_FLOPS = 1e9  # n * n * d up to which the QR uses one BLAS thread
 MEMO_SIZE = 64  # solutions kept (each k * (d + 1) floats: ~100 KB for 10 classes x 1280)
 BASIS_SIZE = 8  # row-space bases kept, one per CV fold (each (n + d) * n floats)
 
-_MEMO: OrderedDict = OrderedDict()
-_BASES: OrderedDict = OrderedDict()
+_MEMO = LRU(MEMO_SIZE)
+_BASES = LRU(BASIS_SIZE)
 _LOCK = threading.Lock()
 STATS = {"head_solves": 0, "head_hits": 0}
 
@@ -86,7 +87,6 @@ def _coordinates(X, w, xw_key):
     with _LOCK:
         hit = _BASES.get(xw_key)
         if hit is not None:
-            _BASES.move_to_end(xw_key)
             return hit
     d = X.shape[1]
     mu = (w @ X) / w.sum()
@@ -102,9 +102,7 @@ def _coordinates(X, w, xw_key):
     if Q is None:  # centring alone: O(n d) to redo, not worth holding a copy of X
         return mu, Z, Q
     with _LOCK:
-        _BASES[xw_key] = (mu, Z, Q)
-        while len(_BASES) > BASIS_SIZE:
-            _BASES.popitem(last=False)
+        _BASES.put(xw_key, (mu, Z, Q))
     return mu, Z, Q
 
 
@@ -144,7 +142,6 @@ def fit_linear_head(
     with _LOCK:
         hit = _MEMO.get(key)
         if hit is not None:
-            _MEMO.move_to_end(key)
             STATS["head_hits"] += 1
     if hit is not None:
         W, b, info = hit
@@ -157,9 +154,7 @@ def fit_linear_head(
     b = b - W @ mu
     with _LOCK:
         STATS["head_solves"] += 1
-        _MEMO[key] = (W, b, info)
-        while len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
+        _MEMO.put(key, (W, b, info))
     return _as_head(W, b, d, n_classes), dict(info)
 
 
@@ -245,7 +240,6 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     with _LOCK:
         hit = _MEMO.get(key)
         if hit is not None:
-            _MEMO.move_to_end(key)
             STATS["head_hits"] += 1
     if hit is not None:
         W, b, info = hit
@@ -273,7 +267,5 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     info = {"train_loss": float(w @ (resid**2).mean(axis=1) / w_sum), "n_iter": 1}
     with _LOCK:
         STATS["head_solves"] += 1
-        _MEMO[key] = (B, b, info)
-        while len(_MEMO) > MEMO_SIZE:
-            _MEMO.popitem(last=False)
+        _MEMO.put(key, (B, b, info))
     return _as_head(B, b, d, k), dict(info)
