@@ -12,9 +12,8 @@ from scipy import sparse
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from sktransfer._estimator.classifier import PretrainedClassifierBase
+from sktransfer._estimator.classifier import CLASSIFIER_CONSTRAINTS, PretrainedClassifierBase
 from sktransfer._estimator.embedder import EmbedderBase
-from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
 from sktransfer.data import ImageDataset, check_images
 from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
@@ -213,7 +212,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
     (2,)
     """
 
-    _parameter_constraints = {**COMMON_CONSTRAINTS, **_IMAGE_CONSTRAINTS}
+    _parameter_constraints = {**CLASSIFIER_CONSTRAINTS, **_IMAGE_CONSTRAINTS}
 
     def __init__(
         self,

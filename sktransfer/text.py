@@ -9,9 +9,8 @@ import os
 
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from sktransfer._estimator.classifier import PretrainedClassifierBase
+from sktransfer._estimator.classifier import CLASSIFIER_CONSTRAINTS, PretrainedClassifierBase
 from sktransfer._estimator.embedder import EmbedderBase
-from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
 from sktransfer.data import TextDataset, check_texts, make_text_collate
 
@@ -106,7 +105,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         As for :class:`~sktransfer.PretrainedImageClassifier`.
     """
 
-    _parameter_constraints = {**COMMON_CONSTRAINTS, **_TEXT_CONSTRAINTS}
+    _parameter_constraints = {**CLASSIFIER_CONSTRAINTS, **_TEXT_CONSTRAINTS}
 
     def __init__(
         self,

@@ -155,7 +155,8 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             The targets (see the class docstring).
         sample_weight : array-like of shape (n_samples,), default=None
-            Per-sample weights applied to the loss (multiplied by ``class_weight``).
+            Per-sample weights applied to the head's objective and the loss (a
+            classifier multiplies them by ``class_weight``); non-negative.
 
         Returns
         -------

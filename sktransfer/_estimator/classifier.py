@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
+
 from sklearn.base import ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from sktransfer._estimator.base import PretrainedEstimatorBase
+from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer._estimator.targets.multi_label import MultiLabel
 from sktransfer._estimator.targets.single_label import SingleLabel
+
+#: the shared parameters plus the logistic head's C and the label weights
+CLASSIFIER_CONSTRAINTS = {
+    **COMMON_CONSTRAINTS,
+    "C": [Interval(numbers.Real, 0, None, closed="neither")],
+    "class_weight": [None, dict, StrOptions({"balanced"})],
+}
 
 
 class PretrainedClassifierBase(ClassifierMixin, PretrainedEstimatorBase):
@@ -19,6 +30,7 @@ class PretrainedClassifierBase(ClassifierMixin, PretrainedEstimatorBase):
     """
 
     _targets = (MultiLabel, SingleLabel)
+    _parameter_constraints = dict(CLASSIFIER_CONSTRAINTS)
 
     def predict_proba(self, X):
         """Class probabilities: ``(n_samples, n_classes)`` in ``classes_`` order.

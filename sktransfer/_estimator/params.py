@@ -1,4 +1,8 @@
-"""Constructor-parameter constraints and the validation of y, sample weights and outputs."""
+"""Shared constructor-parameter constraints; checks of sample weights, labels and outputs.
+
+The family bases add their own: the classifier's ``C`` and ``class_weight``
+(:mod:`.classifier`), the regressor's ``alpha`` (:mod:`.regressor`).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ COMMON_CONSTRAINTS = {
     "unfreeze_schedule": [None, Interval(numbers.Integral, 1, None, closed="left")],
     "l2sp_alpha": [Interval(numbers.Real, 0, None, closed="left")],
     "l2sp_beta": [Interval(numbers.Real, 0, None, closed="left")],
-    "class_weight": [None, dict, StrOptions({"balanced"})],
     "precision": [StrOptions({"auto", "fp32", "bf16"})],
     "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
     "compile": ["boolean"],
@@ -28,7 +31,6 @@ COMMON_CONSTRAINTS = {
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-    "C": [Interval(numbers.Real, 0, None, closed="neither")],
     "head_init": [StrOptions({"probe", "random"})],
     "early_stopping": ["boolean"],
     "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],

@@ -11,9 +11,9 @@ from sktransfer._estimator.base import PretrainedEstimatorBase
 from sktransfer._estimator.params import COMMON_CONSTRAINTS
 from sktransfer._estimator.targets.regression import Regression
 
-#: the shared parameters, less the classifier's head and label weights, plus the ridge's
+#: the shared parameters plus the ridge head's strength
 REGRESSOR_CONSTRAINTS = {
-    **{k: v for k, v in COMMON_CONSTRAINTS.items() if k not in ("C", "class_weight")},
+    **COMMON_CONSTRAINTS,
     "alpha": [Interval(numbers.Real, 0, None, closed="left")],
 }
 
