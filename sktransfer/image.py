@@ -20,16 +20,19 @@ from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
 from sktransfer.inputs.pixels import StackPixels
 from sktransfer.training.batches import ArrayDataset
 
-_IMAGE_CONSTRAINTS = {
+_EMBEDDER_CONSTRAINTS = {
     "backbone": "no_validation",
     "weights": [None, str, os.PathLike],
     "image_size": [None, Interval(numbers.Integral, 8, None, closed="left")],
-    "augment": [None, StrOptions(set(PRESETS)), callable],
-    "tta": [None, Interval(numbers.Integral, 0, None, closed="left")],
-    "train_bn": ["boolean"],
     "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
     "cache_dir": [None, str, os.PathLike],
+}
+_IMAGE_CONSTRAINTS = {  # the estimators with a head: also augmentation and BatchNorm
+    **_EMBEDDER_CONSTRAINTS,
+    "augment": [None, StrOptions(set(PRESETS)), callable],
+    "tta": [None, Interval(numbers.Integral, 0, None, closed="left")],
+    "train_bn": ["boolean"],
 }
 
 
@@ -511,7 +514,7 @@ class ImageEmbedder(_ImageInput, EmbedderBase):
     (4, 8)
     """
 
-    _parameter_constraints = dict(_IMAGE_CONSTRAINTS)
+    _parameter_constraints = dict(_EMBEDDER_CONSTRAINTS)
 
     def __init__(
         self,

@@ -169,8 +169,8 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
             check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
         target = self._target_for(y)
-        encoded = target.encode(self, y, len(items))
         sw = check_weights(sample_weight, len(items))
+        encoded = target.encode(self, y, len(items), sw)
         if encoded.weights is not None:
             sw = sw * encoded.weights
         backbone = self._resolve_backbone(share=self._shares_template(device))

@@ -61,8 +61,9 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         }
         try:
             vars(self).update(fitted)
-            if self.n_features_out_ is None:  # a user module: one forward pass tells
-                self.n_features_out_ = self._features(items[:1], kind).shape[1]
+            if self.n_features_out_ is None:  # a user module: one uncached forward tells
+                # (and materialises lazy modules before any digest of their weights)
+                self.n_features_out_ = self._features(items[:1], kind, use_cache=False).shape[1]
         except BaseException:
             for attr in fitted:
                 vars(self).pop(attr, None)
@@ -79,7 +80,7 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         items, kind = self._check_X(X, fitting=False)
         return self._features(items, kind)
 
-    def _features(self, items, kind):
+    def _features(self, items, kind, use_cache=True):
         device = resolve_device(self.device)
         net, prep = self.module_.to(device), self.preprocessing_
         channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry
@@ -95,6 +96,9 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
             with torch.random.fork_rng(devices=[]):
                 return run_blocks(net, loader, device, channels_last=channels_last)
 
+        if not use_cache:
+            rows = compute(list(range(len(items))))
+            return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
         namespace = block_namespace(net, len(net.blocks), prep, kind, channels_last=channels_last)
         keys = sample_keys(items, "text" if kind == "text" else "image")
         rows = lookup(namespace, keys, compute, cache_dir=self.cache_dir)
@@ -108,8 +112,12 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
+        # a user nn.Module backbone of an image embedder takes numeric vectors (n, d) too
+        tags.input_tags.two_d_array = self._modality == "image" and isinstance(
+            self.backbone, nn.Module
+        )
         tags.input_tags.three_d_array = self._modality == "image"
         tags.input_tags.string = self._modality == "text"
         tags.requires_fit = True
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the network's dtype, always
         return tags

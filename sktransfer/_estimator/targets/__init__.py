@@ -44,7 +44,9 @@ class Target:
     name = ""
     metric = ""  # history_ key of the validation metric, e.g. "valid_acc"
 
-    def encode(self, est, y, n_samples) -> Encoded:  # pragma: no cover - abstract
+    def encode(self, est, y, n_samples, sample_weight=None) -> Encoded:  # pragma: no cover
+        """Validate ``y`` and encode it; ``sample_weight`` (validated, or None) lets a
+        target scale ``y`` as the weighted objective sees it."""
         raise NotImplementedError
 
     @staticmethod

@@ -64,7 +64,7 @@ class MultiLabel(Target):
         arr = _as_matrix(y)
         return arr is not None and arr.shape[1] >= 2
 
-    def encode(self, est, y, n_samples):
+    def encode(self, est, y, n_samples, sample_weight=None):
         arr = _as_matrix(y)
         if len(arr) != n_samples:
             raise ValueError(f"X has {n_samples} samples but y has {len(arr)} rows")

@@ -85,10 +85,11 @@ class Regression(Target):
     name = "regression"
     metric = "valid_r2"
 
-    def encode(self, est, y, n_samples):
+    def encode(self, est, y, n_samples, sample_weight=None):
         values, ndim = check_targets(y, n_samples)
-        mean = values.mean(axis=0)
-        scale = values.std(axis=0)
+        # weighted moments: a sample of weight 2 scales y as two copies of it would
+        mean = np.average(values, axis=0, weights=sample_weight)
+        scale = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=sample_weight))
         tiny = scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
         scale[tiny] = 1.0  # a constant output: centred only
         attrs = {"y_mean_": mean, "y_scale_": scale, "y_ndim_": int(ndim)}

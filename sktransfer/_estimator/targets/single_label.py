@@ -18,7 +18,7 @@ class SingleLabel(Target):
     name = "single_label"
     metric = "valid_acc"
 
-    def encode(self, est, y, n_samples):
+    def encode(self, est, y, n_samples, sample_weight=None):
         y = check_labels(y, n_samples)
         encoder = LabelEncoder().fit(y)
         classes = encoder.classes_
