@@ -151,9 +151,15 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
 
         Parameters
         ----------
-        X : images or texts (see the class docstring)
+        X : list, array, Series or single-column DataFrame
+            Images — file paths, PIL images, uint8 or [0, 1] float arrays of any size
+            (:func:`sktransfer.data.check_images`) — or texts (``str``). With a
+            ``torch.nn.Module`` image backbone, a 2-D numeric array is passed to it as
+            vectors.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            The targets (see the class docstring).
+            Classifiers: one label of any dtype per sample, or a 2-D 0/1 indicator
+            matrix (multi-label; ``classes_`` is then ``arange(n_outputs)``).
+            Regressors: real values, one column per output.
         sample_weight : array-like of shape (n_samples,), default=None
             Per-sample weights applied to the head's objective and the loss (a
             classifier multiplies them by ``class_weight``); non-negative.

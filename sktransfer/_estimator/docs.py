@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import textwrap
 
 #: numpydoc's section titles (``numpydoc.docscrape.NumpyDocString.sections``)
 SECTION_TITLES = (
@@ -289,7 +288,7 @@ def parameters_section(init, *, overrides=None, indent="") -> str:
         if p.default is not p.empty:
             head += f", default={format_default(p.default)}"
         lines.append(head)
-        body = textwrap.dedent(text).strip()
+        body = inspect.cleandoc(text)  # (a first line flush with the quotes is fine)
         lines += ["    " + line if line else "" for line in body.splitlines()]
     return "\n".join(indent + line if line else "" for line in lines)
 
@@ -346,3 +345,86 @@ def parameter_names(section_body) -> list[str]:
         head = line.split(" : ", 1)[0].rstrip(":").strip()
         names += [n.strip() for n in head.split(",") if n.strip()]
     return names
+
+
+# --------------------------------------------------------------------------- per family
+_IMAGE_BACKBONE = (
+    "str, path, torch.nn.Module, fitted sktransfer image estimator or None",
+    """``None`` is the packaged offline ``"efficientnet_lite0"``. A registry name
+    (see :func:`sktransfer.list_backbones`), a ``torch.nn.Module`` (an
+    ``nn.Sequential``'s children are its blocks), or a fitted estimator whose
+    fine-tuned backbone is reused with a new head.""",
+)
+_TEXT_BACKBONE = (
+    "str, path, fitted sktransfer text estimator or None",
+    """``None`` is the packaged offline ``"all-MiniLM-L6-v2"``. A local Hugging
+    Face model directory, a hub id already in the local cache, or a fitted
+    text estimator whose fine-tuned encoder is reused with a new head.""",
+)
+_TEXT_BLOCKS = """``k >= 0``: the embeddings and the first ``k - 1`` layers frozen, the
+    rest fine-tuned (0 = full fine-tuning). ``-k``: all but the last ``k`` blocks frozen
+    (the blocks are the embeddings and each encoder layer)."""
+_IMAGE_BLOCKS = """``k >= 0``: the first ``k`` blocks frozen, the rest fine-tuned
+    (0 = full fine-tuning). ``-k``: all but the last ``k`` frozen."""
+_CLASSIFIER_HEAD = "frozen features + a logistic-regression head fitted to convergence."
+_RIDGE_HEAD = "frozen features + a ridge head solved exactly."
+
+_REGRESSOR = {
+    "head_init": (
+        '{"probe", "random"}',
+        """Before fine-tuning, start the head from the ridge solution on frozen
+        features ("probe", LP-FT) or from a random init.""",
+    ),
+    "early_stopping": (
+        "bool",
+        """Hold out ``validation_fraction`` (not stratified) while fine-tuning, stop after
+        ``n_iter_no_change`` epochs without a better validation loss and restore the best
+        epoch's weights (flagged ``best`` in ``history_``).""",
+    ),
+    "verbose": (
+        "int",
+        """0 prints nothing; 1 shows tqdm progress bars (stderr) for feature
+        extraction and epochs, and an epoch table (stdout: train loss, valid
+        loss, valid R², lr, time).""",
+    ),
+    "tta": (
+        "int or None",
+        """Test-time augmentation: the predictions of ``tta`` deterministic extra
+        views (flip, shifted crops) are averaged with the image's own.""",
+    ),
+}
+_EMBEDDER_BATCH = ("int", "Inference batch size.")
+
+
+def _freeze(head, blocks):
+    return ('"all" or int', f'``"all"``: {head}\n    {blocks}')
+
+
+#: the overrides of the shared parameter text, per public class
+OVERRIDES = {
+    "PretrainedImageClassifier": {
+        "backbone": _IMAGE_BACKBONE,
+        "freeze_depth": _freeze(_CLASSIFIER_HEAD, _IMAGE_BLOCKS),
+    },
+    "PretrainedImageRegressor": {
+        "backbone": _IMAGE_BACKBONE,
+        "freeze_depth": _freeze(_RIDGE_HEAD, _IMAGE_BLOCKS),
+        **_REGRESSOR,
+    },
+    "ImageEmbedder": {"backbone": _IMAGE_BACKBONE, "batch_size": _EMBEDDER_BATCH},
+    "PretrainedTextClassifier": {
+        "backbone": _TEXT_BACKBONE,
+        "freeze_depth": _freeze(_CLASSIFIER_HEAD, _TEXT_BLOCKS),
+    },
+    "PretrainedTextRegressor": {
+        "backbone": _TEXT_BACKBONE,
+        "freeze_depth": _freeze(_RIDGE_HEAD, _TEXT_BLOCKS),
+        **{k: v for k, v in _REGRESSOR.items() if k != "tta"},
+    },
+    "TextEmbedder": {"backbone": _TEXT_BACKBONE, "batch_size": _EMBEDDER_BATCH},
+}
+
+
+def documented(cls):
+    """Class decorator: :func:`document_parameters` with the class's :data:`OVERRIDES`."""
+    return document_parameters(cls, overrides=OVERRIDES.get(cls.__name__, {}))
