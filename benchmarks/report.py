@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import plots
+from benchmarks import figures, plots
 from benchmarks._harness import (
     RESULTS_DIR,
     _atomic_write_text,
@@ -203,7 +203,10 @@ def generate(
         images[label] = plots.make_plots(path, img_dir, prefix=f"{label}_" if label else "")
     text = docs_path.read_text(encoding="utf-8") if docs_path.exists() else "# Benchmarks\n"
     _atomic_write_text(docs_path, splice(text, render(results_root, images, docs_path.parent)))
-    return [docs_path] + [p for found in images.values() for p in found.values()]
+    written = [docs_path] + [p for found in images.values() for p in found.values()]
+    if results_root.resolve() == Path(RESULTS_DIR).resolve() and docs_path == DOCS_MD:
+        written += figures.fill_pages(results_root)  # the figures in README and docs prose
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

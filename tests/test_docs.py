@@ -1,4 +1,5 @@
-"""Code blocks in docs/*.md run as tests, in order, one namespace per page."""
+"""Docs stay true: code blocks run (each on its own), the generated page and the prose
+figures match the recorded results, embedded images exist."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ PAGES = ["guide.md"]
 @pytest.mark.packaged
 @pytest.mark.parametrize("page", PAGES)
 def test_doc_code_blocks_run(page, capsys):
+    """Each block runs on its own (a fresh namespace): a reader can copy any one of them."""
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
     assert blocks
-    namespace: dict = {}
     for i, block in enumerate(blocks):
-        exec(compile(block, f"{page} block {i}", "exec"), namespace)
+        exec(compile(block, f"{page} block {i}", "exec"), {})
     out = capsys.readouterr().out
     assert "True" in out  # the grid search ran the backbone once per sample
     assert "embedding0" in out
@@ -56,3 +57,36 @@ def test_benchmarks_page_is_generated_from_the_results():
 def test_doc_images_exist(page):
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (DOCS / page).read_text()):
         assert (DOCS / target).is_file(), f"{page} embeds a missing image: {target}"
+
+
+def _figures():
+    import sys
+
+    sys.path.insert(0, str(DOCS.parent))  # the repo root: `benchmarks` is not installed
+    from benchmarks import figures
+
+    return figures
+
+
+@pytest.mark.parametrize("page", ["README.md"] + sorted(p.name for p in DOCS.glob("*.md")))
+def test_prose_figures_come_from_the_results(page):
+    """Every measured number in README/docs sits in a figure marker that matches the
+    recorded results (``python -m benchmarks.report`` rewrites them); no hand-typed one."""
+    figures = _figures()
+    path = DOCS.parent / page if page == "README.md" else DOCS / page
+    text = path.read_text()
+    assert figures.unmarked_figures(text) == [], "type figures as <!-- fig bench:metric -->"
+    assert figures.fill(text, figures.results_table()) == text, "run python -m benchmarks.report"
+
+
+def test_the_figure_check_catches_typed_numbers():
+    figures = _figures()
+    assert figures.unmarked_figures("scoring took 3.2x longer, 41 ms, 12 MB, -0.5 pt") == [
+        "3.2x", "41 ms", "12 MB", "0.5 pt",
+    ]  # fmt: skip
+    assert figures.unmarked_figures("`batch 64 at 1.5x`, ```\n9.9 s\n```, 64 MiB") == []
+    marked = "<!-- fig cli:corrupt_vs_clean_time_ratio .2f -->9.99<!-- /fig -->x"
+    table = {"cli:corrupt_vs_clean_time_ratio": 0.9229}
+    assert figures.fill(marked, table) == marked.replace("9.99", "0.92")
+    with pytest.raises(KeyError, match="no recorded result"):
+        figures.fill(marked, {})
