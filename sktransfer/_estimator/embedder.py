@@ -92,7 +92,8 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
             loader = make_loader(
                 dataset, self.batch_size, Collate(self._collate(kind, prep)), device
             )
-            count_forwards(len(idx))
+            if use_cache:  # (uncached: the one-sample shape probe, not extraction)
+                count_forwards(len(idx))
             with torch.random.fork_rng(devices=[]):
                 return run_blocks(net, loader, device, channels_last=channels_last)
 
