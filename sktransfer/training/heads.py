@@ -139,23 +139,16 @@ def fit_linear_head(
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     xw_key = _digest(X, w)  # of the features as given (float32 features: half the bytes)
     key = _digest(xw_key, y, params=(n_classes, float(C), float(tol), int(max_iter)))
-    with _LOCK:
-        hit = _MEMO.get(key)
-        if hit is not None:
-            STATS["head_hits"] += 1
-    if hit is not None:
-        W, b, info = hit
-        return _as_head(W, b, d, n_classes), dict(info)
-    X = X.astype(np.float64, copy=False)
-    mu, Z, Q = _coordinates(X, w, xw_key)
-    W, b, info = _solve(Z, y, w, n_classes, C, max_iter, tol)
-    if Q is not None:
-        W = W @ Q.T
-    b = b - W @ mu
-    with _LOCK:
-        STATS["head_solves"] += 1
-        _MEMO.put(key, (W, b, info))
-    return _as_head(W, b, d, n_classes), dict(info)
+
+    def solve():
+        mu, Z, Q = _coordinates(X.astype(np.float64, copy=False), w, xw_key)
+        W, b, info = _solve(Z, y, w, n_classes, C, max_iter, tol)
+        if Q is not None:
+            W = W @ Q.T
+        return W, b - W @ mu, info
+
+    W, b, info = _memoised(key, solve)
+    return _as_head(W, b, d, n_classes), info
 
 
 def _solve(X, y, w, n_classes, C, max_iter, tol):
@@ -224,8 +217,6 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     ``info``: ``train_loss`` (the weighted mean over samples of the mean squared error
     over outputs, the fine-tuning loss's definition), ``n_iter`` (1).
     """
-    from scipy import linalg
-
     X = np.asarray(features)
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
@@ -237,14 +228,15 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     xw_key = _digest(X, w)
     key = _digest(xw_key, Y, params=("ridge", float(alpha)))
-    with _LOCK:
-        hit = _MEMO.get(key)
-        if hit is not None:
-            STATS["head_hits"] += 1
-    if hit is not None:
-        W, b, info = hit
-        return _as_head(W, b, d, k), dict(info)
-    X = X.astype(np.float64, copy=False)
+    B, b, info = _memoised(key, lambda: _solve_ridge(X.astype(np.float64, copy=False), Y, w, alpha))
+    return _as_head(B, b, d, k), info
+
+
+def _solve_ridge(X, Y, w, alpha):
+    """``(B, b, info)`` of the weighted ridge problem (see :func:`fit_ridge_head`)."""
+    from scipy import linalg
+
+    d = X.shape[1]
     w_sum = w.sum()
     x_mean, y_mean = (w @ X) / w_sum, (w @ Y) / w_sum
     keep = w > 0  # zero-weight rows add nothing to either side
@@ -265,7 +257,20 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     b = y_mean - B @ x_mean
     resid = Y - X @ B.T - b
     info = {"train_loss": float(w @ (resid**2).mean(axis=1) / w_sum), "n_iter": 1}
+    return B, b, info
+
+
+def _memoised(key, solve):
+    """``solve()``'s ``(W, b, info)``, from the memo when this problem was solved before;
+    counts ``head_hits`` / ``head_solves``. ``info`` is a fresh copy each time."""
     with _LOCK:
-        STATS["head_solves"] += 1
-        _MEMO.put(key, (B, b, info))
-    return _as_head(B, b, d, k), dict(info)
+        hit = _MEMO.get(key)
+        if hit is not None:
+            STATS["head_hits"] += 1
+    if hit is None:
+        hit = solve()
+        with _LOCK:
+            STATS["head_solves"] += 1
+            _MEMO.put(key, hit)
+    W, b, info = hit
+    return W, b, dict(info)
