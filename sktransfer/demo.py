@@ -47,8 +47,9 @@ TFIDF = "baseline: TF-IDF + LogisticRegression"
 class DemoConfig:
     """Sizes of the demo run (the defaults take about 3 minutes on 2 CPU cores).
 
-    ``None`` in a ``*_counts`` tuple is "every training example"; ``image_backbone`` /
-    ``text_backbone`` (default: the packaged models) let the tests run it on tiny networks.
+    ``None`` in a ``*_counts`` tuple is "every training example"; ``image_backbone``,
+    ``image_weights`` and ``text_backbone`` (default: the packaged pretrained models) let the
+    tests run it on small random networks.
     """
 
     image_counts: tuple = (1, 2, 5, 10, None)
@@ -73,6 +74,7 @@ class DemoConfig:
         1  # torch + BLAS; on 2 busy shared cores 2 BLAS threads fit the pixel head 30x slower
     )
     image_backbone: object = None
+    image_weights: object = "default"
     text_backbone: object = None
     random_state: int = 0
 
@@ -98,7 +100,11 @@ def _image_model(cfg, **params):
     from sktransfer import PretrainedImageClassifier
 
     return PretrainedImageClassifier(
-        cfg.image_backbone, image_size=cfg.patch_size, random_state=cfg.random_state, **params
+        cfg.image_backbone,
+        weights=cfg.image_weights,
+        image_size=cfg.patch_size,
+        random_state=cfg.random_state,
+        **params,
     )
 
 
