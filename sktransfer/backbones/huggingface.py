@@ -26,6 +26,7 @@ from torch import nn
 
 from sktransfer.backbones._base import Backbone, TextPreprocessing, TextState
 from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
 
 __all__ = ["TextPool", "backbone_from_hf_model", "load_huggingface"]
 
@@ -393,3 +394,19 @@ def load_huggingface(name_or_path, pooling=None, max_length=None, normalize=None
     )
     backbone.source = {"kind": "huggingface", "path": spec}
     return backbone
+
+
+register_source(
+    BackboneSource(
+        kind="huggingface",
+        modality="text",
+        install="included (transformers is a dependency)",
+        weights="a local save_pretrained / sentence-transformers directory, or a hub id "
+        "already in the Hugging Face cache (HF_HOME); never downloaded",
+        spec="a model directory or cached hub id",
+        claims=lambda spec, modality: (
+            modality == "text" and (os.path.isdir(spec) or looks_like_hub_id(spec))
+        ),
+        load=lambda spec, weights="default": load_huggingface(spec),
+    )
+)

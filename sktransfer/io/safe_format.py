@@ -88,8 +88,10 @@ def _check_savable(est):
             "cannot save a quantised model; save the float model and use "
             "sktransfer.load(path, quantize='dynamic')"
         )
+    from sktransfer.backbones.registry import rebuildable_kinds
+
     source = getattr(est, "backbone_source_", None)
-    if not source or source.get("kind") not in ("packaged", "torchvision", "huggingface"):
+    if not source or source.get("kind") not in rebuildable_kinds() | {"huggingface"}:
         raise TypeError(
             f"cannot save {name} safely: its backbone ({getattr(est, 'backbone_name_', '?')}, "
             f"source {source}) cannot be rebuilt without code" + _JOBLIB_HINT
@@ -170,6 +172,9 @@ def save(est, path, *, store_backbone="embed"):
     first = est.module_.blocks[0] if len(est.module_.blocks) else None
     if source.get("kind") == "torchvision" and hasattr(first, "image_size"):
         meta["arch"]["image_size"] = int(first.image_size)  # ViT: set by the weights
+    if est._modality == "image" and source.get("kind") != "packaged":
+        # lets the source refuse a named architecture far larger than the stored weights
+        meta["arch"]["weight_bytes"] = sum(t.numel() * t.element_size() for t in state.values())
     if store_backbone == "reference":
         if not _is_reference(source, store_backbone):
             raise ValueError(
@@ -265,17 +270,12 @@ def _build_net(meta, source, members, state):
         backbone = resolve_backbone(source["name"], modality, weights="default")
     elif modality == "text":
         backbone = _hf_backbone(meta, source, members, state)
-    elif kind == "torchvision":
-        from sktransfer.backbones._compat import import_torchvision
-        from sktransfer.backbones.torchvision import backbone_from_torchvision_module
+    else:  # each source leaf rebuilds its own architecture (random weights)
+        from sktransfer.backbones.registry import rebuild_backbone
 
-        kwargs = {"image_size": meta["arch"]["image_size"]} if "image_size" in meta["arch"] else {}
-        model = import_torchvision().models.get_model(source["name"], weights=None, **kwargs)
-        backbone = backbone_from_torchvision_module(model, source["name"])
-    elif kind == "packaged":
-        backbone = resolve_backbone(source["name"], modality, weights=None)
-    else:
-        raise ValueError(f"unknown backbone source {source!r}")
+        backbone = rebuild_backbone(source, meta["arch"])
+        if backbone.modality != modality:
+            raise ValueError(f"backbone source {source!r} is not a {modality} backbone")
     pool, tokenizer = backbone.pool, None
     if modality == "text":
         from sktransfer.backbones.huggingface import TextPool
