@@ -219,6 +219,9 @@ def _modality(est):
 
 
 MULTI_LABEL_SEPARATOR = ";"
+#: items per model call when ``--batch-size`` is not given: enough texts for the length
+#: sort to pad little, few enough decoded pixels in flight (each forward is a micro-batch)
+DEFAULT_CHUNK = 256
 
 
 class _Columns:
@@ -341,7 +344,7 @@ def _isatty(stream):
 
 
 def _cmd_predict(args):
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     if args.threads < 1:
         raise UsageError("--threads must be >= 1")
@@ -353,8 +356,11 @@ def _cmd_predict(args):
         _Columns(est, args.proba, args.model)  # a usage error before any input is read
         modality = _modality(est)
         plan = check_inputs(args.inputs, modality, args.column)
-        if "batch_size" in est.get_params():
-            est.set_params(batch_size=args.batch_size)
+        if args.batch_size is not None:  # forced: the model's forward micro-batch too
+            params = est.get_params()
+            name = "inference_batch_size" if "inference_batch_size" in params else "batch_size"
+            if name in params:
+                est.set_params(**{name: args.batch_size})
         progress = args.progress and _isatty(sys.stderr)
         total = count_items(plan, modality) if progress else None
         from sktransfer.cache import config_context
@@ -365,7 +371,7 @@ def _cmd_predict(args):
                 iter_items(plan, modality, args.column),
                 out,
                 proba=args.proba,
-                batch_size=args.batch_size,
+                batch_size=args.batch_size or DEFAULT_CHUNK,
                 progress=progress,
                 total=total,
                 guard=guard,
@@ -433,7 +439,13 @@ def build_parser():
     p.add_argument(
         "--proba", action="store_true", help="add one proba_<class> column per class (classifiers)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="items per batch (default: 64)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"items per model call and per forward pass (default: {DEFAULT_CHUNK} items per "
+        "call, texts sorted by length within it, each forward at the micro-batch the model "
+        "picks for the device: 4 images at 224 px on a CPU)",
+    )
     p.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: the model's)")
     p.add_argument("--column", help="column of a CSV/Parquet input holding texts or image paths")
     p.add_argument("--quantize", choices=["dynamic"], help="int8 dynamic quantisation (CPU)")

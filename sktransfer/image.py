@@ -25,12 +25,14 @@ _EMBEDDER_CONSTRAINTS = {
     "backbone": "no_validation",
     "weights": [None, str, os.PathLike],
     "image_size": [None, Interval(numbers.Integral, 8, None, closed="left")],
-    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [None, Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
     "cache_dir": [None, str, os.PathLike],
 }
 _IMAGE_CONSTRAINTS = {  # the estimators with a head: also augmentation and BatchNorm
     **_EMBEDDER_CONSTRAINTS,
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],  # training
+    "inference_batch_size": [None, Interval(numbers.Integral, 1, None, closed="left")],
     "augment": [None, StrOptions(set(PRESETS)), callable],
     "tta": [None, Interval(numbers.Integral, 0, None, closed="left")],
     "train_bn": ["boolean"],
@@ -141,6 +143,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         lr_schedule="warmup_cosine",
         max_epochs=10,
         batch_size=32,
+        inference_batch_size=None,
         optimizer="adamw",
         weight_decay=0.01,
         layer_decay=None,
@@ -172,6 +175,7 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.layer_decay = layer_decay
@@ -264,6 +268,7 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         lr_schedule="warmup_cosine",
         max_epochs=10,
         batch_size=32,
+        inference_batch_size=None,
         optimizer="adamw",
         weight_decay=0.01,
         layer_decay=None,
@@ -294,6 +299,7 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.layer_decay = layer_decay
@@ -343,7 +349,7 @@ class ImageEmbedder(_ImageInput, EmbedderBase):
         *,
         weights="default",
         image_size=None,
-        batch_size=32,
+        batch_size=None,
         device="auto",
         cache_dir=None,
     ):

@@ -19,7 +19,8 @@ _TEXT_CONSTRAINTS = {
     "backbone": "no_validation",
     "max_length": [None, Interval(numbers.Integral, 2, None, closed="left")],
     "pooling": [None, StrOptions({"mean", "cls"})],
-    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],  # training
+    "inference_batch_size": [None, Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
     "cache_dir": [None, str, os.PathLike],
 }
@@ -83,6 +84,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         lr_schedule="warmup_cosine",
         max_epochs=4,
         batch_size=32,
+        inference_batch_size=None,
         optimizer="adamw",
         weight_decay=0.01,
         layer_decay=None,
@@ -111,6 +113,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.layer_decay = layer_decay
@@ -174,6 +177,7 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         lr_schedule="warmup_cosine",
         max_epochs=4,
         batch_size=32,
+        inference_batch_size=None,
         optimizer="adamw",
         weight_decay=0.01,
         layer_decay=None,
@@ -201,6 +205,7 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
         self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.layer_decay = layer_decay
@@ -236,7 +241,10 @@ class TextEmbedder(_TextInput, EmbedderBase):
     (2, 384)
     """
 
-    _parameter_constraints = dict(_TEXT_CONSTRAINTS)
+    _parameter_constraints = {
+        **{k: v for k, v in _TEXT_CONSTRAINTS.items() if k != "inference_batch_size"},
+        "batch_size": [None, Interval(numbers.Integral, 1, None, closed="left")],  # inference
+    }
 
     def __init__(
         self,
@@ -244,7 +252,7 @@ class TextEmbedder(_TextInput, EmbedderBase):
         *,
         max_length=None,
         pooling=None,
-        batch_size=32,
+        batch_size=None,
         device="auto",
         cache_dir=None,
     ):

@@ -21,7 +21,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer._estimator.outputs import BlockOutputsMixin
+from sktransfer._estimator.outputs import (
+    BlockOutputsMixin,
+    has_lazy,
+    remember_dim,
+    run_in_length_order,
+)
 from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
@@ -46,6 +51,7 @@ from sktransfer.training.batches import (
     set_layout,
 )
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
+from sktransfer.training.microbatch import inference_batch_size
 from sktransfer.training.regularization import L2SP
 
 
@@ -142,8 +148,12 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         return resolve_precision(self.precision, device), runs_channels_last(kind, device)
 
     def _loader(self, dataset, kind, prep, device, collate=None):
+        """An inference loader: micro-batches of ``inference_batch_size`` (``None``: the
+        device's size, :func:`~sktransfer.training.microbatch.inference_batch_size`), not
+        the training ``batch_size``."""
         collate = Collate(self._collate(kind, prep)) if collate is None else collate
-        return make_loader(dataset, self.batch_size, collate, device, num_workers=self.num_workers)
+        size = inference_batch_size(self.inference_batch_size, kind, device, prep)
+        return make_loader(dataset, size, collate, device, num_workers=self.num_workers)
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):
@@ -223,9 +233,8 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         if not net.shares_template:  # (the template: on the CPU, channels-last, never changed)
             net.to(device)
             set_layout(net, channels_last=self._runtime(device, state.kind)[1])
-        if backbone.feature_dim is None:  # a user module: materialise lazies, then refreeze
-            self._outputs(net, state.items[:1], state.kind, state.prep, device,
-                          stop=len(blocks), use_cache=False)  # fmt: skip
+        if has_lazy(net):  # a user module with lazy layers: materialise them, then refreeze
+            self._feature_dim(net, state.items, state.kind, state.prep, device)
             net.set_frozen(len(blocks))
         return net
 
@@ -242,15 +251,16 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
                                  stop=n_blocks, desc="fit: features")  # fmt: skip
             feats = np.stack(rows)
             check_finite_rows(feats, "the backbone's output")
+            if state.backbone.feature_dim is None:  # a user module: its size is known now
+                remember_dim(net, state.prep, state.kind, state.items, feats.shape[1])
             idx = np.arange(len(values)) if state.frozen else state.split[0]
             head, info = state.target.solve_head(
                 self, feats[idx], values[idx], sw[idx], state.y.n_outputs
             )
         else:
             dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
-            if dim is None:
-                dim = self._outputs(net, state.items[:1], state.kind, state.prep, state.device,
-                                    stop=n_blocks)[0].shape[-1]  # fmt: skip
+            if dim is None:  # a user module: probed once per module digest
+                dim = self._feature_dim(net, state.items, state.kind, state.prep, state.device)
             torch.manual_seed(state.seed)
             head, info = nn.Linear(dim, state.y.n_outputs), None
         net.head = head.to(state.device)
@@ -345,7 +355,9 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         net, prep = self._module_on(device), self.preprocessing_
         precision, channels_last = self._runtime(device, kind)
         k = net.n_frozen if view is None and self._use_boundary_cache(net.n_frozen) else 0
-        if k == len(net.blocks):  # frozen: cached features -> head
+        if view is None and net.n_frozen == len(net.blocks):
+            k = net.n_frozen  # (uncached too: the float64 head below, whatever the batch)
+        if k == len(net.blocks):  # frozen: (cached) features -> head
             rows = self._outputs(net, items, kind, prep, device, stop=k, desc="prediction")
             with torch.inference_mode():
                 feats = torch.from_numpy(np.stack(rows))
@@ -356,18 +368,22 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
                     w, b = head.weight.double().cpu(), head.bias.double().cpu()
                     return nn.functional.linear(feats.double(), w, b).numpy()
                 return head(feats.to(device)).float().cpu().numpy()
-        if view is None:
-            dataset = self._suffix_dataset(
-                net, items, range(len(items)), kind, prep, device, k, desc="prediction: activations"
-            )
-        else:  # an augmented view: never from the cache
-            dataset = self._make_dataset(items, kind, prep, training=False, view=view)
         collate = Collate(self._suffix_collate(kind, prep, k, len(net.blocks)))
-        loader = self._loader(dataset, kind, prep, device, collate)
-        return predict_logits(
-            net, loader, device, start=k, precision=precision, channels_last=channels_last,
-            verbose=self.verbose,
-        )  # fmt: skip
+
+        def run(order):  # texts longest first, logits back in input order
+            if view is None:
+                dataset = self._suffix_dataset(
+                    net, items, order, kind, prep, device, k, desc="prediction: activations"
+                )
+            else:  # an augmented view (images): never from the cache
+                dataset = self._make_dataset(items, kind, prep, training=False, view=view)
+            loader = self._loader(dataset, kind, prep, device, collate)
+            return predict_logits(
+                net, loader, device, start=k, precision=precision, channels_last=channels_last,
+                verbose=self.verbose,
+            )  # fmt: skip
+
+        return run_in_length_order(items, kind, prep, run)
 
     def _predict_outputs(self, X):
         """``output_module(logits)`` of the fitted target (probabilities, values), float64;

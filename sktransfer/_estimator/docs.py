@@ -93,7 +93,18 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         ``unfreeze_schedule``, the epochs after the head-only ones.
         """,
     ),
-    "batch_size": ("int", "Training and inference batch size."),
+    "batch_size": ("int", "Training batch size (inference: ``inference_batch_size``)."),
+    "inference_batch_size": (
+        "int or None",
+        """
+        Micro-batch of every forward pass without gradients (frozen features,
+        cached activations, predictions). ``None``: chosen for the device (CPU:
+        a batch whose activations stay in cache, 4 images at 224 px; CUDA: the
+        largest that fits); see :mod:`sktransfer.training.microbatch`. Outputs do
+        not depend on it beyond float rounding, and cached features are reused
+        across sizes.
+        """,
+    ),
     "optimizer": (
         '{"adamw", "adam", "sgd"} or torch optimizer class',
         "The fine-tuning optimizer; a class is called with the parameter groups and ``lr``.",
@@ -393,7 +404,11 @@ _REGRESSOR = {
         views (flip, shifted crops) are averaged with the image's own.""",
     ),
 }
-_EMBEDDER_BATCH = ("int", "Inference batch size.")
+_EMBEDDER_BATCH = (
+    "int or None",
+    """Inference micro-batch size; ``None``: chosen for the device (as the
+    estimators' ``inference_batch_size``).""",
+)
 
 
 def _freeze(head, blocks):

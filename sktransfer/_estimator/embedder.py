@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from sktransfer._estimator.outputs import remember_dim, remembered_dim, run_in_length_order
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.cache.keys import block_namespace, sample_keys
@@ -21,6 +22,7 @@ from sktransfer.training.batches import (
     runs_channels_last,
     set_layout,
 )
+from sktransfer.training.microbatch import inference_batch_size
 
 
 class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
@@ -62,8 +64,13 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         try:
             vars(self).update(fitted)
             if self.n_features_out_ is None:  # a user module: one uncached forward tells
-                # (and materialises lazy modules before any digest of their weights)
-                self.n_features_out_ = self._features(items[:1], kind, use_cache=False).shape[1]
+                # (and materialises lazy modules before any digest of their weights);
+                # remembered per module digest, so a search over one module pays it once
+                dim = remembered_dim(net, prep, kind, items)
+                if dim is None:
+                    dim = self._features(items[:1], kind, use_cache=False).shape[1]
+                    remember_dim(net, prep, kind, items, dim)
+                self.n_features_out_ = dim
         except BaseException:
             for attr in fitted:
                 vars(self).pop(attr, None)
@@ -86,16 +93,21 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry
         set_layout(net, channels_last)
 
+        size = inference_batch_size(self.batch_size, kind, device, prep)
+
         def compute(idx):
-            subset = [items[i] for i in idx]
-            dataset = self._make_dataset(subset, kind, prep, training=False, index=idx)
-            loader = make_loader(
-                dataset, self.batch_size, Collate(self._collate(kind, prep)), device
-            )
+            def run(order):  # texts longest first; rows back in input order
+                sub = [idx[p] for p in order]
+                dataset = self._make_dataset(
+                    [items[i] for i in sub], kind, prep, training=False, index=sub
+                )
+                loader = make_loader(dataset, size, Collate(self._collate(kind, prep)), device)
+                with torch.random.fork_rng(devices=[]):
+                    return run_blocks(net, loader, device, channels_last=channels_last)
+
             if use_cache:  # (uncached: the one-sample shape probe, not extraction)
                 count_forwards(len(idx))
-            with torch.random.fork_rng(devices=[]):
-                return run_blocks(net, loader, device, channels_last=channels_last)
+            return run_in_length_order([items[i] for i in idx], kind, prep, run)
 
         if not use_cache:
             rows = compute(list(range(len(items))))
