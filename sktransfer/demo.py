@@ -85,7 +85,9 @@ def _baseline_pixels():
     from sklearn.preprocessing import FunctionTransformer
 
     flat = FunctionTransformer(lambda X: np.asarray(X, np.float64).reshape(len(X), -1) / 255.0)
-    return make_pipeline(flat, LogisticRegression(max_iter=2000))
+    # tol 1e-3 (default 1e-4): a third of the L-BFGS iterations on 4,096 pixels, the same
+    # test accuracy to +-0.03 per draw; the slowest part of the demo on a busy machine
+    return make_pipeline(flat, LogisticRegression(tol=1e-3, max_iter=2000))
 
 
 def _baseline_tfidf():
