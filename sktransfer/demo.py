@@ -82,12 +82,13 @@ class DemoConfig:
 def _baseline_pixels():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    flat = FunctionTransformer(lambda X: np.asarray(X, np.float64).reshape(len(X), -1) / 255.0)
-    # tol 1e-3 (default 1e-4): a third of the L-BFGS iterations on 4,096 pixels, the same
-    # test accuracy to +-0.03 per draw; the slowest part of the demo on a busy machine
-    return make_pipeline(flat, LogisticRegression(tol=1e-3, max_iter=2000))
+    flat = FunctionTransformer(lambda X: np.asarray(X, np.float64).reshape(len(X), -1))
+    # standardised pixels: L-BFGS needs ~10x fewer iterations than on raw [0, 1] pixels
+    # (49 vs 437 at 2/class, 94 vs 1035 with all patches) for the same test accuracy
+    # (0.443 vs 0.438, 0.526 vs 0.526); on raw pixels it was the demo's slowest part
+    return make_pipeline(flat, StandardScaler(), LogisticRegression(max_iter=2000))
 
 
 def _baseline_tfidf():
