@@ -135,7 +135,7 @@ def write_plot(curve, out_dir, say=print):
         say("matplotlib is not installed (pip install 'sktransfer[plot]'): no demo_curve.png")
         return None
     datasets = list(dict.fromkeys(r["dataset"] for r in curve))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 4.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in curve if r["dataset"] == dataset]
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -149,7 +149,8 @@ def write_plot(curve, out_dir, say=print):
         ax.set_xlabel("labelled examples per class")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+        # below the panel: a legend inside covered the curves (Rotten Tomatoes' frozen line)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     fig.tight_layout()
     path = os.path.join(out_dir, OUTPUT_NAMES["curve_png"])
     with open(path, "xb") as fh:  # never overwrite
