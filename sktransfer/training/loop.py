@@ -5,7 +5,8 @@
   frozen blocks in eval mode (``TransferNet.train``), weighs the loss by
   ``sample_weight`` and records validation accuracy. Per-block parameter groups
   (``layer_decay``), per-batch schedules (:mod:`sktransfer.training.schedules`), L2-SP
-  (:mod:`sktransfer.training.regularization`), bf16 autocast and channels-last are options of
+  (:mod:`sktransfer.training.regularization`, a callback), bf16 autocast and channels-last
+  are options of
   :class:`TrainConfig`.
 """
 
@@ -265,12 +266,6 @@ class TransferNeuralNet(NeuralNet):
                     f"(this run used lr={lr:g})."
                 )
 
-    def train_step_single(self, batch, **fit_params):
-        step = super().train_step_single(batch, **fit_params)
-        if self.config is not None and self.config.l2sp is not None:
-            self.config.l2sp.add_gradients()
-        return step
-
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():
             if param.requires_grad:
@@ -309,6 +304,8 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
         ("valid_metric", ValidMetric(cfg.target)),
         ("lr", BatchLRScheduler(cfg.lr_schedule)),
     ]
+    if cfg.l2sp is not None:  # the penalty's gradient, added after each backward pass
+        callbacks.append(("l2sp", cfg.l2sp))
     stopper = None
     if cfg.early_stopping and valid_ds is not None:
         stopper = StopEarly(

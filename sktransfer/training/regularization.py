@@ -8,7 +8,8 @@ with convolutional networks": instead of weight decay toward 0, the penalty
 pulls the backbone weights ``w_S`` back to their pretrained values ``w_S^0`` and
 applies plain L2 to the new head's weights (not its bias, as in scikit-learn's
 ``LogisticRegression``). The penalty is added to the gradient after each backward
-pass (its exact gradient, ``alpha (w - w0)`` and ``beta w``), which is the same
+pass (its exact gradient, ``alpha (w - w0)`` and ``beta w``; a skorch callback on
+``on_grad_computed``), which is the same
 update as adding it to the loss but keeps the recorded training loss comparable
 across settings and builds no autograd graph over every parameter.
 """
@@ -16,10 +17,14 @@ across settings and builds no autograd graph over every parameter.
 from __future__ import annotations
 
 import torch
+from skorch.callbacks import Callback
 
 
-class L2SP:
+class L2SP(Callback):
     """Penalty toward a snapshot of ``backbone`` parameters, plus L2 on ``head`` weights.
+
+    A skorch callback: after each backward pass (``on_grad_computed``, where skorch's
+    ``GradientNormClipping`` also works) it adds the penalty's gradient.
 
     Parameters
     ----------
@@ -47,6 +52,9 @@ class L2SP:
             for p in self.head:
                 total = total + 0.5 * self.beta * p.pow(2).sum().cpu()
         return total
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        self.add_gradients()
 
     @torch.no_grad()
     def add_gradients(self) -> None:
