@@ -99,6 +99,23 @@ def test_export_onnx_image_matches_torch(cnn_clf, tmp_path):
     assert json.loads(meta["sktransfer_preprocessing"])["image_size"] == 16
 
 
+def test_export_onnx_multilabel_matches_predict_proba(digits_small, tmp_path):
+    """A multi-label model's graph ends in the target's sigmoid, not a softmax."""
+    pytest.importorskip("onnx")
+    from conftest import make_cnn
+
+    X, y = digits_small
+    Y = np.stack([y % 2, (y > 4).astype(int), (y % 3 == 0).astype(int)], axis=1)
+    clf = PretrainedImageClassifier(make_cnn(), image_size=16, random_state=0).fit(X[:80], Y[:80])
+    sess = _session(export_onnx(clf, tmp_path / "multilabel.onnx"))
+    pixels = np.stack([preprocess_image(load_rgb(x), clf.preprocessing_).numpy() for x in X[80:]])
+    (out,) = sess.run(None, {"pixel_values": pixels})
+    proba = clf.predict_proba(X[80:])
+    assert out.shape == proba.shape == (len(pixels), 3)
+    assert not np.allclose(proba.sum(axis=1), 1)  # independent labels
+    np.testing.assert_allclose(out, proba, atol=1e-5)
+
+
 def test_export_onnx_text_matches_torch(bert_clf, tmp_path):
     pytest.importorskip("onnx")
     clf, X = bert_clf
