@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
-
 
 def digest(*parts) -> str:
     h = hashlib.blake2b(digest_size=20)
@@ -50,6 +48,9 @@ def sample_keys(items, kind="image", index=None):
         ``"path:<abspath>:<size>:<mtime_ns>"`` for files, ``"arr:<blake2b>"`` for
         arrays, ``"pil:<blake2b>"`` for PIL images, ``"txt:<blake2b>"`` for texts.
     """
+    # imported here: inputs/ imports backbones/, whose registry imports the cache
+    from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
+
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
     keys = []
