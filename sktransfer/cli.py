@@ -398,7 +398,10 @@ def _cmd_backbones(args):
 def _cmd_demo(args):
     from sktransfer.demo import run_demo
 
-    run_demo(verbose=args.verbose)
+    try:
+        run_demo(verbose=args.verbose, out=args.out)
+    except FileExistsError as exc:  # --out DIR already holds a demo's files: never overwritten
+        raise UsageError(str(exc)) from exc
     return EXIT_OK
 
 
@@ -477,6 +480,13 @@ def build_parser():
     d = sub.add_parser("demo", help="a short offline demonstration")
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", dest="verbose", action="store_const", const=0)
+    d.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for results.json, demo_curve.png, the model, the test images and the "
+        "predictions (default: a new ./sktransfer-demo-<time>/); existing files are never "
+        "overwritten",
+    )
     d.set_defaults(func=_cmd_demo)
     return parser
 

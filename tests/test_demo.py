@@ -147,3 +147,12 @@ def test_run_demo_writes_schema_and_scores_with_the_cli(tmp_path, tiny_bert_dir,
     with pytest.raises(FileExistsError):  # a second run into the same folder is refused
         run_demo(verbose=0, out=out, config=cfg)
     assert json.loads((out / "results.json").read_text()) == saved
+
+
+def test_cli_demo_out_refuses_a_folder_with_a_demo_in_it(tmp_path, capsys):
+    from sktransfer.cli import main
+
+    (tmp_path / "results.json").write_text("older results")
+    assert main(["demo", "--out", str(tmp_path), "-q"]) == 2  # a usage error, before any work
+    assert "sktransfer: error:" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "older results"
