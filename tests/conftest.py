@@ -36,6 +36,18 @@ def make_cnn(seed=0, width=8):
 
 
 @pytest.fixture
+def fresh_cache():
+    """An empty in-memory feature cache (no disk tier) for the test, emptied after it."""
+    from sktransfer import clear_cache
+    from sktransfer.cache import config_context
+
+    clear_cache()
+    with config_context(cache=True, cache_dir="", cache_max_bytes=2**30):
+        yield
+    clear_cache()
+
+
+@pytest.fixture
 def cnn():
     return make_cnn()
 

@@ -24,13 +24,7 @@ from sktransfer import (
 from sktransfer.cache import _disk_path, config_context, lookup
 from sktransfer.cache.keys import digest
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_cache()
-    with config_context(cache=True, cache_dir="", cache_max_bytes=2**30):
-        yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
 
 def _clf(cnn, **kw):

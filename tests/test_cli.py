@@ -291,11 +291,11 @@ def test_backbones_table(capsys):
 def test_demo_calls_run_demo(monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("sktransfer.demo")
-    fake.run_demo = lambda verbose=1: calls.append(verbose)
+    fake.run_demo = lambda verbose=1, out=None: calls.append((verbose, out))
     monkeypatch.setitem(sys.modules, "sktransfer.demo", fake)
     assert _run(["demo"], capsys)[0] == 0
-    assert _run(["demo", "--quiet"], capsys)[0] == 0
-    assert calls == [1, 0]
+    assert _run(["demo", "--quiet", "--out", "here"], capsys)[0] == 0
+    assert calls == [(1, None), (0, "here")]
 
 
 def test_console_entry_point_runs(text_model, tmp_path):

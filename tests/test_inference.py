@@ -27,13 +27,7 @@ from sktransfer.inputs.texts import TextCollate
 from sktransfer.training import microbatch
 from sktransfer.training.microbatch import inference_batch_size, length_order, restore_order
 
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    clear_cache()
-    with config_context(cache=True, cache_dir="", cache_max_bytes=2**30):
-        yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
 
 def _ragged_texts(n=40, seed=0):

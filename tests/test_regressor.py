@@ -24,19 +24,11 @@ from sktransfer import (
     PretrainedTextRegressor,
     TextEmbedder,
     cache_info,
-    clear_cache,
 )
 from sktransfer._estimator.targets.regression import Regression
-from sktransfer.cache import config_context
 from sktransfer.training import heads
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    clear_cache()
-    with config_context(cache=True, cache_dir="", cache_max_bytes=2**30):
-        yield
-    clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
 
 @pytest.fixture(scope="module")
