@@ -19,7 +19,7 @@ def test_readme_has_examples():
 
 
 @pytest.mark.packaged
-@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
 def test_readme_block_runs(index, capsys):
     namespace = {}
     exec(compile(_blocks()[index], f"README.md block {index}", "exec"), namespace)
@@ -34,4 +34,7 @@ def test_readme_block_runs(index, capsys):
             "neg",
         ]
     if index == 2:
+        assert namespace["reg"].predict(["a film"]).shape == (1,)
+        assert namespace["clf"].predict(["a film"]).shape == (1, 2)
+    if index == 3:
         assert namespace["search"].get_params()["estimator__max_epochs"] == 5
