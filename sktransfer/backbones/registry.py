@@ -94,7 +94,11 @@ class BackboneSource:
 
 _SOURCES: dict[str, BackboneSource] = {}
 # leaf modules that register a source on import (each imports its library lazily)
-_LEAVES = ("sktransfer.backbones.huggingface", "sktransfer.backbones.timm")
+_LEAVES = (
+    "sktransfer.backbones.huggingface",
+    "sktransfer.backbones.hf_vision",
+    "sktransfer.backbones.timm",
+)
 
 
 def register_source(source: BackboneSource) -> BackboneSource:

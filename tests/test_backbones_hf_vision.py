@@ -1,0 +1,204 @@
+"""Hugging Face vision encoders (ViT, DINOv2, CLIP vision): exact split, fit, safe save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sktransfer
+from sktransfer import ImageEmbedder, PretrainedImageClassifier
+from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.hf_vision import (
+    load_hf_vision,
+    preprocessing_from_config,
+    rebuild_hf_vision,
+)
+from sktransfer.backbones.registry import list_sources, resolve_backbone
+
+ensure_transformers_importable()
+import transformers  # noqa: E402
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    image_size=32,
+    patch_size=8,
+)
+FAMILIES = {
+    "vit": (transformers.ViTConfig, transformers.ViTModel),
+    "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model),
+    "clip": (transformers.CLIPVisionConfig, transformers.CLIPVisionModel),
+}
+
+
+def _model(family, seed=0):
+    config_cls, model_cls = FAMILIES[family]
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**TINY)).eval()
+
+
+@pytest.fixture(scope="module")
+def vision_dirs(tmp_path_factory):
+    out = {}
+    for family in FAMILIES:
+        path = tmp_path_factory.mktemp(f"tiny_{family}")
+        _model(family).save_pretrained(str(path))
+        out[family] = str(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits_small):
+    X, y = digits_small
+    keep = np.isin(y, [0, 1, 2])
+    return X[keep][:45], y[keep][:45]
+
+
+def _chain(backbone, x):
+    with torch.no_grad():
+        for _, block in backbone.blocks:
+            x = block.eval()(x)
+        return backbone.pool.eval()(x)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_chained_blocks_equal_model_forward(vision_dirs, family):
+    backbone = load_hf_vision(vision_dirs[family])
+    model = FAMILIES[family][1].from_pretrained(vision_dirs[family]).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(pixel_values=x)
+    expected = out.pooler_output if family == "clip" else out.last_hidden_state[:, 0]
+    got = _chain(backbone, x)
+    assert [n for n, _ in backbone.blocks] == ["embeddings", "layer.0", "layer.1"]
+    assert got.shape == (3, 32) and backbone.feature_dim == 32
+    assert (got - expected).abs().max().item() <= 1e-5
+    if family == "dinov2":  # DINOv2's own pooler output is the normed CLS token
+        assert (got - out.pooler_output).abs().max().item() <= 1e-5
+    mean = load_hf_vision(vision_dirs[family], pooling="mean")
+    got_mean = _chain(mean, x)
+    if family == "clip":
+        ref = model.post_layernorm(out.last_hidden_state[:, 1:].mean(1))
+    else:
+        ref = out.last_hidden_state[:, 1:].mean(1)
+    assert (got_mean - ref.detach()).abs().max().item() <= 1e-5
+    assert (got_mean - got).abs().max().item() > 1e-3  # really a different pooling
+
+
+def test_whole_clip_directory_uses_its_vision_tower(tmp_path):
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
+        ),
+        vision_config=TINY,
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(str(tmp_path))
+    backbone = load_hf_vision(str(tmp_path))
+    tower = transformers.CLIPVisionModel.from_pretrained(str(tmp_path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = tower(pixel_values=x).pooler_output
+    assert backbone.source["model_type"] == "clip_vision_model"
+    assert (_chain(backbone, x) - expected).abs().max().item() <= 1e-5
+
+
+def test_preprocessing_from_image_processor_config(vision_dirs, tmp_path):
+    config = FAMILIES["dinov2"][0](**TINY)
+    prep = preprocessing_from_config(None, config)
+    assert prep.image_size == 32 and prep.mean == (0.485, 0.456, 0.406)
+    processor = {
+        "size": {"shortest_edge": 40},
+        "crop_size": {"height": 32, "width": 32},
+        "do_center_crop": True,
+        "image_mean": [0.5, 0.4, 0.3],
+        "image_std": [0.2, 0.25, 0.3],
+        "resample": 3,
+    }
+    prep = preprocessing_from_config(processor, config)
+    assert (prep.image_size, prep.resize_size, prep.interpolation) == (32, 40, "bicubic")
+    assert prep.mean == (0.5, 0.4, 0.3) and prep.std == (0.2, 0.25, 0.3)
+    vit = dict(size={"height": 32, "width": 32}, resample=2, image_mean=0.5, image_std=0.5)
+    prep = preprocessing_from_config(vit, config)
+    assert (prep.image_size, prep.resize_size, prep.interpolation) == (32, None, "bilinear")
+    assert prep.mean == (0.5, 0.5, 0.5)
+    # read from the directory itself
+    import shutil
+
+    path = tmp_path / "with_processor"
+    shutil.copytree(vision_dirs["dinov2"], path)
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert load_hf_vision(str(path)).preprocessing.resize_size == 40
+
+
+def test_text_and_unsupported_directories(vision_dirs, tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match="'bert' model"):
+        resolve_backbone(tiny_bert_dir, "image")
+    text = resolve_backbone(tiny_bert_dir, "text")  # text directories keep working
+    assert text.modality == "text" and text.source["kind"] == "huggingface"
+    with pytest.raises(ValueError, match="pooling"):
+        load_hf_vision(vision_dirs["vit"], pooling="max")
+    assert any(s.kind == "hf_vision" and s.rebuild for s in list_sources())
+
+
+@pytest.mark.parametrize("freeze_depth", ["all", -1, 0])
+def test_fit_at_each_depth(small_digits, vision_dirs, freeze_depth):
+    X, y = small_digits
+    clf = PretrainedImageClassifier(
+        backbone=vision_dirs["vit"],
+        freeze_depth=freeze_depth,
+        max_epochs=1,
+        batch_size=16,
+        lr=1e-2,
+        random_state=0,
+    ).fit(X, y)
+    assert clf.n_blocks_ == 3 and clf.block_names_[0] == "embeddings"
+    assert clf.n_frozen_blocks_ == {"all": 3, -1: 2, 0: 0}[freeze_depth]
+    assert clf.backbone_source_["kind"] == "hf_vision"
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
+    ref = dict(load_hf_vision(vision_dirs["vit"]).blocks)
+    for i, (name, block) in enumerate(zip(clf.block_names_, clf.module_.blocks)):
+        mine, theirs = block.state_dict(), ref[name].state_dict()
+        same = all(torch.equal(mine[k].cpu(), theirs[k]) for k in theirs)
+        assert same == (i < clf.n_frozen_blocks_), name  # frozen: untouched; others trained
+
+
+def test_embedder_and_model_object(small_digits, vision_dirs):
+    X, _ = small_digits
+    feats = ImageEmbedder(backbone=vision_dirs["dinov2"]).fit(X[:8]).transform(X[:8])
+    assert feats.shape == (8, 32) and np.isfinite(feats).all()
+    model = _model("clip")
+    backbone = resolve_backbone(model, "image")
+    assert backbone.source["kind"] == "hf_vision" and backbone.n_blocks == 3
+    assert backbone.blocks[1][1].layer is not model.encoder.layers[0]  # deep-copied
+
+
+@pytest.mark.parametrize(("family", "freeze_depth"), [("vit", -1), ("dinov2", "all"), ("clip", 0)])
+def test_safe_save_load_round_trip(small_digits, vision_dirs, tmp_path, family, freeze_depth):
+    X, y = small_digits
+    X, y = X[:30], y[:30]
+    clf = PretrainedImageClassifier(
+        backbone=vision_dirs[family], freeze_depth=freeze_depth, max_epochs=1, random_state=0
+    ).fit(X, y)
+    path = sktransfer.save(clf, tmp_path / "m.skt")
+    loaded = sktransfer.load(path)
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+    assert loaded.block_names_ == clf.block_names_
+
+
+def test_rebuild_refuses_bad_sources():
+    with pytest.raises(ValueError, match="no supported vision encoder"):
+        rebuild_hf_vision({"kind": "hf_vision", "model_type": "bert", "config": {}}, {})
+    big = dict(TINY, hidden_size=512, intermediate_size=4096, num_hidden_layers=24)
+    source = {"kind": "hf_vision", "model_type": "vit", "config": big}
+    with pytest.raises(ValueError, match="refusing"):
+        rebuild_hf_vision(source, {"weight_bytes": 1000})
+    small = rebuild_hf_vision({"kind": "hf_vision", "model_type": "vit", "config": TINY}, {})
+    assert small.n_blocks == 3
