@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli, cli_scoring
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,9 @@ def test_batches_are_streamed(text_model, texts):
             raise StopIteration("first batch written")
 
     with pytest.raises(StopIteration):
-        cli.predict_stream(clf, items(), StopAfterFirstBatch(), batch_size=16, progress=False)
+        cli_scoring.predict_stream(
+            clf, items(), StopAfterFirstBatch(), batch_size=16, progress=False
+        )
     assert 16 <= len(pulled) <= 17
 
 
@@ -193,7 +195,8 @@ def test_predict_multi_label_lists_labels(multi_label_model, texts, tmp_path, ca
     good = rows[:3] + rows[4:]
     indicators = clf.predict(lines)
     expected = [
-        cli.MULTI_LABEL_SEPARATOR.join(str(j) for j in np.flatnonzero(r)) for r in indicators
+        cli_scoring.MULTI_LABEL_SEPARATOR.join(str(j) for j in np.flatnonzero(r))
+        for r in indicators
     ]
     assert [r["prediction"] for r in good] == expected
     assert any(";" in e for e in expected) and any(e == "" for e in expected)

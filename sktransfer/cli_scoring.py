@@ -1,0 +1,146 @@
+"""``sktransfer predict``'s scoring: validated batches in, CSV rows out.
+
+A batch of ``(id, item)`` pairs is validated first (:func:`sktransfer.cli_inputs.prepare`:
+each image decoded once, each text checked), bad items get an empty row and a message,
+and the good ones are scored in one call of the model; :class:`Columns` says how each
+kind of fitted estimator (single-label, multi-label, regression) becomes CSV columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import sys
+
+from sktransfer.cli_inputs import Bad, UsageError, prepare
+
+
+class ScoringError(Exception):
+    """The model failed on a batch of validated items (exit status 3)."""
+
+
+def _batches(iterable, size):
+    it = iter(iterable)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def modality_of(est):
+    return getattr(est, "modality_", None) or getattr(est, "_modality", None)
+
+
+MULTI_LABEL_SEPARATOR = ";"
+#: items per model call when ``--batch-size`` is not given: enough texts for the length
+#: sort to pad little, few enough decoded pixels in flight (each forward is a micro-batch)
+DEFAULT_CHUNK = 256
+
+
+class Columns:
+    """How a fitted estimator's outputs become CSV columns after ``id``.
+
+    Single-label: ``prediction`` (the label), then with ``proba`` one ``proba_<class>``
+    column per class (from one ``predict_proba`` call). Multi-label: ``prediction`` lists
+    the predicted labels (probability >= 0.5, as ``predict``) joined by ``;``, empty when
+    none is predicted; ``proba_<label>`` as above. Regression (no ``proba``): ``prediction``
+    for a model fitted on 1-D ``y``, else ``prediction_0`` ... ``prediction_<k-1>``, each
+    value the shortest decimal that reads back as ``predict``'s float64.
+    """
+
+    def __init__(self, est, proba, model="the model"):
+        self.kind = getattr(est, "target_type_", None)
+        if self.kind is None and hasattr(est, "classes_"):  # saved before target_type_
+            self.kind = "single_label"
+        if self.kind == "regression":
+            if proba:
+                raise UsageError(
+                    f"--proba needs a classifier; {model} holds a {type(est).__name__} "
+                    "(a regressor: its predictions are the values)"
+                )
+            k = int(est.n_outputs_)
+            self.header = (
+                ["prediction"] if est.y_ndim_ == 1 else [f"prediction_{j}" for j in range(k)]
+            )
+            self.method = est.predict
+        elif self.kind in ("single_label", "multi_label"):
+            self.classes = list(est.classes_)
+            self.header = ["prediction"] + ([f"proba_{c}" for c in self.classes] if proba else [])
+            self.method = est.predict_proba
+        else:
+            raise UsageError(
+                f"{model} holds a {type(est).__name__}, not a fitted classifier or regressor"
+            )
+        self.proba = proba
+
+    def row(self, output):
+        """The CSV cells of one item's ``predict_proba`` (or regressor ``predict``) row."""
+        if self.kind == "regression":
+            return [repr(float(v)) for v in output.reshape(-1)]  # (a 1-D y: a scalar)
+        if self.kind == "single_label":
+            cells = [self.classes[int(output.argmax())]]
+        else:
+            chosen = [str(c) for c, p in zip(self.classes, output) if p >= 0.5]
+            cells = [MULTI_LABEL_SEPARATOR.join(chosen)]
+        return cells + ([f"{p:.6g}" for p in output] if self.proba else [])
+
+
+def _score(method, prepared):
+    """Output rows of the good items of a prepared batch, in one call of ``method``."""
+    ids = [ident for ident, item in prepared if not isinstance(item, Bad)]
+    good = [item for _, item in prepared if not isinstance(item, Bad)]
+    if not good:
+        return []
+    try:
+        rows = method(good)
+    except Exception as exc:
+        where = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
+        raise ScoringError(
+            f"the model failed on a batch of {len(good)} validated item(s) ({where}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if len(rows) != len(good):
+        raise ScoringError(f"the model returned {len(rows)} rows for {len(good)} items")
+    return list(rows)
+
+
+def predict_stream(
+    est, items, out, *, proba=False, batch_size=64, progress=True, err=None, total=None, guard=None
+):
+    """Score ``(id, item)`` pairs in batches and write CSV rows to ``out``.
+
+    Each batch is validated first (:func:`sktransfer.cli_inputs.prepare`): bad
+    items get an empty row and a message on ``err``; the good ones are scored in
+    one ``predict_proba`` call (a regressor: ``predict``), whose failure raises
+    :class:`ScoringError`. The columns are :class:`Columns`'.
+
+    Returns
+    -------
+    (int, int)
+        Number of items scored and number that failed.
+    """
+    from tqdm.auto import tqdm
+
+    err = err or sys.stderr
+    modality = modality_of(est)
+    columns = Columns(est, proba)
+    writer = csv.writer(out)
+    writer.writerow(["id", *columns.header])
+    blank = [""] * len(columns.header)
+    n_ok = n_bad = 0
+    bar = tqdm(total=total, unit="item", file=err, disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in _batches(items, batch_size):
+            prepared = prepare(batch, modality, guard)
+            rows = iter(_score(columns.method, prepared))
+            for ident, item in prepared:
+                if isinstance(item, Bad):
+                    n_bad += 1
+                    bar.write(f"sktransfer: error: {ident}: {item.message}", file=err)
+                    writer.writerow([ident, *blank])
+                    continue
+                n_ok += 1
+                writer.writerow([ident, *columns.row(next(rows))])
+            out.flush()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return n_ok, n_bad
