@@ -147,7 +147,7 @@ def test_text_and_unsupported_directories(vision_dirs, tiny_bert_dir, tmp_path):
     assert any(s.kind == "hf_vision" and s.rebuild for s in list_sources())
 
 
-@pytest.mark.parametrize("freeze_depth", ["all", -1, 0])
+@pytest.mark.parametrize("freeze_depth", ["all", -2, -1, 0])
 def test_fit_at_each_depth(small_digits, vision_dirs, freeze_depth):
     X, y = small_digits
     clf = PretrainedImageClassifier(
@@ -159,7 +159,7 @@ def test_fit_at_each_depth(small_digits, vision_dirs, freeze_depth):
         random_state=0,
     ).fit(X, y)
     assert clf.n_blocks_ == 3 and clf.block_names_[0] == "embeddings"
-    assert clf.n_frozen_blocks_ == {"all": 3, -1: 2, 0: 0}[freeze_depth]
+    assert clf.n_frozen_blocks_ == {"all": 3, -2: 1, -1: 2, 0: 0}[freeze_depth]
     assert clf.backbone_source_["kind"] == "hf_vision"
     proba = clf.predict_proba(X)
     assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
@@ -202,3 +202,31 @@ def test_rebuild_refuses_bad_sources():
         rebuild_hf_vision(source, {"weight_bytes": 1000})
     small = rebuild_hf_vision({"kind": "hf_vision", "model_type": "vit", "config": TINY}, {})
     assert small.n_blocks == 3
+
+
+def test_grid_search_over_freeze_depth(small_digits, vision_dirs):
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = small_digits
+    est = PretrainedImageClassifier(backbone=vision_dirs["dinov2"], max_epochs=1, random_state=0)
+    search = GridSearchCV(est, {"freeze_depth": ["all", -2, 0]}, cv=2, error_score="raise")
+    search.fit(X, y)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert search.best_estimator_.backbone == vision_dirs["dinov2"]
+
+
+@pytest.mark.parametrize("family", ["vit", "clip"])
+def test_other_image_size_interpolates_position_embeddings(small_digits, vision_dirs, family):
+    X, _ = small_digits
+    emb = ImageEmbedder(backbone=vision_dirs[family], image_size=48).fit(X[:4])
+    feats = emb.transform(X[:4])
+    native = ImageEmbedder(backbone=vision_dirs[family]).fit(X[:4]).transform(X[:4])
+    assert feats.shape == native.shape == (4, 32) and np.isfinite(feats).all()
+    assert not np.allclose(feats, native)  # 36 patches, not 16
+
+
+def test_unsupported_vision_model_type_is_refused(tmp_path):
+    config = transformers.SiglipVisionConfig(**TINY)
+    transformers.SiglipVisionModel(config).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="'siglip_vision_model' model"):
+        resolve_backbone(str(tmp_path), "image")
