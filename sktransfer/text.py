@@ -73,13 +73,20 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
     (1,)
     """
 
-    _parameter_constraints = {**CLASSIFIER_CONSTRAINTS, **_TEXT_CONSTRAINTS}
+    _parameter_constraints = {
+        **CLASSIFIER_CONSTRAINTS,
+        **_TEXT_CONSTRAINTS,
+        "objective": [StrOptions({"cross_entropy", "contrastive"})],
+        "num_iterations": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
 
     def __init__(
         self,
         backbone=None,
         *,
         freeze_depth="all",
+        objective="cross_entropy",
+        num_iterations=20,
         lr=5e-5,
         lr_schedule="warmup_cosine",
         max_epochs=4,
@@ -109,6 +116,8 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
+        self.objective = objective
+        self.num_iterations = num_iterations
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs

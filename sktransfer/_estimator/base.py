@@ -240,7 +240,12 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
 
     def _fit_net(self, state):
         """``(net, history, info)``: the frozen head solved exactly, then (unless frozen)
-        the unfrozen blocks fine-tuned from it."""
+        the unfrozen blocks fine-tuned from it (``objective="contrastive"``: SetFit-style
+        pairs, then the exact head, :mod:`sktransfer.training.contrastive`)."""
+        if getattr(self, "objective", "cross_entropy") == "contrastive":
+            from sktransfer.training.contrastive import fit_contrastive
+
+            return fit_contrastive(self, state)
         net, values, sw = self._new_net(state), state.y.values, state.sample_weight
         n_blocks = state.n_blocks
         # fine-tuning: split first, so that neither the probe head nor the training ever sees

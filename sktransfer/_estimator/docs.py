@@ -49,6 +49,29 @@ SECTION_TITLES = (
     "Methods",
 )
 
+#: text classifier only (SetFit-style contrastive fine-tuning)
+_OBJECTIVE = (
+    '{"cross_entropy", "contrastive"}',
+    """``"cross_entropy"``: fine-tune the unfrozen blocks and the head on the
+    classification loss. ``"contrastive"`` (SetFit): train the unfrozen blocks on
+    sentence pairs drawn from ``y`` (same label: cosine similarity 1, different: 0;
+    the MSE ``CosineSimilarityLoss`` on the pooled embeddings) for ``max_epochs``
+    epochs of ``batch_size`` pairs with the usual optimizer knobs and no validation
+    split (a pair's loss weighs the product of its two samples' weights), then fit
+    the logistic head exactly on the new embeddings
+    (``history_``: the contrastive epochs, ``phase="contrastive"``, then the head).
+    Needs an int ``freeze_depth`` (``"all"`` raises: nothing to train), single-label
+    ``y`` with at least 2 samples per class, and a float ``lr``; ``unfreeze_schedule``
+    and L2-SP do not apply.""",
+)
+_NUM_ITERATIONS = (
+    "int",
+    """``objective="contrastive"`` only: rounds of pair drawing (SetFit's
+    ``num_iterations``); each round gives every sample one same-label and one
+    other-label partner, so an epoch has ``2 * num_iterations * n_samples`` pairs
+    (fewer where ``sample_weight`` is 0).""",
+)
+
 #: name -> (type, description); the ``default=`` is added from the signature. The texts
 #: are the classifier's; a regressor overrides the few that name the logistic head or
 #: accuracy (``freeze_depth``, ``head_init``, ``early_stopping``, ``verbose``, ``tta``).
@@ -70,6 +93,8 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         fine-tuned (0 = full fine-tuning). ``-k``: all but the last ``k`` frozen.
         """,
     ),
+    "objective": _OBJECTIVE,
+    "num_iterations": _NUM_ITERATIONS,
     "lr": (
         'float or "auto"',
         """
