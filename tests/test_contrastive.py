@@ -163,8 +163,8 @@ def test_errors_are_named(tiny_bert_dir, data):
         _clf(tiny_bert_dir).fit(X, y1)
     with pytest.raises(ValueError, match="freeze_depth='all'"):
         _clf(tiny_bert_dir, freeze_depth="all").fit(X, y)
-    Y = np.stack([y == "pos", y == "neg"], axis=1).astype(int)
-    with pytest.raises(ValueError, match="contrastive.* needs single-label y"):
+    Y = np.ones((len(X), 2), dtype=int)  # every sample shares a label with every other
+    with pytest.raises(ValueError, match="found no sentence pairs: y gives none"):
         _clf(tiny_bert_dir).fit(X, Y)
     with pytest.raises(ValueError, match="lr='auto'"):
         _clf(tiny_bert_dir, lr="auto").fit(X, y)
@@ -215,3 +215,32 @@ def test_zero_weight_samples_make_no_pairs(tiny_bert_dir, data, fresh_cache):
     assert clf.history_[0]["n_pairs"] == n_kept
     full = _clf(tiny_bert_dir, max_epochs=1, num_iterations=2).fit(X, y)
     assert full.history_[0]["n_pairs"] == 2 * 2 * len(X)
+
+
+def test_multilabel_pairs_follow_setfit():
+    Y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 1, 1]])
+    pairs, labels = sentence_pairs(Y, 3, seed=0)
+    share = (Y[pairs[:, 0]] & Y[pairs[:, 1]]).any(axis=1)
+    assert np.array_equal(share, labels == 1)  # positives share a label, negatives none
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    assert 5 not in pairs[:, 0]  # sample 5 shares a label with everyone: no negative
+    # one positive + one negative per label of each other sample and round
+    n_labels = Y[:5].sum()
+    assert len(pairs) == 2 * 3 * n_labels
+    assert np.array_equal(pairs, sentence_pairs(Y, 3, seed=0)[0])
+
+
+def test_contrastive_multilabel(tiny_bert_dir, data, fresh_cache):
+    X, y = data
+    rng = np.random.RandomState(0)
+    Y = np.stack([y == "pos", y == "neg", rng.rand(len(y)) < 0.3], axis=1).astype(int)
+    clf = _clf(tiny_bert_dir).fit(X, Y)
+    assert clf.target_type_ == "multi_label"
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    assert clf.predict(X).shape == (len(X), 3)
+    assert [row["phase"] for row in clf.history_][-1] == "head"
+    pos = np.asarray(y) == "pos"
+    assert ((proba[:, 0] >= 0.5) == pos).mean() >= 0.9  # the separable label is learnt
+    emb = _pooled(clf, X)
+    assert _same_minus_diff(emb, np.asarray(y)) > 0.1

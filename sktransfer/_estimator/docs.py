@@ -60,9 +60,10 @@ _OBJECTIVE = (
     split (a pair's loss weighs the product of its two samples' weights), then fit
     the logistic head exactly on the new embeddings
     (``history_``: the contrastive epochs, ``phase="contrastive"``, then the head).
-    Needs an int ``freeze_depth`` (``"all"`` raises: nothing to train), single-label
-    ``y`` with at least 2 samples per class, and a float ``lr``; ``unfreeze_schedule``
-    and L2-SP do not apply.""",
+    Needs an int ``freeze_depth`` (``"all"`` raises: nothing to train), at least 2
+    samples per class, and a float ``lr``; ``unfreeze_schedule`` and L2-SP do not
+    apply. Multi-label ``y``: SetFit's multi-label pairs (for each label of a sample,
+    a partner with that label; a negative sharing none), then the one-vs-rest head.""",
 )
 _NUM_ITERATIONS = (
     "int",

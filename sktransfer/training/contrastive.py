@@ -15,6 +15,9 @@
 3. the frozen-mode solver (``target.solve_head``: the multinomial logistic head, solved to
    convergence) is fitted on the new embeddings of all samples.
 
+A multi-label indicator ``y`` draws its pairs as SetFit's multi-label mode does (a
+partner sharing each label, one sharing none) and ends with the one-vs-rest head.
+
 ``freeze_depth="all"`` leaves nothing to train and raises (the frozen probe is
 ``objective="cross_entropy"``'s frozen mode). Each step encodes every distinct sentence
 of its pairs once.
@@ -43,10 +46,10 @@ _UNSUPPORTED = (  # (parameter, its neutral value): knobs of the cross-entropy l
 
 def check_contrastive(est, state) -> None:
     """The inputs ``objective="contrastive"`` cannot use: ValueError, before any forward."""
-    if state.target.name != "single_label":
+    if state.target.name not in ("single_label", "multi_label"):
         raise ValueError(
-            "objective='contrastive' needs single-label y (one label per sample); got a "
-            f"{state.target.name.replace('_', '-')} target"
+            "objective='contrastive' needs single-label y or a multi-label indicator "
+            f"matrix; got a {state.target.name.replace('_', '-')} target"
         )
     if state.frozen:
         raise ValueError(
@@ -60,6 +63,8 @@ def check_contrastive(est, state) -> None:
         if getattr(est, name, neutral) != neutral:
             raise ValueError(f"{name} is not supported with objective='contrastive'")
     labels = state.y.values
+    if labels.ndim == 2:  # multi-label: checked by the pairs it yields (fit_contrastive)
+        return
     counts = np.bincount(labels, minlength=state.y.n_outputs)
     single = np.flatnonzero(counts < 2)
     if len(single):
@@ -82,9 +87,16 @@ def sentence_pairs(labels, num_iterations, seed) -> tuple[np.ndarray, np.ndarray
     For each of ``num_iterations`` rounds and each sample ``i`` (in order): a random other
     sample of ``i``'s class (label 1) and a random sample of another class (label 0).
     Every class needs at least 2 samples (:func:`check_contrastive`).
+
+    A 2-D ``labels`` (a multi-label indicator matrix) follows SetFit's multi-label
+    generation: for each label ``j`` of sample ``i``, a random other sample that has ``j``
+    (label 1) and a random sample sharing no label with ``i`` (label 0); a sample without
+    labels, or sharing one with every sample, and a label no other sample has give none.
     """
     labels = np.asarray(labels)
     rng = np.random.RandomState(seed)
+    if labels.ndim == 2:
+        return _multilabel_pairs(labels, num_iterations, rng)
     members = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
     others = {c: np.flatnonzero(labels != c) for c in members}
     pairs, targets = [], []
@@ -97,6 +109,27 @@ def sentence_pairs(labels, num_iterations, seed) -> tuple[np.ndarray, np.ndarray
             pairs += [(i, j), (i, k)]
             targets += [1.0, 0.0]
     return np.asarray(pairs, dtype=np.int64), np.asarray(targets, dtype=np.float32)
+
+
+def _multilabel_pairs(Y, num_iterations, rng):
+    Y = (Y > 0.5).astype(np.int64)
+    members = [np.flatnonzero(Y[:, j]) for j in range(Y.shape[1])]
+    disjoint = [np.flatnonzero(Y @ Y[i] == 0) for i in range(len(Y))]
+    pairs = []
+    for _ in range(num_iterations):
+        for i in range(len(Y)):
+            negatives = disjoint[i]
+            if not len(negatives):
+                continue
+            for j in np.flatnonzero(Y[i]):
+                same = members[j]
+                if len(same) < 2:
+                    continue
+                p = same[rng.randint(len(same) - 1)]
+                p = same[-1] if p == i else p
+                pairs += [(i, p), (i, negatives[rng.randint(len(negatives))])]
+    targets = np.tile(np.asarray([1.0, 0.0], dtype=np.float32), len(pairs) // 2)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), targets
 
 
 def cosine_similarity_loss(u, v, targets, weights):
@@ -127,7 +160,13 @@ def fit_contrastive(est, state):
     keep = pair_w > 0  # pairs with a zero-weight sentence teach nothing
     pairs, targets, pair_w = pairs[keep], targets[keep], pair_w[keep]
     if not len(pairs):
-        raise ValueError("objective='contrastive': every pair has a zero sample_weight")
+        why = (
+            "y gives none (a positive pair needs two samples sharing a label, a negative "
+            "one a sample sharing none)"
+            if len(keep) == 0
+            else "each has a sample of sample_weight 0"
+        )
+        raise ValueError(f"objective='contrastive' found no sentence pairs: {why}")
 
     cfg = TrainConfig(
         lr=est.lr, max_epochs=est.max_epochs, batch_size=est.batch_size,
