@@ -244,3 +244,16 @@ def test_contrastive_multilabel(tiny_bert_dir, data, fresh_cache):
     assert ((proba[:, 0] >= 0.5) == pos).mean() >= 0.9  # the separable label is learnt
     emb = _pooled(clf, X)
     assert _same_minus_diff(emb, np.asarray(y)) > 0.1
+
+
+def test_safe_format_round_trip(tiny_bert_dir, data, fresh_cache, tmp_path):
+    import sktransfer
+
+    X, y = data
+    clf = _clf(tiny_bert_dir, max_epochs=1, num_iterations=1).fit(X, y)
+    path = tmp_path / "model.skt"
+    sktransfer.save(clf, path)
+    loaded = sktransfer.load(path)
+    assert loaded.get_params()["objective"] == "contrastive"
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+    assert loaded.history_ == clf.history_
