@@ -18,7 +18,6 @@ import re
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -324,21 +323,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically and durably (the library's temp-file + rename), 0644:
+    results are meant to be read by anyone."""
+    from sktransfer.io.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are meant to be read by anyone
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, durable=True, mode=0o644) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 def write_results(
