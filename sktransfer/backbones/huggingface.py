@@ -4,9 +4,12 @@ BERT-class encoders (BERT, MiniLM, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA,
 DistilBERT) are split into ``embeddings`` and ``layer.0`` .. ``layer.N-1``; every
 layer block builds the attention mask its attention implementation expects
 (eager, sdpa, ...) with ``transformers.masking_utils.create_bidirectional_mask``,
-exactly as the model's own ``forward`` does. Any other architecture is one block,
-``model`` (an encoder-decoder model contributes its encoder). ``pool`` is a
-masked mean or the first (CLS) token, optionally L2-normalised.
+exactly as the model's own ``forward`` does. DeBERTa-v2/v3, MPNet and ModernBERT
+are split the same way by :mod:`sktransfer.backbones.hf_text_blocks` (dispatched on
+``config.model_type``). Any other architecture is one block, ``model`` (an
+encoder-decoder model contributes its encoder), and says so
+(``Backbone.unsplit_reason``). ``pool`` is a masked mean or the first (CLS) token,
+optionally L2-normalised.
 
 Only local files are read: a model directory, or a hub id already in the local
 Hugging Face cache (``HF_HOME``). Sentence-transformers directories set the
@@ -17,20 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
-import warnings
 
 import torch
 from torch import nn
 
 from sktransfer.backbones._base import Backbone, TextPreprocessing, TextState
 from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.hf_st_layout import POOLINGS, sentence_transformers_defaults
 from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
 
 __all__ = ["TextPool", "backbone_from_hf_model", "load_huggingface"]
 
-POOLINGS = ("mean", "cls")
 # Model types whose encoder layers are ``layer(hidden, mask)`` with the mask from
 # ``create_bidirectional_mask`` and nothing else (checked against transformers 5).
 _SPLITTABLE = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert"}
@@ -162,24 +163,30 @@ def _check_pooling(pooling):
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def _split_blocks(model) -> list[tuple[str, nn.Module]]:
+def _split_blocks(model) -> tuple[list[tuple[str, nn.Module]], str | None]:
+    """``(blocks, unsplit_reason)``: the split, or the whole model and why it is one block."""
+    from sktransfer.backbones.hf_text_blocks import FAMILIES, split_text_encoder
+
     config = model.config
     model_type = getattr(config, "model_type", None)
+    family = split_text_encoder(model)
+    if family is not None:
+        return family, None
     layers = None
     if model_type in _SPLITTABLE and not getattr(config, "is_decoder", False):
-        if model_type == "distilbert":
-            layers = getattr(getattr(model, "transformer", None), "layer", None)
-        else:
-            layers = getattr(getattr(model, "encoder", None), "layer", None)
+        owner = getattr(model, "transformer" if model_type == "distilbert" else "encoder", None)
+        layers = getattr(owner, "layer", None)
     if layers is None or not hasattr(model, "embeddings"):
+        known = sorted(_SPLITTABLE | set(FAMILIES))
+        reason = f"no block split for model_type {model_type!r}; split: {', '.join(known)}"
         if getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
-            return [("model", HFWholeModel(model.get_encoder()))]
-        return [("model", HFWholeModel(model))]
+            return [("model", HFWholeModel(model.get_encoder()))], reason
+        return [("model", HFWholeModel(model))], reason
     blocks = [
         ("embeddings", HFEmbeddings(model.embeddings, getattr(model, "embeddings_project", None)))
     ]
     blocks += [(f"layer.{i}", HFLayer(layer, config)) for i, layer in enumerate(layers)]
-    return blocks
+    return blocks, None
 
 
 def _position_limit(config) -> int | None:
@@ -224,10 +231,11 @@ def backbone_from_hf_model(
     _check_pooling(pooling)
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):
         tokenizer.pad_token = tokenizer.eos_token
+    blocks, unsplit_reason = _split_blocks(model)
     return Backbone(
         name=name,
         modality="text",
-        blocks=_split_blocks(model),
+        blocks=blocks,
         pool=TextPool(pooling, normalize),
         feature_dim=getattr(model.config, "hidden_size", None),
         preprocessing=TextPreprocessing(
@@ -237,52 +245,8 @@ def backbone_from_hf_model(
             normalize=bool(normalize),
         ),
         source={"kind": "module", "name": name},
+        unsplit_reason=unsplit_reason,
     )
-
-
-def _read_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _sentence_transformers_defaults(directory: str) -> dict:
-    """Read a sentence-transformers layout: model subdir, pooling, normalize, max length."""
-    found = {"model_dir": directory, "pooling": None, "normalize": False, "max_seq_length": None}
-    modules_file = os.path.join(directory, "modules.json")
-    if not os.path.isfile(modules_file):
-        return found
-    for module in _read_json(modules_file):
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        sub = os.path.join(directory, module.get("path", ""))
-        if kind == "Transformer":
-            found["model_dir"] = sub
-            config = os.path.join(sub, "sentence_bert_config.json")
-            if os.path.isfile(config):
-                found["max_seq_length"] = _read_json(config).get("max_seq_length")
-        elif kind == "Normalize":
-            found["normalize"] = True
-        elif kind == "Pooling" and os.path.isfile(os.path.join(sub, "config.json")):
-            found["pooling"] = _pooling_from_config(
-                _read_json(os.path.join(sub, "config.json")), sub
-            )
-    return found
-
-
-def _pooling_from_config(config: dict, where: str) -> str:
-    mode = config.get("pooling_mode")
-    if mode in POOLINGS:
-        return mode
-    if config.get("pooling_mode_cls_token"):
-        return "cls"
-    any_mode = any(v for k, v in config.items() if k.startswith("pooling_mode_"))
-    if config.get("pooling_mode_mean_tokens") or (mode is None and not any_mode):
-        return "mean"
-    warnings.warn(
-        f"the sentence-transformers pooling in {where} ({mode or config}) is not supported; "
-        "sktransfer uses mean pooling instead",
-        stacklevel=3,
-    )
-    return "mean"
 
 
 @contextlib.contextmanager
@@ -312,10 +276,10 @@ def _hub_snapshot(repo_id: str) -> str | None:
 
 def _load(auto_tokenizer, auto_model, spec, directory):
     if directory is not None:
-        st = _sentence_transformers_defaults(directory)
+        st = sentence_transformers_defaults(directory)
         where, kwargs = st["model_dir"], {}
     else:
-        st = _sentence_transformers_defaults("")
+        st = sentence_transformers_defaults("")
         where, kwargs = spec, {"local_files_only": True}
     tokenizer = auto_tokenizer.from_pretrained(where, **kwargs)
     model = auto_model.from_pretrained(where, **kwargs)

@@ -391,6 +391,7 @@ def _cached_load(key, load, share=False) -> Backbone:
         preprocessing=copy.copy(template.preprocessing),
         source=dict(template.source),
         shared=share,
+        unsplit_reason=template.unsplit_reason,
     )
 
 
