@@ -46,10 +46,15 @@ def backbone_from_module(module: nn.Module, modality: str) -> Backbone:
         if recognised is not None:
             recognised.source = {"kind": "module", "name": name}
             return recognised
+    reason = None
     if isinstance(module, nn.Sequential) and len(module) > 0:
         blocks = [(str(i), child) for i, child in module.named_children()]
     else:
         blocks = [("module", module)]
+        reason = (
+            f"a {name} that is neither an nn.Sequential nor a recognised torchvision "
+            "architecture is not split; pass an nn.Sequential of the blocks to freeze part of it"
+        )
     return Backbone(
         name=name,
         modality=modality,
@@ -58,4 +63,5 @@ def backbone_from_module(module: nn.Module, modality: str) -> Backbone:
         feature_dim=None,  # found by a forward pass at fit time
         preprocessing=ImagePreprocessing(),
         source={"kind": "module", "name": name},
+        unsplit_reason=reason,
     )
