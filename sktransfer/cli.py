@@ -257,7 +257,24 @@ def _cmd_backbones(args):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     for r in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) + "  " + r[4])
+    _print_sources(args.modality)
     return 0
+
+
+def _print_sources(modality):
+    """Each registered backbone source: its ``backbone=`` forms, install, weights."""
+    from sktransfer.backbones.registry import list_sources
+
+    sources = [s for s in list_sources() if modality in (None, s.modality)]
+    if not sources:
+        return
+    print("\nSources (backbone= forms, how to install, where weights come from):")
+    width = max(len(s.kind) for s in sources)
+    for s in sources:
+        indent = " " * (width + 10)
+        print(f"{s.kind.ljust(width)}  {s.modality.ljust(6)}  spec:    {s.spec}")
+        print(f"{indent}install: {s.install}")
+        print(f"{indent}weights: {s.weights}")
 
 
 def _cmd_demo(args):

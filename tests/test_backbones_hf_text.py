@@ -293,7 +293,7 @@ def test_cli_lists_sources(capsys):
     out = capsys.readouterr().out
     sources = list_sources()
     assert {s.kind for s in sources} >= {"huggingface", "packaged", "torchvision"}
-    assert "Sources" in out
+    assert "\nSources (" in out
     for source in sources:
         assert source.kind in out and source.install in out and source.weights in out
     assert cli.main(["backbones", "--modality", "text"]) == 0

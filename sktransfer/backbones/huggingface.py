@@ -367,7 +367,8 @@ register_source(
         install="included (transformers is a dependency)",
         weights="a local save_pretrained / sentence-transformers directory, or a hub id "
         "already in the Hugging Face cache (HF_HOME); never downloaded",
-        spec="a model directory or cached hub id",
+        spec="a text model directory or cached hub id (in blocks: BERT-class, DeBERTa-v2/v3, "
+        "MPNet, ModernBERT; any other encoder is one block)",
         claims=lambda spec, modality: (
             modality == "text" and (os.path.isdir(spec) or looks_like_hub_id(spec))
         ),

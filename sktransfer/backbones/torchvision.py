@@ -14,7 +14,9 @@ Supported families and their blocks (input -> output):
   embedding, dropout), ``encoder_layer_0`` ..; pool = final LayerNorm + class token.
 
 The classification head is dropped: ``pool`` returns what the head would read.
-torchvision is imported lazily (see :mod:`sktransfer.backbones._compat`).
+torchvision is imported lazily (see :mod:`sktransfer.backbones._compat`). On import
+this leaf registers every name in :data:`TORCHVISION_MODELS` and the ``"torchvision"``
+source, which rebuilds a saved architecture for the safe format.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ import difflib
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from sktransfer.backbones._base import Backbone, ImagePreprocessing
 from sktransfer.backbones._compat import import_torchvision
+from sktransfer.backbones.registry import (
+    BackboneSource,
+    is_registered,
+    register_backbone,
+    register_source,
+)
+from sktransfer.backbones.state_dicts import looks_like_path as _looks_like_path
+from sktransfer.backbones.state_dicts import preview as _preview
+from sktransfer.backbones.state_dicts import read_state_dict as _read_state_dict
 
 __all__ = ["TORCHVISION_MODELS", "backbone_from_torchvision_module", "load_torchvision"]
 
@@ -66,7 +76,6 @@ _HEAD_PREFIXES = {
     "ConvNeXt": ("classifier.2.",),
     "VisionTransformer": ("heads.",),
 }
-_PATH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar")
 
 
 class ViTEmbedding(nn.Module):
@@ -223,19 +232,6 @@ def _weights_preprocessing(weights) -> ImagePreprocessing:
     )
 
 
-def _looks_like_path(weights) -> bool:
-    if isinstance(weights, os.PathLike):
-        return True
-    s = str(weights)
-    return (
-        os.path.exists(s)
-        or "/" in s
-        or os.sep in s
-        or s.startswith(("~", "."))
-        or s.lower().endswith(_PATH_SUFFIXES)
-    )
-
-
 def _resolve_weights_enum(tv, name: str, weights):
     enum = tv.models.get_model_weights(name)
     if isinstance(weights, enum):
@@ -255,32 +251,6 @@ def _resolve_weights_enum(tv, name: str, weights):
     )
 
 
-def _read_state_dict(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ValueError(f"weights file not found: {path!r}")
-    if path.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not read {path!r} as a state dict ({type(exc).__name__}: {exc}). "
-            "Save weights with torch.save(model.state_dict(), path) or as .safetensors"
-        ) from exc
-    for wrapper_key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper_key), Mapping):
-            if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-                obj = obj[wrapper_key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path!r} does not hold a state dict (a mapping of names to tensors)")
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
 def _load_state_dict(model: nn.Module, family: str, state: dict, path: str) -> None:
     head = _HEAD_PREFIXES[family]
     body = {k: v for k, v in state.items() if not k.startswith(head)}
@@ -295,13 +265,6 @@ def _load_state_dict(model: nn.Module, family: str, state: dict, path: str) -> N
             f"the weights in {path!r} do not match the architecture: "
             f"missing keys {_preview(missing)}; unexpected keys {_preview(unexpected)}"
         )
-
-
-def _preview(keys: list[str], n: int = 8) -> str:
-    if not keys:
-        return "none"
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return "[" + ", ".join(keys[:n]) + "]" + more
 
 
 def _vit_kwargs(name: str, state: dict) -> dict:
@@ -388,3 +351,42 @@ def load_torchvision(name: str, weights=None) -> Backbone:
         preprocessing=preprocessing or _default_preprocessing(model, family),
         source=source,
     )
+
+
+def _rebuild(source, arch):
+    name = source.get("name")
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(f"{source!r} names no supported torchvision model")
+    kwargs = {"image_size": int(arch["image_size"])} if "image_size" in arch else {}
+    model = import_torchvision().models.get_model(name, weights=None, **kwargs)
+    return backbone_from_torchvision_module(model, name)
+
+
+def _register():
+    for tv_name in TORCHVISION_MODELS:
+        if is_registered(tv_name):  # a packaged backbone of the same name comes first
+            continue
+
+        def _load(weights="default", _name=tv_name):
+            return load_torchvision(_name, weights="DEFAULT" if weights == "default" else weights)
+
+        register_backbone(
+            tv_name,
+            modality="image",
+            source="torchvision",
+            description=f"torchvision {tv_name} (weights: cache/download, state-dict path, None)",
+        )(_load)
+    register_source(
+        BackboneSource(
+            kind="torchvision",
+            modality="image",
+            install='pip install "sktransfer[torchvision]"',
+            weights="torchvision weight names (torch.hub cache or download), a local "
+            "state-dict file, or None",
+            spec="a torchvision model name (resnet18, vit_b_16, ...) or model object",
+            rebuild=_rebuild,
+        )
+    )
+
+
+_register()
