@@ -1,4 +1,5 @@
-"""Hugging Face vision encoders (ViT, DINOv2, CLIP vision): exact split, fit, safe save/load."""
+"""Hugging Face vision encoders (ViT, DINOv2, CLIP, SigLIP, ConvNeXt, Swin): exact split, fit,
+safe save/load."""
 
 from __future__ import annotations
 
@@ -226,7 +227,152 @@ def test_other_image_size_interpolates_position_embeddings(small_digits, vision_
 
 
 def test_unsupported_vision_model_type_is_refused(tmp_path):
-    config = transformers.SiglipVisionConfig(**TINY)
-    transformers.SiglipVisionModel(config).save_pretrained(str(tmp_path))
-    with pytest.raises(ValueError, match="'siglip_vision_model' model"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "swinv2"}))
+    with pytest.raises(ValueError, match="'swinv2' model"):
         resolve_backbone(str(tmp_path), "image")
+
+
+# ---------------------------------------------------------------- SigLIP, ConvNeXt, Swin
+CONV = dict(hidden_sizes=[8, 16, 24], depths=[1, 1, 1], num_stages=3, image_size=32, patch_size=4)
+SWIN = dict(image_size=32, patch_size=4, embed_dim=8, depths=[2, 1], num_heads=[2, 2])
+NEW = {  # family -> (config, model class, preprocessor_config.json, block names)
+    "siglip": (
+        transformers.SiglipVisionConfig(**TINY),
+        transformers.SiglipVisionModel,
+        dict(
+            size={"height": 32, "width": 32}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),  # fmt: skip
+        ["embeddings", "layer.0", "layer.1"],
+    ),
+    "convnext": (
+        transformers.ConvNextConfig(**CONV),
+        transformers.ConvNextModel,
+        dict(size={"shortest_edge": 32}, crop_pct=0.875, resample=3),
+        ["embeddings", "stages.0", "stages.1", "stages.2"],
+    ),
+    "swin": (
+        transformers.SwinConfig(**SWIN, window_size=4, use_absolute_embeddings=True),
+        transformers.SwinModel,
+        dict(size={"height": 32, "width": 32}, resample=3, image_mean=[0.4] * 3),
+        ["embeddings", "stages.0", "stages.1"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def new_dirs(tmp_path_factory):
+    out = {}
+    for family, (config, model_cls, processor, _) in NEW.items():
+        path = tmp_path_factory.mktemp(f"tiny_{family}")
+        torch.manual_seed(0)
+        model = model_cls(config).eval()
+        if family == "swin":  # zero-initialised: make the position embedding matter
+            torch.nn.init.normal_(model.embeddings.position_embeddings, std=0.5)
+        model.save_pretrained(str(path))
+        (path / "preprocessor_config.json").write_text(json.dumps(processor))
+        out[family] = str(path)
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(NEW))
+@pytest.mark.parametrize("size", [32, 40])
+def test_new_families_split_exactly(new_dirs, family, size):
+    backbone = load_hf_vision(new_dirs[family])
+    model = NEW[family][1].from_pretrained(new_dirs[family]).eval()
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    kwargs = {"interpolate_pos_encoding": True} if size != 32 and family != "convnext" else {}
+    with torch.no_grad():
+        expected = model(pixel_values=x, **kwargs).pooler_output
+    assert [n for n, _ in backbone.blocks] == NEW[family][3]
+    assert backbone.source["kind"] == "hf_vision" and expected.shape[1] == backbone.feature_dim
+    for layout in (torch.contiguous_format, torch.channels_last):  # as the estimators run
+        got = _chain(backbone, x.contiguous(memory_format=layout))
+        assert (got - expected).abs().max().item() <= 1e-5, layout
+
+
+def test_new_families_poolings_and_preprocessing(new_dirs, tmp_path):
+    assert load_hf_vision(new_dirs["siglip"]).source["pooling"] == "head"
+    x = torch.randn(2, 3, 32, 32)
+    head = _chain(load_hf_vision(new_dirs["siglip"]), x)
+    mean = _chain(load_hf_vision(new_dirs["siglip"], pooling="mean"), x)
+    model = transformers.SiglipVisionModel.from_pretrained(new_dirs["siglip"]).eval()
+    with torch.no_grad():
+        tokens = model(pixel_values=x).last_hidden_state
+    assert (mean - tokens.mean(1)).abs().max().item() <= 1e-5
+    assert (mean - head).abs().max().item() > 1e-3
+    for family, bad in [("siglip", "cls"), ("convnext", "cls"), ("swin", "head")]:
+        with pytest.raises(ValueError, match="no class token"):
+            load_hf_vision(new_dirs[family], pooling=bad)
+    headless = transformers.SiglipVisionConfig(**TINY, vision_use_head=False)
+    transformers.SiglipVisionModel(headless).save_pretrained(str(tmp_path))
+    assert load_hf_vision(str(tmp_path)).source["pooling"] == "mean"
+    with pytest.raises(ValueError, match="no class token"):
+        load_hf_vision(str(tmp_path), pooling="head")
+    prep = load_hf_vision(new_dirs["convnext"]).preprocessing  # crop_pct: 32 / 0.875
+    assert (prep.image_size, prep.resize_size, prep.interpolation) == (32, 36, "bicubic")
+    prep = load_hf_vision(new_dirs["siglip"]).preprocessing
+    assert (prep.image_size, prep.resize_size, prep.mean) == (32, None, (0.5, 0.5, 0.5))
+    big = dict(size={"shortest_edge": 384}, crop_pct=0.875)  # ConvNeXt: no crop from 384 on
+    prep = preprocessing_from_config(big, NEW["convnext"][0])
+    assert (prep.image_size, prep.resize_size) == (384, None)
+
+
+def test_whole_siglip_directory_uses_its_vision_tower(tmp_path):
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    config = transformers.SiglipConfig(text_config=text, vision_config=TINY)
+    torch.manual_seed(0)
+    model = transformers.SiglipModel(config).eval()
+    model.save_pretrained(str(tmp_path))
+    backbone = load_hf_vision(str(tmp_path))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.get_image_features(pixel_values=x).pooler_output
+    assert backbone.source["model_type"] == "siglip_vision_model"
+    assert (_chain(backbone, x) - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", sorted(NEW))
+def test_new_families_fit_save_load(small_digits, new_dirs, tmp_path, family):
+    X, y = small_digits
+    X, y = X[:30], y[:30]
+    n = len(NEW[family][3])
+    clf = PretrainedImageClassifier(
+        backbone=new_dirs[family], freeze_depth=-2, max_epochs=1, batch_size=16, lr=1e-2,
+        random_state=0,
+    ).fit(X, y)  # fmt: skip
+    assert clf.n_blocks_ == n and clf.n_frozen_blocks_ == n - 2
+    ref = dict(load_hf_vision(new_dirs[family]).blocks)
+    for i, (name, block) in enumerate(zip(clf.block_names_, clf.module_.blocks)):
+        mine, theirs = block.state_dict(), ref[name].state_dict()
+        same = all(torch.equal(mine[k].cpu(), theirs[k]) for k in theirs)
+        assert same == (i < n - 2), name  # frozen: untouched; the top two trained
+    loaded = sktransfer.load(sktransfer.save(clf, tmp_path / f"{family}.skt"))
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+    assert loaded.backbone_source_["model_type"] == clf.backbone_source_["model_type"]
+
+
+@pytest.mark.parametrize("family", sorted(NEW))
+def test_new_families_grid_search(small_digits, new_dirs, family):
+    """Fits at freeze_depth "all", -2 and 0 (each on both folds)."""
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = small_digits
+    est = PretrainedImageClassifier(
+        backbone=new_dirs[family], max_epochs=1, batch_size=16, lr=1e-2, random_state=0
+    )
+    grid = {"freeze_depth": ["all", -2, 0]}
+    search = GridSearchCV(est, grid, cv=2, error_score="raise", refit=False)
+    search.fit(X[:24], y[:24])
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_new_families_model_objects_and_rebuild(new_dirs):
+    for family, (config, model_cls, _, names) in NEW.items():
+        model = model_cls(config).eval()
+        backbone = resolve_backbone(model, "image")
+        assert [n for n, _ in backbone.blocks] == names
+        assert next(backbone.blocks[0][1].parameters()) is not next(model.parameters())
+        rebuilt = rebuild_hf_vision(load_hf_vision(new_dirs[family]).source, {})
+        assert [n for n, _ in rebuilt.blocks] == names
+        x = torch.randn(1, 3, 32, 32)
+        assert _chain(rebuilt, x).shape == (1, backbone.feature_dim)

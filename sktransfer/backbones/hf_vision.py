@@ -1,4 +1,4 @@
-"""Hugging Face ``transformers`` vision encoders (ViT, DINOv2, CLIP vision) as image backbones.
+"""Hugging Face ``transformers`` vision encoders (ViT, DINOv2, CLIP, SigLIP, ConvNeXt, Swin).
 
 ``backbone=<dir>`` for an image estimator, where ``<dir>`` was written by
 ``save_pretrained`` (or is a hub id already in the local Hugging Face cache), is this
@@ -11,6 +11,9 @@ source's when its ``config.json`` names a vision ``model_type``:
 * ``clip_vision_model`` / ``clip`` (``CLIPVisionModel``, the image tower of a CLIP
   directory): blocks ``embeddings`` (patch embedding + ``pre_layrnorm``), ``layer.0``
   ..; pool = ``post_layernorm`` of the CLS token (the model's ``pooler_output``).
+
+SigLIP vision, ConvNeXt (V1, V2) and Swin are split by
+:mod:`sktransfer.backbones.hf_vision_families`, chosen by ``model_type``.
 
 ``pooling="mean"`` instead averages the patch tokens (the CLS token left out). Every
 layer is called as the model's own ``forward`` calls it in transformers 5
@@ -30,19 +33,44 @@ import os
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, ImagePreprocessing
+from sktransfer.backbones._base import Backbone
 from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.hf_vision_families import (
+    FAMILY_CLASSES,
+    MODEL_TYPES,
+    check_pooling,
+    default_pooling,
+    feature_dim,
+    split_family,
+)
+from sktransfer.backbones.hf_vision_prep import (
+    config_image_size,
+    default_preprocessing,
+    preprocessing_from_config,
+)
 from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
 
-__all__ = ["backbone_from_hf_vision_model", "load_hf_vision", "rebuild_hf_vision"]
+__all__ = [
+    "backbone_from_hf_vision_model",
+    "load_hf_vision",
+    "preprocessing_from_config",
+    "rebuild_hf_vision",
+]
 
 KIND = "hf_vision"
-POOLINGS = ("cls", "mean")
-# config model_type -> family; "clip" is a whole CLIP directory (its vision tower is used)
+POOLINGS = ("cls", "mean", "head")  # "head": SigLIP's attention pooling
+_TOKEN_POOLINGS = ("cls", "mean")  # ViT, DINOv2, CLIP
+# config model_type -> family; "clip" is a whole CLIP directory (its vision tower is used);
+# SigLIP, ConvNeXt and Swin are split in hf_vision_families
 _FAMILIES = {"vit": "vit", "dinov2": "dinov2", "clip_vision_model": "clip", "clip": "clip"}
-_MODEL_CLASSES = {"ViTModel": "vit", "Dinov2Model": "dinov2", "CLIPVisionModel": "clip"}
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_FAMILIES.update(MODEL_TYPES)
+_CLASS_NAMES = {
+    "vit": ("ViTConfig", "ViTModel"),
+    "dinov2": ("Dinov2Config", "Dinov2Model"),
+    "clip": ("CLIPVisionConfig", "CLIPVisionModel"),
+    **FAMILY_CLASSES,
+}
+_MODEL_CLASSES = {model: family for family, (_, model) in _CLASS_NAMES.items()}
 _SLACK_BYTES = 64 << 20
 
 
@@ -50,11 +78,8 @@ def _classes(family):
     ensure_transformers_importable()
     import transformers
 
-    return {
-        "vit": (transformers.ViTConfig, transformers.ViTModel),
-        "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model),
-        "clip": (transformers.CLIPVisionConfig, transformers.CLIPVisionModel),
-    }[family]
+    config_name, model_name = _CLASS_NAMES[family]
+    return getattr(transformers, config_name), getattr(transformers, model_name)
 
 
 class HFVisionEmbeddings(nn.Module):
@@ -118,7 +143,7 @@ class HFVisionPool(nn.Module):
 
     def __init__(self, norm: nn.Module, pooling: str = "cls", norm_first: bool = True):
         super().__init__()
-        _check_pooling(pooling)
+        _check_pooling(pooling, "vit")
         self.norm = norm
         self.pooling = pooling
         self.norm_first = bool(norm_first)
@@ -133,18 +158,31 @@ class HFVisionPool(nn.Module):
         return f"pooling={self.pooling!r}, norm_first={self.norm_first}"
 
 
-def _check_pooling(pooling):
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+def _check_pooling(pooling, family=None, config=None):
+    """Pooling names this family has (None: any family's); ValueError otherwise."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}")
+    if family in FAMILY_CLASSES:
+        check_pooling(family, config, pooling)
+    elif family is not None and pooling not in _TOKEN_POOLINGS:
+        raise ValueError(
+            f"pooling={pooling!r} is not available for a {family} vision encoder: "
+            f"use one of {_TOKEN_POOLINGS}"
+        )
 
 
-def _config_image_size(config) -> int:
-    size = getattr(config, "image_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+def _pooling_for(family, config, pooling):
+    """``pooling``, or the model's own when None (checked against the family)."""
+    if pooling is None:
+        pooling = default_pooling(family, config) if family in FAMILY_CLASSES else "cls"
+    _check_pooling(pooling, family, config)
+    return pooling
 
 
 def _split(model, family, pooling):
-    image_size = _config_image_size(model.config)
+    image_size = config_image_size(model.config)
+    if family in FAMILY_CLASSES:
+        return split_family(model, family, pooling, image_size)
     if family == "vit":
         layers = model.layers if hasattr(model, "layers") else model.encoder.layer
         embed = HFVisionEmbeddings(model.embeddings, None, image_size, interpolate=True)
@@ -173,9 +211,10 @@ def _config_json(config) -> dict:
 
 
 def backbone_from_hf_vision_model(
-    model, name: str | None = None, pooling: str = "cls", preprocessing=None
+    model, name: str | None = None, pooling: str | None = None, preprocessing=None
 ) -> Backbone:
-    """Split a built ``ViTModel`` / ``Dinov2Model`` / ``CLIPVisionModel`` into blocks.
+    """Split a built vision encoder (``ViTModel``, ``Dinov2Model``, ``CLIPVisionModel``,
+    ``SiglipVisionModel``, ``ConvNextModel``, ``ConvNextV2Model``, ``SwinModel``) into blocks.
 
     Parameters
     ----------
@@ -183,8 +222,10 @@ def backbone_from_hf_vision_model(
         Its submodules are reused, not copied.
     name : str, optional
         Name shown to users; default the class name.
-    pooling : {"cls", "mean"}, default="cls"
-        The model's own CLS pooling, or the mean of the patch tokens.
+    pooling : {"cls", "mean", "head"} or None, default=None
+        None: the model's own pooling (the CLS token for ViT / DINOv2 / CLIP, the
+        attention head for SigLIP, the average for ConvNeXt / Swin); ``"mean"``: the mean
+        of the patch tokens; ``"cls"`` / ``"head"`` only where the model has one.
     preprocessing : ImagePreprocessing, optional
         Default: the config's ``image_size`` with the ImageNet mean/std.
 
@@ -199,18 +240,18 @@ def backbone_from_hf_vision_model(
         raise ValueError(
             f"{type(model).__name__} is not a supported vision encoder ({sorted(_MODEL_CLASSES)})"
         )
-    _check_pooling(pooling)
+    config = model.config
+    pooling = _pooling_for(family, config, pooling)
     model.eval()
     blocks, pool = _split(model, family, pooling)
-    config = model.config
     name = name or type(model).__name__
     return Backbone(
         name=name,
         modality="image",
         blocks=blocks,
         pool=pool,
-        feature_dim=int(config.hidden_size),
-        preprocessing=preprocessing or _default_preprocessing(config),
+        feature_dim=feature_dim(family, config),
+        preprocessing=preprocessing or default_preprocessing(config),
         source={
             "kind": KIND,
             "name": name,
@@ -218,57 +259,6 @@ def backbone_from_hf_vision_model(
             "config": _config_json(config),
             "pooling": pooling,
         },
-    )
-
-
-def _default_preprocessing(config) -> ImagePreprocessing:
-    return ImagePreprocessing(
-        image_size=_config_image_size(config), mean=_IMAGENET[0], std=_IMAGENET[1]
-    )
-
-
-def _edge(size):
-    """``(crop-or-resize edge, is_shortest_edge)`` from an image-processor ``size`` entry."""
-    if isinstance(size, (int, float)):
-        return int(size), False
-    if isinstance(size, dict):
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"]), True
-        if "height" in size:
-            return int(min(size["height"], size.get("width", size["height"]))), False
-    return None, False
-
-
-def _triple(value, default):
-    if value is None:
-        return default
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    return tuple(float(v) for v in value)
-
-
-def preprocessing_from_config(processor: dict | None, config) -> ImagePreprocessing:
-    """:class:`ImagePreprocessing` from a ``preprocessor_config.json`` dict (or the config)."""
-    if not processor:
-        return _default_preprocessing(config)
-    resize, _ = _edge(processor.get("size"))
-    crop, _ = _edge(processor.get("crop_size"))
-    if not processor.get("do_center_crop", crop is not None) or crop is None:
-        crop = None
-    image_size = crop or resize or _config_image_size(config)
-    mean, std = _IMAGENET
-    if processor.get("do_normalize", True):
-        mean = _triple(processor.get("image_mean"), mean)
-        std = _triple(processor.get("image_std"), std)
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    resample = processor.get("resample", 2)
-    return ImagePreprocessing(
-        image_size=int(image_size),
-        resize_size=int(resize) if crop is not None and resize else None,
-        mean=mean,
-        std=std,
-        interpolation=_PIL_RESAMPLE.get(resample, "bicubic"),
     )
 
 
@@ -298,17 +288,19 @@ def _claims(spec: str, modality: str) -> bool:
     return directory is not None and os.path.isfile(os.path.join(directory, "config.json"))
 
 
-def load_hf_vision(name_or_path, weights="default", pooling: str = "cls") -> Backbone:
+def load_hf_vision(name_or_path, weights="default", pooling: str | None = None) -> Backbone:
     """Load a local Hugging Face vision encoder as an image :class:`Backbone`.
 
     Parameters
     ----------
     name_or_path : str or path-like
-        A ``save_pretrained`` directory of a ViT, DINOv2, CLIP vision (or whole CLIP)
-        model, or a hub id already in the local cache. Nothing is downloaded.
+        A ``save_pretrained`` directory of a ViT, DINOv2, CLIP vision (or whole CLIP),
+        SigLIP vision (or whole SigLIP), ConvNeXt (V1, V2) or Swin model, or a hub id
+        already in the local cache. Nothing is downloaded.
     weights : "default" or None, default="default"
         ``"default"``: the directory's weights; None: its architecture, randomly initialised.
-    pooling : {"cls", "mean"}, default="cls"
+    pooling : {"cls", "mean", "head"} or None, default=None
+        None: the model's own pooling (see :func:`backbone_from_hf_vision_model`).
 
     Returns
     -------
@@ -385,7 +377,7 @@ def rebuild_hf_vision(source: dict, arch: dict) -> Backbone:
             )
     model = model_cls(config).eval()
     prep_name = source.get("name") or type(model).__name__
-    backbone = backbone_from_hf_vision_model(model, prep_name, source.get("pooling", "cls"))
+    backbone = backbone_from_hf_vision_model(model, prep_name, source.get("pooling"))
     backbone.source = dict(source)
     return backbone
 
@@ -395,10 +387,12 @@ register_source(
         kind=KIND,
         modality="image",
         install="included (transformers is a dependency)",
-        weights="a local save_pretrained directory (ViT, DINOv2, CLIP vision), or a hub id "
-        "already in the Hugging Face cache (HF_HOME); never downloaded",
+        weights="a local save_pretrained directory (ViT, DINOv2, CLIP / SigLIP vision, "
+        "ConvNeXt, Swin), or a hub id already in the Hugging Face cache (HF_HOME); "
+        "never downloaded",
         spec="a vision model directory or cached hub id, or a ViTModel / Dinov2Model / "
-        "CLIPVisionModel object",
+        "CLIPVisionModel / SiglipVisionModel / ConvNextModel / ConvNextV2Model / SwinModel "
+        "object",
         claims=_claims,
         load=lambda spec, weights="default": load_hf_vision(spec, weights),
         claims_module=lambda module: _family_of(module) is not None,
