@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from sktransfer.training.lora import is_adapter_param
+
 
 def resolve_freeze_depth(freeze_depth, n_blocks: int) -> int:
     """Number of frozen blocks for ``freeze_depth`` on a backbone of ``n_blocks``.
@@ -54,17 +56,21 @@ class TransferNet(nn.Module):
         self.head = head
         self.n_frozen = 0
         self.input_block = 0  # which block ``forward`` feeds x to (cached activations: > 0)
+        self.adapter_only = False  # LoRA: in unfrozen blocks only the adapters train
         self.set_frozen(n_frozen)
 
     def set_frozen(self, n_frozen: int) -> None:
+        """Freeze blocks ``[:n_frozen]``; the rest train (with ``adapter_only``, a LoRA
+        fit: only their adapter parameters, and the pool stays frozen)."""
         self.n_frozen = int(n_frozen)
+        adapter_only = getattr(self, "adapter_only", False)
         for i, block in enumerate(self.blocks):
             frozen = i < self.n_frozen
-            for p in block.parameters():
+            for name, p in block.named_parameters():
                 if not is_lazy(p):  # lazy modules are frozen again once materialised
-                    p.requires_grad_(not frozen)
+                    p.requires_grad_(not frozen and (not adapter_only or is_adapter_param(name)))
         # the pool is part of the backbone: frozen with it when everything is frozen
-        all_frozen = self.n_frozen >= len(self.blocks)
+        all_frozen = self.n_frozen >= len(self.blocks) or adapter_only
         for p in self.pool.parameters():
             if not is_lazy(p):
                 p.requires_grad_(not all_frozen)

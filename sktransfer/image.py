@@ -118,6 +118,15 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         The learning rate used (``lr``, or the LR range test's pick).
     lr_find_ : dict
         With ``lr="auto"``: the range test's ``lrs`` and raw ``losses``.
+    n_trainable_params_ : int
+        Parameters the fit trained: the head's when frozen; with fine-tuning also
+        the unfrozen blocks' (and the pool's); with ``adapter="lora"`` the
+        adapters' (not the frozen base weights).
+    lora_adapters_ : dict
+        With ``adapter="lora"`` only: ``r``, ``lora_alpha``, ``lora_dropout``, the
+        adapted layers (``target_modules``, names in ``module_``), ``peft_version``
+        and ``tensors`` (each layer's ``lora_A``/``lora_B`` weights, CPU), already
+        merged into ``module_``.
     module_ : sktransfer.freezing.TransferNet
 
     Examples
@@ -139,6 +148,10 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
         backbone=None,
         *,
         freeze_depth="all",
+        adapter=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
         lr=1e-4,
         lr_schedule="warmup_cosine",
         max_epochs=10,
@@ -171,6 +184,10 @@ class PretrainedImageClassifier(_ImageInput, PretrainedClassifierBase):
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
+        self.adapter = adapter
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs
@@ -239,6 +256,15 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         The learning rate used (``lr``, or the LR range test's pick).
     lr_find_ : dict
         With ``lr="auto"``: the range test's ``lrs`` and raw ``losses``.
+    n_trainable_params_ : int
+        Parameters the fit trained: the head's when frozen; with fine-tuning also
+        the unfrozen blocks' (and the pool's); with ``adapter="lora"`` the
+        adapters' (not the frozen base weights).
+    lora_adapters_ : dict
+        With ``adapter="lora"`` only: ``r``, ``lora_alpha``, ``lora_dropout``, the
+        adapted layers (``target_modules``, names in ``module_``), ``peft_version``
+        and ``tensors`` (each layer's ``lora_A``/``lora_B`` weights, CPU), already
+        merged into ``module_``.
     module_ : sktransfer.freezing.TransferNet
 
     Examples
@@ -264,6 +290,10 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         backbone=None,
         *,
         freeze_depth="all",
+        adapter=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
         lr=1e-4,
         lr_schedule="warmup_cosine",
         max_epochs=10,
@@ -295,6 +325,10 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
+        self.adapter = adapter
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs

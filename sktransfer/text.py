@@ -62,6 +62,9 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
     ----------
     classes_, n_blocks_, n_frozen_blocks_, block_names_, history_, lr_, module_
         As for :class:`~sktransfer.PretrainedImageClassifier`.
+    n_trainable_params_, lora_adapters_
+        As for :class:`~sktransfer.PretrainedImageClassifier` (``lora_adapters_``:
+        with ``adapter="lora"`` only).
 
     Examples
     --------
@@ -85,6 +88,10 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         backbone=None,
         *,
         freeze_depth="all",
+        adapter=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
         objective="cross_entropy",
         num_iterations=20,
         lr=5e-5,
@@ -116,6 +123,10 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
+        self.adapter = adapter
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
         self.objective = objective
         self.num_iterations = num_iterations
         self.lr = lr
@@ -163,6 +174,9 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         As for :class:`~sktransfer.PretrainedImageRegressor`.
     history_, lr_, module_
         As for :class:`~sktransfer.PretrainedImageRegressor` (``valid_r2`` per epoch).
+    n_trainable_params_, lora_adapters_
+        As for :class:`~sktransfer.PretrainedImageClassifier` (``lora_adapters_``:
+        with ``adapter="lora"`` only).
 
     Examples
     --------
@@ -182,6 +196,10 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         backbone=None,
         *,
         freeze_depth="all",
+        adapter=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
         lr=5e-5,
         lr_schedule="warmup_cosine",
         max_epochs=4,
@@ -210,6 +228,10 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
     ):
         self.backbone = backbone
         self.freeze_depth = freeze_depth
+        self.adapter = adapter
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
         self.lr = lr
         self.lr_schedule = lr_schedule
         self.max_epochs = max_epochs

@@ -11,12 +11,10 @@ family bases (:mod:`.classifier`, :mod:`.regressor`) add ``predict``/``predict_p
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -33,6 +31,7 @@ from sktransfer._estimator.params import (
     check_finite_weights,
     check_weights,
 )
+from sktransfer._estimator.split import validation_split
 from sktransfer._estimator.state import FitState
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, get_config
@@ -51,6 +50,7 @@ from sktransfer.training.batches import (
     set_layout,
 )
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
+from sktransfer.training.lora import add_lora, check_adapter, count_trainable, merge_lora
 from sktransfer.training.microbatch import inference_batch_size
 from sktransfer.training.regularization import L2SP
 
@@ -241,7 +241,10 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
     def _fit_net(self, state):
         """``(net, history, info)``: the frozen head solved exactly, then (unless frozen)
         the unfrozen blocks fine-tuned from it (``objective="contrastive"``: SetFit-style
-        pairs, then the exact head, :mod:`sktransfer.training.contrastive`)."""
+        pairs, then the exact head, :mod:`sktransfer.training.contrastive`). With
+        ``adapter="lora"`` the unfrozen blocks train LoRA adapters, merged at the end
+        (:mod:`sktransfer.training.lora`)."""
+        check_adapter(self, state.n_frozen, state.n_blocks)
         if getattr(self, "objective", "cross_entropy") == "contrastive":
             from sktransfer.training.contrastive import fit_contrastive
 
@@ -271,10 +274,18 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         net.head = head.to(state.device)
         if state.frozen:
             history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
-            return net, history, {"lr_": None if self.lr == "auto" else self.lr}
+            lr = None if self.lr == "auto" else self.lr
+            return net, history, {"lr_": lr, "n_trainable_params_": count_trainable(net)}
         net.set_frozen(state.n_frozen)
+        lora = None
+        if getattr(self, "adapter", None) == "lora":
+            channels_last = self._runtime(state.device, state.kind)[1]
+            lora = add_lora(net, self, state.n_frozen, channels_last=channels_last)
         history, info = self._fine_tune(net, state)
         check_finite_weights(net)
+        info = {**info, "n_trainable_params_": count_trainable(net)}
+        if lora is not None:
+            info["lora_adapters_"] = merge_lora(net, lora, state.n_frozen)
         net.eval()
         return net, history, info
 
@@ -324,28 +335,10 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         )  # fmt: skip
 
     def _split(self, encoded, seed):
-        """Train/validation split of the encoded ``y`` (stratified when the target says on
-        what), or no split when there are too few samples for one."""
-        n = len(encoded.values)
-        if not self.early_stopping:
-            return np.arange(n), None
-        n_valid = int(round(self.validation_fraction * n))
-        strata = encoded.stratify
-        n_strata = 1 if strata is None else len(np.unique(strata))
-        too_few = n_valid < max(n_strata, 1) or n - n_valid < max(n_strata, 1)
-        if strata is not None and np.bincount(strata).min() < 2:
-            too_few = True
-        if too_few:
-            kind = "stratified " if strata is not None else ""
-            warnings.warn(
-                f"too few samples for a {kind}validation split; training without early stopping",
-                stacklevel=4,
-            )
-            return np.arange(n), None
-        train_idx, valid_idx = train_test_split(
-            np.arange(n), test_size=n_valid, stratify=strata, random_state=seed
+        """Train/validation split of the encoded ``y`` (:func:`.split.validation_split`)."""
+        return validation_split(
+            encoded, seed, early_stopping=self.early_stopping, fraction=self.validation_fraction
         )
-        return np.sort(train_idx), np.sort(valid_idx)
 
     # ------------------------------------------------------------------ predict
     def _items(self, X):

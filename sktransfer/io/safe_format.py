@@ -7,7 +7,8 @@ the backbone), Hugging Face config and tokenizer files. Loading runs no pickled
 code: the architecture is rebuilt from the recorded backbone source and the
 weights are loaded with ``load_state_dict(strict=True)``. With
 ``store_backbone="reference"`` the packaged backbone's unchanged weights are
-not stored but re-read, and checked against their recorded digest, on load.
+not stored but re-read, and checked against their recorded digest, on load; a LoRA
+fit's merged weights are re-made from the stored adapters (:mod:`sktransfer.io.adapters`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import torch
 from torch import nn
 
+from sktransfer.io import adapters
 from sktransfer.io.archive import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -44,7 +46,7 @@ _CLASSES = {
     "ImageEmbedder": "sktransfer.image",
     "TextEmbedder": "sktransfer.text",
 }
-_SPECIAL_ATTRS = ("module_", "preprocessing_")
+_SPECIAL_ATTRS = ("module_", "preprocessing_", adapters.ATTR)
 _SLACK_BYTES = 64 << 20  # rebuilt-but-unsaved parameters allowed beyond 2x the weights
 _JOBLIB_HINT = "; save this model with joblib.dump instead (a pickle: load only trusted files)"
 
@@ -126,7 +128,9 @@ def save(est, path, *, store_backbone="embed"):
         ``"embed"``: all weights in the file (self-contained). ``"reference"``
         (packaged backbones with default weights only): tensors equal to the
         packaged weights are not stored, so a frozen model is a few kilobytes;
-        loading reads the packaged weights again and checks their digest.
+        loading reads the packaged weights again and checks their digest. An
+        ``adapter="lora"`` model then stores its adapters and head (and any other
+        tensor training changed) and re-merges the adapters on load (needs ``peft``).
 
     Returns
     -------
@@ -139,6 +143,7 @@ def save(est, path, *, store_backbone="embed"):
         raise ValueError(f"store_backbone must be 'embed' or 'reference', got {store_backbone!r}")
     params, source = _check_savable(est)
     state = _weights_state(est.module_)
+    lora, lora_tensors = adapters.to_file(est)
     attrs = {}
     for key, value in vars(est).items():
         if key.endswith("_") and not key.startswith("_") and key not in _SPECIAL_ATTRS:
@@ -181,7 +186,10 @@ def save(est, path, *, store_backbone="embed"):
                 "store_backbone='reference' needs a packaged backbone with its default weights; "
                 f"this model's backbone is {source}. Use store_backbone='embed'"
             )
-        ref_state = _build_net(meta, source, members, state)[0].state_dict()
+        ref_net = _build_net(meta, source, members, state)[0]
+        if lora is not None:  # the reference: the packaged weights + the merged adapters
+            adapters.merge_into(ref_net, {**lora, "tensors": est.lora_adapters_["tensors"]})
+        ref_state = ref_net.state_dict()
         same = [
             k
             for k, v in state.items()
@@ -194,6 +202,9 @@ def save(est, path, *, store_backbone="embed"):
         meta["referenced"] = {"keys": sorted(same), "sha256": _tensor_digest(state, same)}
         state = {k: v for k, v in state.items() if k not in set(same)}
     meta["backbone_source"] = _to_json(source, "backbone_source_")
+    if lora is not None:
+        meta["lora_adapters"] = _to_json(lora, "lora_adapters_")
+        state = {**state, **lora_tensors}
     members[WEIGHTS] = st_save(state) if state else st_save({})
     _atomic_write(os.fspath(path), meta, members)
     return os.fspath(path)
@@ -450,8 +461,11 @@ def _rebuild(path, meta, members):
     except SafetensorError as exc:
         raise ValueError(f"{os.fspath(path)!r}: unreadable {WEIGHTS} ({exc})") from exc
     source = _from_json(meta["backbone_source"])
+    lora, state = adapters.from_file(meta, state)
     net, tokenizer = _build_net(meta, source, members, state)
     if meta["store_backbone"] == "reference":
+        if lora is not None:  # re-merged into the packaged weights, checked by the digest
+            adapters.merge_into(net, lora)
         ref_keys = meta["referenced"]["keys"]
         full = net.state_dict()
         if _tensor_digest(full, ref_keys) != meta["referenced"]["sha256"]:
@@ -469,6 +483,8 @@ def _rebuild(path, meta, members):
     est.module_ = net
     for key, value in meta["attributes"].items():
         setattr(est, key, _from_json(value))
+    if lora is not None:
+        setattr(est, adapters.ATTR, lora)
     prep_fields = dict(meta["preprocessing"])
     if meta["modality"] == "text":
         from sktransfer.backbones import TextPreprocessing

@@ -18,6 +18,9 @@
 A multi-label indicator ``y`` draws its pairs as SetFit's multi-label mode does (a
 partner sharing each label, one sharing none) and ends with the one-vs-rest head.
 
+``adapter="lora"`` trains LoRA adapters on the unfrozen blocks instead of their weights
+(:mod:`sktransfer.training.lora`); they are merged before the head is fitted.
+
 ``freeze_depth="all"`` leaves nothing to train and raises (the frozen probe is
 ``objective="cross_entropy"``'s frozen mode). Each step encodes every distinct sentence
 of its pairs once.
@@ -36,6 +39,7 @@ from sktransfer._estimator.outputs import run_in_length_order
 from sktransfer._estimator.params import check_finite_rows, check_finite_weights
 from sktransfer.training.batches import Collate, autocast, run_blocks, to_device
 from sktransfer.training.loop import NonFiniteLossError, TrainConfig, param_groups
+from sktransfer.training.lora import add_lora, count_trainable, merge_lora
 from sktransfer.training.schedules import make_scheduler
 
 _UNSUPPORTED = (  # (parameter, its neutral value): knobs of the cross-entropy loop only
@@ -155,6 +159,9 @@ def fit_contrastive(est, state):
     )  # fmt: skip
     inner = est._suffix_collate(kind, prep, start, n_blocks)
     precision, channels_last = est._runtime(device, kind)
+    lora = None  # adapter="lora": the adapters train, merged before the head is fitted
+    if getattr(est, "adapter", None) == "lora":
+        lora = add_lora(net, est, n_frozen, channels_last=channels_last)
     pairs, targets = sentence_pairs(labels, int(est.num_iterations), state.seed)
     pair_w = (sw[pairs[:, 0]] * sw[pairs[:, 1]]).astype(np.float32)
     keep = pair_w > 0  # pairs with a zero-weight sentence teach nothing
@@ -230,6 +237,9 @@ def fit_contrastive(est, state):
                 print(f"contrastive epoch {epoch}: train_loss={train_loss:.4g}")
     finally:
         net.eval()
+    fitted = {"lr_": float(cfg.lr), "n_trainable_params_": count_trainable(net)}  # (+ head)
+    if lora is not None:
+        fitted["lora_adapters_"] = merge_lora(net, lora, n_frozen)
 
     # the exact head on the new embeddings of every sample (uncached: new weights)
     def run(order):
@@ -243,6 +253,7 @@ def fit_contrastive(est, state):
     check_finite_rows(feats, "the fine-tuned encoder's output")
     head, info = state.target.solve_head(est, feats, labels, sw, state.y.n_outputs)
     net.head = head.to(device)
+    fitted["n_trainable_params_"] += sum(p.numel() for p in head.parameters())
     history.append(
         {
             "epoch": cfg.max_epochs + 1,
@@ -254,4 +265,4 @@ def fit_contrastive(est, state):
     net.set_frozen(n_frozen)
     check_finite_weights(net)
     net.eval()
-    return net, history, {"lr_": float(cfg.lr)}
+    return net, history, fitted
