@@ -300,3 +300,29 @@ def test_cli_lists_sources(capsys):
     assert cli.main(["backbones", "--modality", "text"]) == 0
     text_out = capsys.readouterr().out
     assert "huggingface" in text_out and "torchvision" not in text_out
+
+
+def test_layer_mask_built_once_per_forward(dirs):
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from sktransfer.backbones import hf_text_blocks
+
+    calls = []
+
+    def builder(**kwargs):
+        calls.append(kwargs["attention_mask"])
+        return create_bidirectional_mask(**kwargs)
+
+    backbone = load_huggingface(dirs["mpnet"])
+    config = backbone.blocks[1][1].config
+    hidden = torch.zeros(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    first = hf_text_blocks.layer_mask(builder, config, hidden, mask)
+    assert hf_text_blocks.layer_mask(builder, config, hidden, mask) is first and len(calls) == 1
+    other = mask.clone()  # equal values, another batch: built again
+    hf_text_blocks.layer_mask(builder, config, hidden, other)
+    with torch.no_grad():  # another grad mode: built again
+        hf_text_blocks.layer_mask(builder, config, hidden, other)
+    assert len(calls) == 3
+    del other, calls[:]
+    assert hf_text_blocks._MASK_MEMO is None  # forgotten with its mask tensor

@@ -29,18 +29,72 @@ splits do not reproduce (DeBERTa's ``z_steps``, ``relative_attention`` without
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import torch
 from torch import nn
 
 from sktransfer.backbones._base import TextState
 
-__all__ = ["FAMILIES", "split_text_encoder"]
+__all__ = ["FAMILIES", "layer_mask", "split_text_encoder"]
 
 
 def _mask_of(batch) -> torch.Tensor:
     mask = batch.get("attention_mask")
     return torch.ones_like(batch["input_ids"]) if mask is None else mask
+
+
+_MASK_MEMO: tuple | None = None  # (key, weakref to the 0/1 mask, the built mask, weakref to config)
+
+
+def _forget_mask(ref) -> None:
+    global _MASK_MEMO
+    memo = _MASK_MEMO
+    if memo is not None and memo[1] is ref:
+        _MASK_MEMO = None
+
+
+def layer_mask(builder, config, hidden: torch.Tensor, mask: torch.Tensor):
+    """``builder(config=, inputs_embeds=hidden, attention_mask=mask)``, built once per forward.
+
+    Every layer block of one forward receives the same 0/1 ``mask`` tensor (it flows
+    through ``TextState``); the model's own ``forward`` builds the attention mask once
+    for all its layers, and so does this: the last result is kept for as long as that
+    ``mask`` tensor lives (keyed by its identity and the config's, the builder, the
+    attention implementation, the batch shape, dtype, device and grad / inference mode).
+
+    Parameters
+    ----------
+    builder : callable
+        ``transformers.masking_utils.create_bidirectional_mask`` or
+        ``create_bidirectional_sliding_window_mask``.
+    config : transformers.PretrainedConfig
+    hidden : torch.Tensor
+        The layer's input ``(n, seq, d)`` (only its shape, dtype and device are read).
+    mask : torch.Tensor
+        The ``(n, seq)`` 0/1 token mask.
+
+    Returns
+    -------
+    torch.Tensor or None
+        What ``builder`` returns.
+    """
+    global _MASK_MEMO
+    key = (
+        builder,
+        getattr(config, "_attn_implementation", None),
+        tuple(hidden.shape[:2]),
+        hidden.dtype,
+        hidden.device,
+        torch.is_grad_enabled(),
+        torch.is_inference_mode_enabled(),
+    )
+    memo = _MASK_MEMO
+    if memo is not None and memo[0] == key and memo[1]() is mask and memo[3]() is config:
+        return memo[2]
+    built = builder(config=config, inputs_embeds=hidden, attention_mask=mask)
+    _MASK_MEMO = (key, weakref.ref(mask, _forget_mask), built, weakref.ref(config))
+    return built
 
 
 class _SharedRef:
@@ -92,17 +146,31 @@ class DebertaShared(nn.Module):
         return self.LayerNorm(weight) if self.LayerNorm is not None else weight
 
     def relative_pos(self, hidden):
-        """``DebertaV2Encoder.get_rel_pos`` for self-attention over ``hidden``."""
+        """``DebertaV2Encoder.get_rel_pos`` for self-attention over ``hidden``: ``(1, seq, seq)``.
+
+        The bucketing is elementwise in the distance ``i - j``, so it runs once per
+        distance (``2 * seq - 1`` values) and is then indexed, instead of over every
+        ``(i, j)`` pair in every layer: the same values, a fraction of the work.
+        """
         if self.rel_embeddings is None:
             return None
-        from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+        from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
 
-        return build_relative_position(
-            hidden,
-            hidden,
-            bucket_size=self.position_buckets,
-            max_position=self.max_relative_positions,
-        )
+        distance, span = _distances(hidden)
+        if self.position_buckets > 0 and self.max_relative_positions > 0:
+            table = make_log_bucket_position(
+                span, self.position_buckets, self.max_relative_positions
+            ).to(torch.long)
+            distance = table[distance + (hidden.size(-2) - 1)]
+        return distance.unsqueeze(0)
+
+
+def _distances(hidden):
+    """``(i - j for every pair, every distance -(seq-1) .. seq-1)`` as long tensors."""
+    seq = hidden.size(-2)
+    ids = torch.arange(seq, dtype=torch.long, device=hidden.device)
+    span = torch.arange(1 - seq, seq, dtype=torch.long, device=hidden.device)
+    return ids[:, None] - ids[None, :], span
 
 
 class DebertaEmbeddings(nn.Module):
@@ -171,14 +239,17 @@ class MPNetShared(nn.Module):
         self.relative_attention_bias = encoder.relative_attention_bias
 
     def position_bias(self, hidden):
-        """``MPNetEncoder.compute_position_bias``, ``(1, heads, seq, seq)`` (broadcast over n)."""
+        """``MPNetEncoder.compute_position_bias``, ``(1, heads, seq, seq)`` (broadcast over n).
+
+        Bucketed and looked up once per distance ``j - i``, then indexed (same values).
+        """
         from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
 
-        seq = hidden.size(1)
-        positions = torch.arange(seq, dtype=torch.long, device=hidden.device)
-        relative = positions[None, :] - positions[:, None]
-        bucket = MPNetEncoder.relative_position_bucket(relative, num_buckets=self.num_buckets)
-        return self.relative_attention_bias(bucket).permute([2, 0, 1]).unsqueeze(0)
+        distance, span = _distances(hidden)  # i - j; MPNet buckets j - i
+        bucket = MPNetEncoder.relative_position_bucket(span, num_buckets=self.num_buckets)
+        table = self.relative_attention_bias(bucket)  # (2 * seq - 1, heads)
+        bias = table[(hidden.size(1) - 1) - distance]  # (seq, seq, heads)
+        return bias.permute([2, 0, 1]).unsqueeze(0)
 
 
 class MPNetEmbeddings(nn.Module):
@@ -200,9 +271,7 @@ class MPNetLayer(_LayerBlock):
         from transformers.masking_utils import create_bidirectional_mask
 
         hidden, mask = state
-        attn_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=mask
-        )
+        attn_mask = layer_mask(create_bidirectional_mask, self.config, hidden, mask)
         out = self.layer(hidden, attn_mask, self.shared.position_bias(hidden))
         return TextState(out[0], mask)
 
@@ -247,7 +316,7 @@ class ModernBertLayer(_LayerBlock):
             if kind == "sliding_attention"
             else masking_utils.create_bidirectional_mask
         )
-        attn_mask = make_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask)
+        attn_mask = layer_mask(make_mask, self.config, hidden, mask)
         positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
         rope = self.shared(hidden, positions, kind)
         out = self.layer(hidden, attention_mask=attn_mask, position_embeddings=rope)

@@ -28,6 +28,7 @@ from torch import nn
 from sktransfer.backbones._base import Backbone, TextPreprocessing, TextState
 from sktransfer.backbones._compat import ensure_transformers_importable
 from sktransfer.backbones.hf_st_layout import POOLINGS, sentence_transformers_defaults
+from sktransfer.backbones.hf_text_blocks import FAMILIES, layer_mask, split_text_encoder
 from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
 
 __all__ = ["TextPool", "backbone_from_hf_model", "load_huggingface"]
@@ -124,9 +125,7 @@ class HFLayer(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
 
         hidden, mask = state
-        attn_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=mask
-        )
+        attn_mask = layer_mask(create_bidirectional_mask, self.config, hidden, mask)
         out = self.layer(hidden, attn_mask)
         if isinstance(out, tuple):  # older layer classes return (hidden, ...)
             out = out[0]
@@ -165,8 +164,6 @@ def _check_pooling(pooling):
 
 def _split_blocks(model) -> tuple[list[tuple[str, nn.Module]], str | None]:
     """``(blocks, unsplit_reason)``: the split, or the whole model and why it is one block."""
-    from sktransfer.backbones.hf_text_blocks import FAMILIES, split_text_encoder
-
     config = model.config
     model_type = getattr(config, "model_type", None)
     family = split_text_encoder(model)
