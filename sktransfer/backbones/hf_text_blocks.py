@@ -80,6 +80,8 @@ def layer_mask(builder, config, hidden: torch.Tensor, mask: torch.Tensor):
         What ``builder`` returns.
     """
     global _MASK_MEMO
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # no state in a graph
+        return builder(config=config, inputs_embeds=hidden, attention_mask=mask)
     key = (
         builder,
         getattr(config, "_attn_implementation", None),
