@@ -9,6 +9,7 @@ pieces belong to the ``embeddings`` block, and the safe format round-trips.
 from __future__ import annotations
 
 import copy
+import inspect
 import pickle
 import warnings
 
@@ -157,6 +158,39 @@ def test_blocks_chain_equals_model_forward(dirs, family):
         m = enc["attention_mask"].unsqueeze(-1).float()
         mean = (hidden * m).sum(1) / m.sum(1)
         assert (backbone.pool(state) - mean).abs().max().item() <= 1e-5
+
+
+VARIANTS = {  # other configurations of the same families, split from model objects
+    "deberta-v1": lambda v: transformers.DebertaConfig(
+        vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, relative_attention=True, pos_att_type=["c2p", "p2c"],
+        max_relative_positions=8,
+    ),
+    "deberta-v2-absolute": lambda v: transformers.DebertaV2Config(
+        vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, type_vocab_size=2,
+    ),
+    "modernbert-global": lambda v: transformers.ModernBertConfig(
+        vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=48, global_attn_every_n_layers=1, pad_token_id=0,
+        bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_other_configurations_split_exactly(dirs, variant):
+    tok = transformers.AutoTokenizer.from_pretrained(dirs["deberta-v2"])
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(VARIANTS[variant](len(tok))).eval()
+    backbone = backbone_from_hf_model(model, tok, variant)
+    assert [n for n, _ in backbone.blocks] == ["embeddings", "layer.0", "layer.1"]
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    enc["token_type_ids"][1, 3:] = 1  # used by the absolute DeBERTa-v2 (type_vocab_size=2)
+    with torch.no_grad():
+        accepted = set(inspect.signature(model.forward).parameters)
+        hidden = model(**{k: v for k, v in enc.items() if k in accepted}).last_hidden_state
+    assert (_chain(backbone, enc).hidden - hidden).abs().max().item() <= 1e-5
 
 
 def test_modernbert_last_block_runs_final_norm_and_sliding_mask(dirs):

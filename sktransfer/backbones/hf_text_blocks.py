@@ -1,4 +1,4 @@
-"""Block splits of the text encoders that are not BERT-class: DeBERTa-v2/v3, MPNet, ModernBERT.
+"""Block splits of text encoders beyond BERT-class: DeBERTa (v1, v2/v3), MPNet, ModernBERT.
 
 Each family is split into ``embeddings`` and ``layer.0`` .. ``layer.N-1`` that pass a
 :class:`~sktransfer.backbones._base.TextState` along, as the BERT split does. Chained,
@@ -12,10 +12,11 @@ reference to it. ``freeze_depth`` freezes a prefix of the blocks, so whenever an
 layer is frozen the shared pieces are frozen too, and a frozen layer's (cached)
 output never goes stale because a later layer trained a piece it also reads.
 
-* **DeBERTa-v2/v3** (``deberta-v2``): ``shared`` holds the encoder's relative-position
-  embeddings ``rel_embeddings`` and their ``LayerNorm`` (when ``norm_rel_ebd`` asks for
-  one). The optional convolution (``conv_kernel_size > 0``) that the encoder adds to
-  the first layer's output is owned by ``layer.0``, its only user.
+* **DeBERTa-v2/v3** (``deberta-v2``; v1, ``deberta``, the same way): ``shared`` holds
+  the encoder's relative-position embeddings ``rel_embeddings`` and their ``LayerNorm``
+  (when ``norm_rel_ebd`` asks for one). The optional convolution
+  (``conv_kernel_size > 0``) that the encoder adds to the first layer's output is
+  owned by ``layer.0``, its only user.
 * **MPNet** (``mpnet``): ``shared`` is the encoder's ``relative_attention_bias``.
 * **ModernBERT** (``modernbert``): ``shared`` is the rotary embedding (buffers only, no
   weights); the final ``LayerNorm`` (``final_norm``) runs at the end of the last layer
@@ -131,12 +132,13 @@ class _LayerBlock(nn.Module):
 
 # --------------------------------------------------------------------------- DeBERTa-v2/v3
 class DebertaShared(nn.Module):
-    """DeBERTa-v2's relative-position embeddings (+ their LayerNorm) and bucketing settings."""
+    """DeBERTa's relative-position embeddings (+ v2's LayerNorm) and bucketing settings."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.rel_embeddings = encoder.rel_embeddings if encoder.relative_attention else None
-        self.LayerNorm = encoder.LayerNorm if "layer_norm" in encoder.norm_rel_ebd else None
+        norm = "layer_norm" in getattr(encoder, "norm_rel_ebd", ())  # v2 only
+        self.LayerNorm = encoder.LayerNorm if norm else None
         self.position_buckets = getattr(encoder, "position_buckets", -1)
         self.max_relative_positions = getattr(encoder, "max_relative_positions", -1)
 
@@ -225,7 +227,7 @@ def _split_deberta(model):
     shared = DebertaShared(encoder)
     blocks = [("embeddings", DebertaEmbeddings(model.embeddings, shared))]
     for i, layer in enumerate(encoder.layer):
-        conv = encoder.conv if i == 0 else None
+        conv = getattr(encoder, "conv", None) if i == 0 else None  # v2 only
         blocks.append((f"layer.{i}", DebertaLayer(layer, shared, model.config, conv)))
     return blocks
 
@@ -341,6 +343,7 @@ def _split_modernbert(model):
 
 
 FAMILIES = {
+    "deberta": _split_deberta,  # v1: no buckets, LayerNorm or convolution on the way
     "deberta-v2": _split_deberta,
     "mpnet": _split_mpnet,
     "modernbert": _split_modernbert,

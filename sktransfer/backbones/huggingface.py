@@ -4,7 +4,7 @@ BERT-class encoders (BERT, MiniLM, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA,
 DistilBERT) are split into ``embeddings`` and ``layer.0`` .. ``layer.N-1``; every
 layer block builds the attention mask its attention implementation expects
 (eager, sdpa, ...) with ``transformers.masking_utils.create_bidirectional_mask``,
-exactly as the model's own ``forward`` does. DeBERTa-v2/v3, MPNet and ModernBERT
+exactly as the model's own ``forward`` does. DeBERTa (v1, v2/v3), MPNet and ModernBERT
 are split the same way by :mod:`sktransfer.backbones.hf_text_blocks` (dispatched on
 ``config.model_type``). Any other architecture is one block, ``model`` (an
 encoder-decoder model contributes its encoder), and says so
