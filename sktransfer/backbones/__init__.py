@@ -5,10 +5,12 @@ from sktransfer.backbones._base import (
     ImagePreprocessing,
     TextPreprocessing,
     TextState,
+    warn_if_unsplit,
 )
 from sktransfer.backbones.registry import (
     BackboneInfo,
     list_backbones,
+    list_sources,
     register_backbone,
     resolve_backbone,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "TextPreprocessing",
     "TextState",
     "list_backbones",
+    "list_sources",
     "register_backbone",
     "resolve_backbone",
+    "warn_if_unsplit",
 ]
