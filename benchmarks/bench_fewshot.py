@@ -43,8 +43,11 @@ from benchmarks._harness import Result, ResultList
 NAME = "fewshot"
 
 SEEDS = (0, 1, 2)
-QUICK = {"ns": (8, 16), "test_per_class": 100}  # 64 per class: full mode only (time)
-FULL = {"ns": (8, 16, 64), "test_per_class": 1000}  # capped by the smaller class of the test pool
+#: quick: 64 per class is full mode only (time). ``workers``: (data set, seed) jobs at a time,
+#: each a single-threaded process under ``--threads 1``: on the shared 2-core machine one
+#: process got a quarter of a core, and the quick run must end within the session.
+QUICK = {"ns": (8, 16), "test_per_class": 100, "workers": 3}
+FULL = {"ns": (8, 16, 64), "test_per_class": 1000, "workers": 3}  # capped by the test pool
 DATASETS = ("rt", "political")
 METHODS = ("setfit", "contrastive", "probe", "finetune", "tfidf")
 TEST_SEED = 12345
@@ -197,31 +200,61 @@ def max_seq_lengths() -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------- run
-def run_grid(ns, seeds=SEEDS, test_per_class=150, data_sets=DATASETS, methods=METHODS, log=print):
-    """Every (data set, seed, n, method) fit: a list of dicts (accuracy, fit times)."""
+def _job(name, seed, ns, test_per_class, methods, turn, n_threads):
+    """The fits of one (data set, seed), every method per ``n``; runs in a worker process."""
+    if n_threads:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(n_threads)
+        threadpool_limits(n_threads)
+    max_seq_lengths()  # imports (setfit, sktransfer) and first loads: not inside a timed fit
+    pool_X, pool_y, X_test, y_test = load_split(name, test_per_class)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="sktransfer-fewshot-") as workdir:
+        for n in ns:
+            idx = draw(pool_y, n, seed)
+            X, y = [pool_X[i] for i in idx], pool_y[idx]
+            order = methods[turn % len(methods) :] + methods[: turn % len(methods)]
+            turn += 1
+            for method in order:
+                pred, wall, cpu = fit_predict(method, X, y, X_test, seed, workdir)
+                row = {"data": name, "n": int(n), "seed": int(seed), "method": method,
+                       "accuracy": float(np.mean(pred == y_test)),
+                       "fit_s": round(wall, 3), "fit_cpu_s": round(cpu, 3)}  # fmt: skip
+                runs.append(row)
+                print(f"  {name} n={n} seed={seed} {method:<12} acc={row['accuracy']:.3f}"
+                      f" fit={wall:.1f}s (cpu {cpu:.1f}s)", flush=True)  # fmt: skip
+    return runs, len(y_test)
+
+
+def run_grid(ns, seeds=SEEDS, test_per_class=150, data_sets=DATASETS, methods=METHODS, workers=1):
+    """Every (data set, seed, n, method) fit: ``(runs, info)``, runs a list of dicts.
+
+    One job per (data set, seed); ``workers > 1`` runs that many jobs at a time in fresh
+    processes, each on as many threads as this one has (``--threads``). Within a job the
+    methods take turns, so a job's load hits them alike.
+    """
+    import torch
+
     lengths = max_seq_lengths()
     if len(set(lengths.values())) != 1:
         raise RuntimeError(f"the two tools truncate differently: {lengths}")
-    runs, turn, test_size = [], 0, {}
-    with tempfile.TemporaryDirectory(prefix="sktransfer-fewshot-") as workdir:
-        for name in data_sets:
-            pool_X, pool_y, X_test, y_test = load_split(name, test_per_class)
-            test_size[name] = len(y_test)
-            for seed in seeds:
-                for n in ns:
-                    idx = draw(pool_y, n, seed)
-                    X, y = [pool_X[i] for i in idx], pool_y[idx]
-                    order = methods[turn % len(methods) :] + methods[: turn % len(methods)]
-                    turn += 1
-                    for method in order:
-                        pred, wall, cpu = fit_predict(method, X, y, X_test, seed, workdir)
-                        row = {"data": name, "n": int(n), "seed": int(seed), "method": method,
-                               "accuracy": float(np.mean(pred == y_test)),
-                               "fit_s": round(wall, 3), "fit_cpu_s": round(cpu, 3)}  # fmt: skip
-                        runs.append(row)
-                        log(f"  {name} n={n} seed={seed} {method:<12} acc={row['accuracy']:.3f}"
-                            f" fit={wall:.1f}s (cpu {cpu:.1f}s)", flush=True)  # fmt: skip
-    return runs, {"max_seq_length": lengths, "test_size": test_size}
+    jobs = [(name, seed) for seed in seeds for name in data_sets]
+    args = [(name, seed, tuple(ns), test_per_class, tuple(methods), i * len(ns),
+             torch.get_num_threads()) for i, (name, seed) in enumerate(jobs)]  # fmt: skip
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            done = list(pool.map(_job, *zip(*args)))
+    else:
+        done = [_job(*a) for a in args]
+    runs = [row for rows, _ in done for row in rows]
+    test_size = {name: size for (name, _), (_, size) in zip(jobs, done)}
+    return runs, {"max_seq_length": lengths, "test_size": test_size, "workers": workers}
 
 
 def summarise(runs, ns, data_sets=DATASETS, methods=METHODS) -> list[Result]:
@@ -263,7 +296,7 @@ def summarise(runs, ns, data_sets=DATASETS, methods=METHODS) -> list[Result]:
 
 def run(quick: bool) -> ResultList:
     cfg = QUICK if quick else FULL
-    runs, info = run_grid(cfg["ns"], SEEDS, cfg["test_per_class"])
+    runs, info = run_grid(cfg["ns"], SEEDS, cfg["test_per_class"], workers=cfg["workers"])
     out = ResultList(summarise(runs, cfg["ns"]))
     out.extra = {
         "runs": runs,
