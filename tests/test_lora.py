@@ -84,6 +84,26 @@ def test_lora_freezes_every_base_weight_and_trains_adapters_and_head(tiny_bert_d
     assert clf.score(X[60:], y[60:]) >= 0.5
 
 
+def test_lora_with_the_other_training_knobs(tiny_bert_dir, texts, capture, fresh_cache):
+    """Gradual unfreezing, lr="auto", layer_decay and L2-SP keep the base weights frozen;
+    the frozen prefix's activations come from the cache."""
+    from sktransfer.cache import cache_info
+
+    X, y = texts
+    kw = dict(freeze_depth=-1, adapter="lora", max_epochs=1, random_state=0)
+    first = PretrainedTextClassifier(tiny_bert_dir, **kw).fit(X[:40], y[:40])
+    hits = cache_info()["hits"]
+    clf = PretrainedTextClassifier(
+        tiny_bert_dir, unfreeze_schedule=1, lr="auto", layer_decay=0.8, l2sp_alpha=0.1, **kw
+    ).fit(X[:40], y[:40])
+    assert cache_info()["hits"] > hits  # the boundary activations of the first fit
+    assert [h.get("phase") for h in clf.history_] == ["head", "all"]
+    for trained in capture:
+        for name, p in trained.named_parameters():
+            assert p.requires_grad == (lora_module.is_adapter_param(name) or "head." in name)
+    assert first.lora_adapters_["target_modules"] == clf.lora_adapters_["target_modules"]
+
+
 def test_only_the_last_block_with_freeze_depth_minus_one(tiny_bert_dir, texts):
     X, y = texts
     clf = PretrainedTextClassifier(
