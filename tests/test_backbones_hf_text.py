@@ -113,6 +113,24 @@ def dirs(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def minus_two(dirs):
+    """``{family: PretrainedTextClassifier(freeze_depth=-2)}`` fitted on 24 texts."""
+    X, y = make_texts(24)
+    return {
+        family: PretrainedTextClassifier(
+            backbone=path,
+            freeze_depth=-2,
+            lr=1e-2,
+            max_epochs=1,
+            batch_size=8,
+            early_stopping=False,
+            random_state=0,
+        ).fit(X, y)  # fmt: skip
+        for family, path in dirs.items()
+    }
+
+
 def _encode(backbone, texts):
     pre = backbone.preprocessing
     return pre.tokenizer(
@@ -221,12 +239,8 @@ def test_shared_pieces_owned_by_embeddings_block(dirs, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_freeze_depth_minus_two_trains_only_top_layers(dirs, family):
-    X, y = make_texts(24)
-    clf = PretrainedTextClassifier(
-        backbone=dirs[family], freeze_depth=-2, lr=1e-2, max_epochs=1, batch_size=8,
-        early_stopping=False, random_state=0,
-    ).fit(X, y)  # fmt: skip
+def test_freeze_depth_minus_two_trains_only_top_layers(dirs, minus_two, family):
+    clf = minus_two[family]
     assert clf.n_blocks_ == 4 and clf.n_frozen_blocks_ == 2 and clf.block_names_ == BLOCKS
     loaded = load_huggingface(dirs[family])
     for i, block in enumerate(clf.module_.blocks):
@@ -264,18 +278,16 @@ def test_grid_search_over_freeze_depth(dirs):
         est = PretrainedTextClassifier(
             backbone=dirs[family], max_epochs=1, batch_size=8, early_stopping=False, random_state=0
         )
-        search = GridSearchCV(est, {"freeze_depth": ["all", -2, 0]}, cv=2, error_score="raise")
-        search.fit(X, y)
+        grid = {"freeze_depth": ["all", -2, 0]}
+        search = GridSearchCV(est, grid, cv=2, refit=False, error_score="raise").fit(X, y)
         assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-        assert search.best_estimator_.n_blocks_ == 4
+        assert [p["freeze_depth"] for p in search.cv_results_["params"]] == grid["freeze_depth"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_safe_save_load_round_trip(dirs, family, tmp_path):
-    X, y = make_texts(24)
-    clf = PretrainedTextClassifier(
-        backbone=dirs[family], freeze_depth=-2, lr=1e-2, max_epochs=1, random_state=0
-    ).fit(X, y)
+def test_safe_save_load_round_trip(minus_two, family, tmp_path):
+    X, _ = make_texts(24)
+    clf = minus_two[family]
     path = tmp_path / f"{family}.skt"
     sktransfer.save(clf, path)
     back = sktransfer.load(path)
