@@ -75,6 +75,43 @@ def test_automatic_micro_batch_per_device_and_input():
     assert inference_batch_size(7, "image", "cpu", Prep()) == 7  # forced
 
 
+def test_automatic_micro_batches_are_balanced_over_the_items():
+    class Prep:
+        image_size = 64
+
+    rule = inference_batch_size(None, "image", "cpu", Prep())
+    assert rule == 49
+    assert inference_batch_size(None, "image", "cpu", Prep(), n=256) == 43  # 6 x 43, not 5 + 11
+    assert inference_batch_size(None, "image", "cpu", Prep(), n=98) == 49  # already even
+    assert inference_batch_size(None, "image", "cpu", Prep(), n=10) == 49  # one batch anyway
+    assert inference_batch_size(None, "text", "cpu", n=33) == 17
+    assert inference_batch_size(7, "image", "cpu", Prep(), n=256) == 7  # forced: as given
+    for n in range(1, 300):
+        size = microbatch.balanced(rule, n)
+        assert -(-n // size) == -(-n // rule) and size <= rule  # as few batches, no larger
+
+
+def test_an_embedders_automatic_batches_are_balanced(digits_small, monkeypatch):
+    from sktransfer._estimator import embedder
+
+    X, _ = digits_small
+    sizes = []
+    real = embedder.make_loader
+
+    def spy(dataset, batch_size, *a, **k):
+        sizes.append(batch_size)
+        return real(dataset, batch_size, *a, **k)
+
+    monkeypatch.setattr(embedder, "make_loader", spy)
+    emb = ImageEmbedder(make_cnn(), image_size=8).fit(X)
+    with config_context(cache=False):
+        ref = emb.transform(X[:100])
+        assert sizes[-1] == 50  # 8 px: the rule's 64, balanced over 100 images
+        forced = emb.set_params(batch_size=64).transform(X[:100])
+    assert sizes[-1] == 64
+    np.testing.assert_array_equal(forced, ref)
+
+
 def test_inference_batch_size_is_a_plain_parameter():
     clf = PretrainedImageClassifier(inference_batch_size=3)
     assert clf.get_params()["inference_batch_size"] == 3
@@ -191,6 +228,7 @@ def test_the_loaders_use_the_inference_size_not_the_training_one(digits_small, m
         return real(dataset, batch_size, *a, **k)
 
     monkeypatch.setattr(base, "make_loader", spy)
+    X, y = X[:192], y[:192]  # 3 x 64: the rule's size, balanced or not
     clf = PretrainedImageClassifier(make_cnn(), image_size=8, batch_size=16, random_state=0)
     clf.fit(X, y).predict(X)
     assert set(sizes) == {64}  # 8 px: the CPU rule's clamp, not batch_size=16

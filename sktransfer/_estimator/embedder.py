@@ -25,6 +25,12 @@ from sktransfer.training.batches import (
 from sktransfer.training.microbatch import inference_batch_size
 
 
+def _on(tensor, device) -> bool:
+    """Whether ``tensor`` lies on ``device`` (``cuda`` without an index: any CUDA device)."""
+    where = tensor.device
+    return where.type == device.type and device.index in (None, where.index)
+
+
 class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
     """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
 
@@ -89,13 +95,15 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
 
     def _features(self, items, kind, use_cache=True):
         device = resolve_device(self.device)
-        net, prep = self.module_.to(device), self.preprocessing_
+        net, prep = self.module_, self.preprocessing_
+        if any(not _on(p, device) for p in net.parameters()):
+            net = self.module_ = net.to(device)  # (else skip .to()'s walk of every submodule)
         channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry
         set_layout(net, channels_last)
 
-        size = inference_batch_size(self.batch_size, kind, device, prep)
-
         def compute(idx):
+            size = inference_batch_size(self.batch_size, kind, device, prep, n=len(idx))
+
             def run(order):  # texts longest first; rows back in input order
                 sub = [idx[p] for p in order]
                 dataset = self._make_dataset(
@@ -109,7 +117,7 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
                 count_forwards(len(idx))
             return run_in_length_order([items[i] for i in idx], kind, prep, run)
 
-        if not use_cache:
+        if not use_cache or not get_config()["cache"]:  # (no weight or sample hashing either)
             rows = compute(list(range(len(items))))
             return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
         namespace = block_namespace(net, len(net.blocks), prep, kind, channels_last=channels_last)

@@ -21,14 +21,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from sktransfer.backbones._base import ImagePreprocessing
 from sktransfer.inputs.containers import _as_targets, _to_list
+from sktransfer.inputs.crops import array_pixels, as_uint8, crop_box, pixels_tensor, resample_filter
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-_INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
 
 _ALLOWED = "a str/Path, a PIL.Image.Image or a numpy array"
 
@@ -190,13 +185,7 @@ def _to_rgb(im):
 
 
 def _array_to_pil(a):
-    if a.dtype.kind == "f":
-        a = np.clip(np.rint(np.nan_to_num(a) * 255.0), 0, 255).astype(np.uint8)
-    else:
-        a = np.asarray(a, dtype=np.uint8)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    a = np.ascontiguousarray(a)
+    a = np.ascontiguousarray(as_uint8(a))
     if a.ndim == 2:
         return Image.fromarray(a, mode="L").convert("RGB")
     if a.shape[2] == 4:
@@ -289,32 +278,18 @@ def preprocess_image(img, prep: ImagePreprocessing, normalize: bool = True):
     Returns
     -------
     tensor : torch.Tensor
-        float32 (uint8 when ``normalize=False``) of shape (3, image_size, image_size).
+        float32 (uint8 when ``normalize=False``) of shape (3, image_size, image_size);
+        the uint8 one is a view of ``(H, W, 3)`` pixels (channels-last strides).
     """
-    resample = _INTERPOLATION.get(prep.interpolation)
-    if resample is None:
-        opts = sorted(_INTERPOLATION)
-        msg = f"Unknown interpolation {prep.interpolation!r}; use one of {opts}."
-        raise ValueError(msg)
+    resample = resample_filter(prep)
     if img.mode != "RGB":
         img = _to_rgb(img)
-    size = int(prep.image_size)
-    short = int(prep.resize_size or size)
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = short, max(short, int(short * h / w))
-    else:
-        new_w, new_h = max(short, int(short * w / h)), short
-    if (new_w, new_h) != (w, h):
+    (new_w, new_h), box = crop_box(*img.size, prep)
+    if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), resample)
-    left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
-    if (left, top, new_w, new_h) != (0, 0, size, size):
-        img = img.crop((left, top, left + size, top + size))
-    if not normalize:
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1)))
-    a = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    a = (a - np.float32(prep.mean)) / np.float32(prep.std)
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    if box != (0, 0, new_w, new_h):
+        img = img.crop(box)
+    return pixels_tensor(np.asarray(img), prep, normalize)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -352,7 +327,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        img = load_rgb(self.items[i], index=i if self.index is None else self.index[i])
+        item = self.items[i]
+        if self.transform is None and isinstance(item, np.ndarray):
+            _check_pixels(item, i if self.index is None else self.index[i])
+            x = array_pixels(item, self.prep, self.normalize)  # no resize: sliced, not PIL
+            if x is not None:
+                return x, (0 if self.y is None else self.y[i])
+        img = load_rgb(item, index=i if self.index is None else self.index[i])
         if self.transform is not None:
             img = self.transform(img)
         x = preprocess_image(img, self.prep, self.normalize)
