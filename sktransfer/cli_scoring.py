@@ -83,6 +83,23 @@ class Columns:
         return cells + ([f"{p:.6g}" for p in output] if self.proba else [])
 
 
+def call_size(est, requested):
+    """Items per model call: ``requested``, rounded up to whole micro-batches when the
+    model's inference micro-batch is automatic (256 images at 64 px: 294, six forwards of
+    49, rather than five and a slow one of 11)."""
+    from sktransfer.training.batches import resolve_device
+    from sktransfer.training.microbatch import inference_batch_size
+
+    try:
+        if est.get_params().get("inference_batch_size", 0) is not None:
+            return requested  # forced (--batch-size), or not a sktransfer estimator
+        device, kind = resolve_device(est.device), est.input_kind_
+    except (AttributeError, ValueError):  # not a sktransfer estimator: its own batching
+        return requested
+    micro = inference_batch_size(None, kind, device, getattr(est, "preprocessing_", None))
+    return -(-int(requested) // micro) * micro
+
+
 def _score(method, prepared):
     """Output rows of the good items of a prepared batch, in one call of ``method``."""
     ids = [ident for ident, item in prepared if not isinstance(item, Bad)]
@@ -107,6 +124,9 @@ def predict_stream(
 ):
     """Score ``(id, item)`` pairs in batches and write CSV rows to ``out``.
 
+    A batch holds ``batch_size`` items, rounded up to whole micro-batches of the model
+    (:func:`call_size`).
+
     Each batch is validated first (:func:`sktransfer.cli_inputs.prepare`): bad
     items get an empty row and a message on ``err``; the good ones are scored in
     one ``predict_proba`` call (a regressor: ``predict``), whose failure raises
@@ -128,7 +148,7 @@ def predict_stream(
     n_ok = n_bad = 0
     bar = tqdm(total=total, unit="item", file=err, disable=not progress, dynamic_ncols=True)
     try:
-        for batch in _batches(items, batch_size):
+        for batch in _batches(items, call_size(est, batch_size)):
             prepared = prepare(batch, modality, guard)
             rows = iter(_score(columns.method, prepared))
             for ident, item in prepared:

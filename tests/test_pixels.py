@@ -154,3 +154,13 @@ def test_a_cpu_image_batch_tunes_the_heap_once(monkeypatch):
     PixelBatch(pixels, MEAN, STD).to("cpu")
     assert heap._STATE["done"]
     assert heap.tune_heap() == (_GLIBC and os.environ.get(heap.ENV, "1") != "0")
+
+
+def test_a_text_batch_tunes_the_heap_when_there_is_no_gpu(tiny_bert_dir, monkeypatch):
+    from sktransfer import TextEmbedder
+    from sktransfer.inputs.texts import TextCollate
+
+    prep = TextEmbedder(tiny_bert_dir).fit(["a"]).preprocessing_
+    monkeypatch.setitem(heap._STATE, "done", False)
+    TextCollate(prep)([("a text", 0), ("another", 0)])
+    assert heap._STATE["done"] != torch.cuda.is_available()

@@ -12,6 +12,7 @@ import torch
 
 from sktransfer.backbones._base import TextPreprocessing
 from sktransfer.inputs.containers import _as_targets, _to_list
+from sktransfer.training.heap import tune_heap_unless_cuda
 
 
 def check_texts(X):
@@ -100,6 +101,7 @@ class TextCollate:
         self.prep = prep
 
     def __call__(self, batch):
+        tune_heap_unless_cuda()  # CPU forwards: keep activation pages mapped
         texts, targets = zip(*batch)
         enc = self.prep.tokenizer(
             list(texts),

@@ -13,7 +13,8 @@ with the settings below (ResNet-18: 40,000 faults; 5%).
 (the ceiling of glibc's own dynamic threshold) and ``M_TRIM_THRESHOLD`` to 256 MiB, so a
 forward's working set stays mapped between layers and batches. The cost: up to 256 MiB of
 freed memory may stay resident instead of going back to the kernel. It runs before the
-first CPU batch of any sktransfer forward (images and texts, inference and training).
+first CPU batch of any sktransfer forward (image batches on the CPU; text batches when no
+CUDA device is present), inference and training alike.
 ``SKTRANSFER_MALLOC_TUNING=0`` in the environment leaves the heap alone.
 """
 
@@ -64,3 +65,13 @@ def tune_heap_for(device) -> None:
     """:func:`tune_heap` when ``device`` is the CPU (GPU activations live elsewhere)."""
     if not _STATE["done"] and getattr(device, "type", str(device).split(":")[0]) == "cpu":
         tune_heap()
+
+
+def tune_heap_unless_cuda() -> None:
+    """:func:`tune_heap` unless CUDA is available (for inputs whose device is not known
+    where they are batched: texts)."""
+    if not _STATE["done"]:
+        import torch
+
+        if not torch.cuda.is_available():
+            tune_heap()
