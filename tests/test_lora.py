@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -269,6 +270,9 @@ def test_saved_and_loaded_keeps_adapters(tiny_bert_dir, texts, tmp_path):
     assert all(
         torch.equal(saved["tensors"][k], v) for k, v in clf.lora_adapters_["tensors"].items()
     )
+    back = pickle.loads(pickle.dumps(clf))  # joblib's way: the adapters travel as CPU tensors
+    np.testing.assert_array_equal(back.predict_proba(X[40:60]), clf.predict_proba(X[40:60]))
+    assert back.lora_adapters_["tensors"].keys() == clf.lora_adapters_["tensors"].keys()
 
 
 @pytest.mark.packaged
