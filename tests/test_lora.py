@@ -363,3 +363,20 @@ def test_no_adaptable_layer_and_no_peft(digits_small, monkeypatch):
         PretrainedImageClassifier(net, image_size=8, freeze_depth=0, adapter="lora").fit(
             X[:20], y[:20] % 2
         )
+
+
+def test_a_file_cannot_make_load_allocate_a_larger_adapter():
+    """The manifest's rank must be the saved tensors' (load allocates the adapters first)."""
+    from sktransfer.io import adapters
+
+    tensors = {"lora/blocks.1.q.lora_A.weight": torch.zeros(2, 8),
+               "lora/blocks.1.q.lora_B.weight": torch.zeros(8, 2)}  # fmt: skip
+    entry = {"r": 2, "lora_alpha": 16.0, "lora_dropout": 0.0, "target_modules": ["blocks.1.q"]}
+    lora, rest = adapters.from_file({"lora_adapters": entry}, {**tensors, "head.weight": 1})
+    assert lora["r"] == 2 and set(rest) == {"head.weight"}
+    two = ["blocks.1.q", "blocks.2.k"]
+    for bad in ({"r": 10**9}, {"target_modules": two}, {"lora_dropout": 1}):
+        with pytest.raises(ValueError, match="malformed lora_adapters"):
+            adapters.from_file({"lora_adapters": {**entry, **bad}}, tensors)
+    with pytest.raises(ValueError, match="no lora_adapters entry"):
+        adapters.from_file({}, tensors)

@@ -47,6 +47,19 @@ def from_file(meta, state) -> tuple[dict | None, dict]:
         raise ValueError(f"malformed lora_adapters entry (fields {bad}, {len(tensors)} tensors)")
     if not all(isinstance(t, str) and t.startswith("blocks.") for t in config["target_modules"]):
         raise ValueError("malformed lora_adapters entry: target_modules must name blocks")
+    # the rank sizes what load allocates before the saved tensors are copied in: it must be
+    # theirs (they are bounded by the file), as must the number of adapted layers
+    r = config["r"]
+    ranks = {int(t.shape[0]) for k, t in tensors.items() if ".lora_A." in k and t.dim() >= 1}
+    ranks |= {int(t.shape[1]) for k, t in tensors.items() if ".lora_B." in k and t.dim() >= 2}
+    n_a = sum(".lora_A." in k for k in tensors)
+    if ranks != {r} or len(config["target_modules"]) > n_a:
+        raise ValueError(
+            f"malformed lora_adapters entry: rank {r!r} and {len(config['target_modules'])} "
+            f"layers, the saved tensors have ranks {sorted(ranks)} for {n_a} layers"
+        )
+    if not (config["lora_alpha"] > 0 and 0 <= config["lora_dropout"] < 1):
+        raise ValueError("malformed lora_adapters entry: lora_alpha or lora_dropout out of range")
     return {**config, "tensors": tensors}, rest
 
 

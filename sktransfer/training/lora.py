@@ -149,9 +149,9 @@ def add_lora(net, est, n_frozen, *, channels_last=False) -> dict:
         "target_modules": [f"blocks.{t}" for t in targets],
     }
     net.__dict__["lora_tuner"] = _inject(peft, net, config)  # (not a registered submodule)
-    if channels_last:
-        for module in net.blocks.modules():
-            if isinstance(module, nn.Conv2d) and module.weight.dim() == 4:
+    if channels_last:  # the adapter convolutions in the layout the blocks run in
+        for name, module in net.blocks.named_modules():
+            if isinstance(module, nn.Conv2d) and is_adapter_param(name):
                 module.to(memory_format=torch.channels_last)
     net.adapter_only = True
     net.set_frozen(n_frozen)
