@@ -4,6 +4,7 @@ L2-SP, class weights, precision, workers, compile, reproducibility, verbosity.""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -331,3 +332,29 @@ def test_probe_head_and_training_never_see_the_validation_split(digits):
     # on held-out rows; had it seen the validation rows, valid_acc would be ~1.
     assert clf.score(X, y) > 0.7
     assert clf.history_[0]["valid_acc"] < 0.5
+
+
+class _OneBlock(torch.nn.Module):
+    """Not an nn.Sequential: sktransfer cannot split it, so it is one block."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("freeze_depth, warns", [(-1, True), (1, True), ("all", False), (0, False)])
+def test_partial_freeze_of_a_one_block_backbone_warns_at_the_callers_line(freeze_depth, warns):
+    X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    y = np.arange(20) % 2
+    clf = PretrainedImageClassifier(backbone=_OneBlock(), freeze_depth=freeze_depth, max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(X, y)  # the warning must point at this line
+    ours = [w for w in caught if "is one block" in str(w.message)]
+    assert bool(ours) == warns
+    if warns:
+        assert ours[0].filename == __file__
+        assert f"freeze_depth={freeze_depth}" in str(ours[0].message)

@@ -33,7 +33,7 @@ from sktransfer._estimator.params import (
 )
 from sktransfer._estimator.split import validation_split
 from sktransfer._estimator.state import FitState
-from sktransfer.backbones import resolve_backbone
+from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
 from sktransfer.io.pickling import PicklableModulesMixin
@@ -190,6 +190,7 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         if encoded.weights is not None:
             sw = sw * encoded.weights
         backbone = self._resolve_backbone(share=self._shares_template(device))
+        warn_if_unsplit(backbone, self.freeze_depth)
         state = FitState(
             items=items, kind=kind, target=target, y=encoded, sample_weight=sw,
             backbone=backbone, prep=self._preprocessing(backbone), device=device,
