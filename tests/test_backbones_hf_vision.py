@@ -79,6 +79,8 @@ def test_chained_blocks_equal_model_forward(vision_dirs, family):
     assert [n for n, _ in backbone.blocks] == ["embeddings", "layer.0", "layer.1"]
     assert got.shape == (3, 32) and backbone.feature_dim == 32
     assert (got - expected).abs().max().item() <= 1e-5
+    got_cl = _chain(backbone, x.contiguous(memory_format=torch.channels_last))  # as fitted
+    assert (got_cl - expected).abs().max().item() <= 1e-5
     if family == "dinov2":  # DINOv2's own pooler output is the normed CLS token
         assert (got - out.pooler_output).abs().max().item() <= 1e-5
     mean = load_hf_vision(vision_dirs[family], pooling="mean")

@@ -112,7 +112,7 @@ class HFVisionEmbeddings(nn.Module):
         kwargs = {}
         if self.interpolate and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             kwargs["interpolate_pos_encoding"] = True
-        x = self.embeddings(x.contiguous(), **kwargs)
+        x = self.embeddings(x, **kwargs)  # any layout: the patch conv follows it
         return self.pre_norm(x) if self.pre_norm is not None else x
 
 

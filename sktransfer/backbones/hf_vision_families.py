@@ -163,7 +163,7 @@ class SwinEmbeddingsBlock(nn.Module):
         resized = tuple(x.shape[-2:]) != (self.image_size, self.image_size)
         if resized and self.embeddings.position_embeddings is not None:
             kwargs["interpolate_pos_encoding"] = True
-        tokens, (height, width) = self.embeddings(x.contiguous(), **kwargs)
+        tokens, (height, width) = self.embeddings(x, **kwargs)
         return _to_map(tokens, height, width)
 
 
