@@ -45,7 +45,7 @@ DIFF_GOAL = "<= 1e-5"
 RATIO_GOAL = ">= 0.95"
 #: quick / full: samples per call for the tiny models and for the packaged ones, batch, rounds
 SIZES = {
-    True: {"tiny": 64, "packaged_image": 16, "packaged_text": 64, "batch": 16, "rounds": 4},
+    True: {"tiny": 48, "packaged_image": 16, "packaged_text": 32, "batch": 16, "rounds": 6},
     False: {"tiny": 256, "packaged_image": 64, "packaged_text": 256, "batch": 32, "rounds": 6},
 }
 WORDS = [f"w{i}" for i in range(200)]
