@@ -13,7 +13,8 @@ optionally L2-normalised.
 
 Only local files are read: a model directory, or a hub id already in the local
 Hugging Face cache (``HF_HOME``). Sentence-transformers directories set the
-pooling, normalisation and maximum length defaults.
+pooling, normalisation and maximum length defaults. A safe file's text model is rebuilt
+from its stored config and tokenizer members by :mod:`sktransfer.backbones.hf_text_members`.
 """
 
 from __future__ import annotations
@@ -357,6 +358,13 @@ def load_huggingface(name_or_path, pooling=None, max_length=None, normalize=None
     return backbone
 
 
+def _rebuild(source, arch):
+    """From a safe file's config and tokenizer members (see :mod:`.hf_text_members`)."""
+    from sktransfer.backbones.hf_text_members import rebuild_huggingface
+
+    return rebuild_huggingface(source, arch)
+
+
 register_source(
     BackboneSource(
         kind="huggingface",
@@ -370,5 +378,6 @@ register_source(
             modality == "text" and (os.path.isdir(spec) or looks_like_hub_id(spec))
         ),
         load=lambda spec, weights="default": load_huggingface(spec),
+        rebuild=_rebuild,
     )
 )

@@ -77,8 +77,13 @@ class BackboneSource:
         Split such a module (already deep-copied) into blocks.
     rebuild : callable ``(source: dict, arch: dict) -> Backbone``, optional
         The randomly initialised architecture a saved ``source`` names, for the safe
-        format (which then loads the saved weights into it). Must read nothing a file
-        names from disk or the network.
+        format (which then loads the saved weights into it with ``strict=True``). ``arch``
+        is what the safe file recorded beside ``source``, plus ``arch["members"]``: a
+        read-only mapping of the file's plain data members (name -> bytes, e.g. a Hugging
+        Face ``config.json`` and tokenizer files; never the weights), ``arch["weight_bytes"]``
+        (the size of the stored weights, to refuse a far larger architecture before
+        allocating it) and ``arch["preprocessing"]`` (the saved preprocessing fields).
+        Must read nothing a file names from disk or the network, and run no remote code.
     """
 
     kind: str
@@ -118,8 +123,18 @@ def list_sources() -> list[BackboneSource]:
     return sorted(_SOURCES.values(), key=lambda s: (s.modality, s.kind))
 
 
-def rebuild_backbone(source: dict, arch: dict | None = None) -> Backbone:
+def rebuild_backbone(source: dict, arch: dict | None = None, members=None) -> Backbone:
     """The architecture recorded in ``source`` (``Backbone.source``), randomly initialised.
+
+    Parameters
+    ----------
+    source : dict
+        The saved ``Backbone.source``; its ``"kind"`` picks the source's ``rebuild``.
+    arch : dict, optional
+        What the safe file recorded to rebuild it (see :class:`BackboneSource`).
+    members : mapping of str to bytes, optional
+        The file's plain data members, handed over as ``arch["members"]`` (read-only; this
+        replaces any ``"members"`` entry ``arch`` had).
 
     Raises
     ------
@@ -130,7 +145,11 @@ def rebuild_backbone(source: dict, arch: dict | None = None) -> Backbone:
     leaf = _SOURCES.get(source.get("kind")) if isinstance(source, dict) else None
     if leaf is None or leaf.rebuild is None:
         raise ValueError(f"no backbone source can rebuild {source!r}")
-    return leaf.rebuild(source, dict(arch or {}))
+    from types import MappingProxyType
+
+    arch = dict(arch or {})
+    arch["members"] = MappingProxyType(dict(members or {}))
+    return leaf.rebuild(source, arch)
 
 
 def rebuildable_kinds() -> set[str]:

@@ -1,7 +1,9 @@
-"""The Hugging Face members of a safe file: the text backbone's config and tokenizer files,
-and the architecture rebuilt from them (random weights, then the file's) on load.
+"""The Hugging Face members a safe file stores for a text backbone: config and tokenizer.
 
-Used by :mod:`sktransfer.io.safe_format`; no pickle, no remote code, nothing downloaded.
+Save side only (used by :mod:`sktransfer.io.safe_format`); the architecture is rebuilt
+from these members by the ``"huggingface"`` source itself
+(:func:`sktransfer.backbones.hf_text_members.rebuild_huggingface`), which the safe format
+reaches through :func:`sktransfer.backbones.registry.rebuild_backbone` like any source.
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-import torch
+from sktransfer.backbones.hf_text_members import HF_CONFIG, TOKENIZER_DIR, TOKENIZER_SUFFIXES
 
-HF_CONFIG = "backbone/config.json"
-TOKENIZER_DIR = "tokenizer/"
-_TOKENIZER_SUFFIXES = (".json", ".txt", ".model")  # data files only; no pickles, no code
-_SLACK_BYTES = 64 << 20  # rebuilt-but-unsaved parameters allowed beyond 2x the weights
+__all__ = ["HF_CONFIG", "TOKENIZER_DIR", "text_members"]
+
 _JOBLIB_HINT = "; save this model with joblib.dump instead (a pickle: load only trusted files)"
 
 
@@ -33,7 +33,7 @@ def _tokenizer_files(tokenizer) -> dict:
         for root, _, names in os.walk(tmp):
             for fname in sorted(names):
                 rel = os.path.relpath(os.path.join(root, fname), tmp).replace(os.sep, "/")
-                if not rel.endswith(_TOKENIZER_SUFFIXES):
+                if not rel.endswith(TOKENIZER_SUFFIXES):
                     raise TypeError(
                         f"the tokenizer writes {rel!r}, which is not a plain data file"
                         + _JOBLIB_HINT
@@ -43,57 +43,18 @@ def _tokenizer_files(tokenizer) -> dict:
     return files
 
 
-# --------------------------------------------------------------------------- load
-def _load_tokenizer(members):
-    from sktransfer.backbones._compat import ensure_transformers_importable
+def text_members(module, tokenizer) -> tuple[dict, dict]:
+    """``(members, arch)`` for a text model: its config and tokenizer as data files.
 
-    ensure_transformers_importable()
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in members.items():
-            if not name.startswith(TOKENIZER_DIR):
-                continue
-            rel = name[len(TOKENIZER_DIR) :]
-            if not rel.endswith(_TOKENIZER_SUFFIXES) or ".." in rel.split("/"):
-                raise ValueError(f"refusing tokenizer member {name!r}")
-            target = os.path.join(tmp, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(data)
-        return AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
-
-
-def _hf_backbone(meta, source, members, state):
-    from sktransfer.backbones._compat import ensure_transformers_importable
-    from sktransfer.backbones.huggingface import backbone_from_hf_model
-
-    ensure_transformers_importable()
-    from transformers import AutoConfig, AutoModel
-
-    if HF_CONFIG not in members:
-        raise ValueError(f"the saved text model has no {HF_CONFIG} member")
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.json"), "wb") as fh:
-            fh.write(members[HF_CONFIG])
-        config = AutoConfig.from_pretrained(tmp, trust_remote_code=False)
-    kwargs = {}
-    if meta["arch"].get("attn_implementation"):
-        kwargs["attn_implementation"] = meta["arch"]["attn_implementation"]
-    with torch.device("meta"):  # size the architecture before allocating it
-        probe = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
-    need = sum(p.numel() * p.element_size() for p in probe.parameters())
-    have = sum(t.numel() * t.element_size() for t in state.values())
-    del probe
-    if need > 2 * have + _SLACK_BYTES:  # parts the blocks drop (BERT's pooler) are not saved
-        raise ValueError(
-            f"the saved config describes a {need}-byte network, but the file holds only "
-            f"{have} bytes of weights; refusing to allocate it"
-        )
-    model = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
-    tokenizer = _load_tokenizer(members)
-    prep = meta["preprocessing"]
-    name = source.get("path") or source.get("name") or "huggingface"
-    return backbone_from_hf_model(
-        model, tokenizer, name, prep["pooling"], prep["normalize"], prep["max_length"]
-    )
+    ``arch`` records what the rebuild needs beside them: the attention implementation
+    the model ran with and the tokenizer's ``name_or_path`` (a label the feature cache
+    keys preprocessing by; never read as a path).
+    """
+    config = _hf_config(module)
+    members = {HF_CONFIG: config.to_json_string(use_diff=False).encode()}
+    members.update(_tokenizer_files(tokenizer))
+    arch = {"attn_implementation": getattr(config, "_attn_implementation", None)}
+    name = getattr(tokenizer, "name_or_path", None)
+    if isinstance(name, str) and name:
+        arch["tokenizer_name"] = name
+    return members, arch

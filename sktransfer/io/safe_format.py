@@ -32,13 +32,7 @@ from sktransfer.io.archive import (
     _read,
     _to_json,
 )
-from sktransfer.io.hf_members import (
-    _JOBLIB_HINT,
-    HF_CONFIG,
-    _hf_backbone,
-    _hf_config,
-    _tokenizer_files,
-)
+from sktransfer.io.hf_members import _JOBLIB_HINT, text_members
 from sktransfer.io.pickling import _version
 
 _CLASSES = {
@@ -86,7 +80,7 @@ def _check_savable(est):
     from sktransfer.backbones.registry import rebuildable_kinds
 
     source = getattr(est, "backbone_source_", None)
-    if not source or source.get("kind") not in rebuildable_kinds() | {"huggingface"}:
+    if not source or source.get("kind") not in rebuildable_kinds():
         raise TypeError(
             f"cannot save {name} safely: its backbone ({getattr(est, 'backbone_name_', '?')}, "
             f"source {source}) cannot be rebuilt without code" + _JOBLIB_HINT
@@ -162,17 +156,13 @@ def save(est, path, *, store_backbone="embed"):
         meta["preprocessing"] = _to_json(fields, "preprocessing")
     else:
         meta["preprocessing"] = _to_json(dataclasses.asdict(prep), "preprocessing")
-    if est._modality == "text" and not _is_reference(source, store_backbone):
-        config = _hf_config(est.module_)
-        members[HF_CONFIG] = config.to_json_string(use_diff=False).encode()
-        meta["arch"]["attn_implementation"] = getattr(config, "_attn_implementation", None)
-        members.update(_tokenizer_files(prep.tokenizer))
+    if getattr(prep, "tokenizer", None) is not None and not _is_reference(source, store_backbone):
+        text, arch = text_members(est.module_, prep.tokenizer)  # the config and tokenizer files
+        members.update(text)
+        meta["arch"].update(arch)
     first = est.module_.blocks[0] if len(est.module_.blocks) else None
     if source.get("kind") == "torchvision" and hasattr(first, "image_size"):
         meta["arch"]["image_size"] = int(first.image_size)  # ViT: set by the weights
-    if est._modality == "image" and source.get("kind") != "packaged":
-        # lets the source refuse a named architecture far larger than the stored weights
-        meta["arch"]["weight_bytes"] = sum(t.numel() * t.element_size() for t in state.values())
     if store_backbone == "reference":
         if not _is_reference(source, store_backbone):
             raise ValueError(
@@ -224,8 +214,14 @@ def _library_versions():
 
 
 def _build_net(meta, source, members, state):
-    """``(TransferNet, tokenizer or None)``: the architecture, with reference or random weights."""
+    """``(TransferNet, tokenizer or None)``: the architecture, with reference or random weights.
+
+    Every source rebuilds its own architecture (``BackboneSource.rebuild``, reached through
+    :func:`~sktransfer.backbones.registry.rebuild_backbone`), from the recorded ``source`` and
+    ``arch``, the file's plain data members, the stored weights' size and the preprocessing.
+    """
     from sktransfer.backbones import resolve_backbone
+    from sktransfer.backbones.registry import rebuild_backbone
     from sktransfer.freezing import TransferNet
 
     kind, modality = source.get("kind"), meta["modality"]
@@ -234,14 +230,16 @@ def _build_net(meta, source, members, state):
         _check_packaged(source, modality)
     if reference:
         backbone = resolve_backbone(source["name"], modality, weights="default")
-    elif modality == "text":
-        backbone = _hf_backbone(meta, source, members, state)
     else:  # each source leaf rebuilds its own architecture (random weights)
-        from sktransfer.backbones.registry import rebuild_backbone
-
-        backbone = rebuild_backbone(source, meta["arch"])
-        if backbone.modality != modality:
-            raise ValueError(f"backbone source {source!r} is not a {modality} backbone")
+        arch = {
+            **meta["arch"],
+            "weight_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "preprocessing": _from_json(meta["preprocessing"]),
+        }
+        data = {k: v for k, v in members.items() if k != WEIGHTS}
+        backbone = rebuild_backbone(source, arch, members=data)
+    if backbone.modality != modality:
+        raise ValueError(f"backbone source {source!r} is not a {modality} backbone")
     pool, tokenizer = backbone.pool, None
     if modality == "text":
         from sktransfer.backbones.huggingface import TextPool
