@@ -474,3 +474,16 @@ def test_frozen_text_model_loads_bit_identical(tiny_bert_dir, texts, tmp_path):
         tok = loaded.preprocessing_.tokenizer
         assert tok.name_or_path == clf.preprocessing_.tokenizer.name_or_path
         np.testing.assert_array_equal(loaded.predict_proba(probe), expected)
+
+
+@pytest.mark.parametrize("attn", ["kernels-community/flash-attn", 3])
+def test_unknown_attention_implementation_refused(bert_clf, tmp_path, attn):
+    """A hub kernel id would make transformers fetch and run its code: refused."""
+    clf, _ = bert_clf
+    sktransfer.save(clf, tmp_path / "m.skt")
+    assert json.loads(zipfile.ZipFile(tmp_path / "m.skt").read(_archive.MANIFEST))["arch"][
+        "attn_implementation"
+    ] in ("sdpa", "eager")
+    _rewrite(tmp_path / "m.skt", lambda m: m["arch"].update(attn_implementation=attn))
+    with pytest.raises(ValueError, match="refusing attn_implementation"):
+        sktransfer.load(tmp_path / "m.skt")

@@ -23,6 +23,8 @@ HF_CONFIG = "backbone/config.json"
 TOKENIZER_DIR = "tokenizer/"
 TOKENIZER_SUFFIXES = (".json", ".txt", ".model")  # data files only; no pickles, no code
 _SLACK_BYTES = 64 << 20  # rebuilt-but-unsaved parameters allowed beyond 2x the weights
+# built-in attention implementations (never a hub kernel: "owner/repo" would run its code)
+_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
 def load_tokenizer(members, name=None):
@@ -96,8 +98,11 @@ def rebuild_huggingface(source: dict, arch: dict) -> Backbone:
     members = arch.get("members") or {}
     config = _config(members)
     kwargs = {}
-    if isinstance(arch.get("attn_implementation"), str):
-        kwargs["attn_implementation"] = arch["attn_implementation"]
+    attn = arch.get("attn_implementation")
+    if attn is not None:
+        if attn not in _ATTENTION:  # e.g. a hub kernel id, whose code transformers fetches
+            raise ValueError(f"refusing attn_implementation {attn!r}; known: {_ATTENTION}")
+        kwargs["attn_implementation"] = attn
     with torch.device("meta"):  # size the architecture before allocating it
         probe = AutoModel.from_config(config, trust_remote_code=False, **kwargs)
     need = sum(p.numel() * p.element_size() for p in probe.parameters())
