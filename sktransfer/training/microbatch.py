@@ -6,10 +6,12 @@ without gradients depends on the device, not on the optimisation.
 
 * CPU: small batches that keep a batch's activations in the core's caches. Measured
   (``benchmarks/bench_inference.py``, one thread): EfficientNet-Lite0 at 224 px peaks at
-  batch 4-8 and loses a third of its speed at 32; ResNet-18 is flat above 4. The rule is a
-  pixel budget, ``4 x 224 x 224`` pixels per batch (4 images at 224 px, 49 at 64 px),
-  clamped to ``[1, 64]``. Texts run 32 per batch (sorted by length, see below; flat between
-  16 and 64 for MiniLM-L6), vectors 256.
+  batch 4-8 and loses a third of its speed at 32; ResNet-18 peaks at 8 (4-15% above 4 in
+  the quick runs on this shared machine: the rule below does not fit it best). The rule is
+  a pixel budget, ``4 x 224 x 224`` pixels per batch (4 images at 224 px, 49 at 64 px),
+  clamped to ``[1, 64]``, and balanced over the items of a call (:func:`balanced`). Texts
+  run 32 per batch (sorted by length, see below; flat between 16 and 64 for MiniLM-L6),
+  vectors 256.
 * CUDA: the largest batch that fits, by a simple rule: ``256 x 224 x 224`` pixels per batch
   (clamped to ``[1, 1024]``), 256 texts, 1024 vectors.
 
