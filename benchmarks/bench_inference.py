@@ -28,6 +28,9 @@
   process's high-water mark in ``ru_maxrss`` (Linux folds the parent's RSS into the child's
   at ``exec`` after ``vfork``), which is what the 1.2 GB "peak RSS" of the first runs was.
 
+Metrics are ``<model>/<what>`` (``lite0``, ``resnet18``, ``minilm``, ``cli``, ``heap``; usable
+in docs markers), with the setting in their notes.
+
 Every candidate is timed interleaved (``time_interleaved``), best of the rounds, in CPU time
 (``time.process_time``; the CLI: its process's user + system time): every candidate runs one
 torch thread and reads nothing from disk but the CLI's PNGs (from the page cache), so on an
@@ -88,7 +91,7 @@ def _raw_image_loop(net, x, batch):
     return fn
 
 
-def _image_rows(label, spec, weights, n, rounds, batches):
+def _image_rows(key, label, spec, weights, n, rounds, batches):
     import torch
 
     import sktransfer
@@ -123,21 +126,33 @@ def _image_rows(label, spec, weights, n, rounds, batches):
     note = (
         f"{side} px arrays, centre-cropped to {crop}; raw vs embedder features: |diff| <= {gap:.0e}"
     )
-    return _ratio_rows(label, times, n, "img/s", batches, note=note)
+    return _ratio_rows(key, label, times, n, "img/s", batches, note=note)
 
 
-def _ratio_rows(label, times, n, unit, batches, names=("ImageEmbedder", "frozen predict"), note=""):
+#: metric slugs (``<key>/<slug>``, usable in docs markers) of the candidates
+SLUGS = {
+    "ImageEmbedder": "embedder_over_raw",
+    "TextEmbedder": "embedder_over_raw",
+    "frozen predict": "predict_over_raw",
+}
+
+
+def _ratio_rows(
+    key, label, times, n, unit, batches, names=("ImageEmbedder", "frozen predict"), note=""
+):
     raw = {b: n / _best(times[f"raw b{b}"]) for b in batches}
     best_b = max(raw, key=raw.get)
     rows = [
-        Result(NAME, f"{label}: raw loop best", raw[best_b], unit,
-               notes=f"batch {best_b}; " + ", ".join(f"b{b} {v:.1f}" for b, v in raw.items())
+        Result(NAME, f"{key}/raw_best", raw[best_b], unit,
+               notes=f"{label}: the raw loop at its best batch, {best_b}; "
+               + ", ".join(f"b{b} {v:.1f}" for b, v in raw.items())
                + (f"; {note}" if note else "")),
     ]  # fmt: skip
     for name in names:
         speed = n / _best(times[name])
-        rows.append(Result(NAME, f"{label}: {name} / best raw", speed / raw[best_b], "x", GOAL,
-                           notes=f"{speed:.1f} {unit} at the defaults"))  # fmt: skip
+        rows.append(Result(NAME, f"{key}/{SLUGS[name]}", speed / raw[best_b], "x", GOAL,
+                           notes=f"{label}: {name} / best raw; {speed:.1f} {unit} at the "
+                           "defaults"))  # fmt: skip
     return rows
 
 
@@ -190,14 +205,14 @@ def _text_rows(n, rounds):
     with config_context(cache=False):
         times = time_interleaved(fns, repeats=rounds, warmup=1, timer=TIMER)
     label = f"MiniLM-L6 ({n} {source} texts)"
-    rows = _ratio_rows(label, times, n, "texts/s", TEXT_BATCHES, ("TextEmbedder", "frozen predict"))
+    names = ("TextEmbedder", "frozen predict")
+    rows = _ratio_rows("minilm", label, times, n, "texts/s", TEXT_BATCHES, names)
     if encode is not None:
         ratio = _best(times["st.encode"]) / _best(times["TextEmbedder"])
-        note = "sentence-transformers encode(batch_size=32), same weights"
+        note = f"{label}: TextEmbedder / sentence-transformers encode(batch_size=32), same weights"
     else:
         ratio, note = None, "sentence-transformers not installed"
-    metric = f"{label}: TextEmbedder / st.encode"
-    rows.append(Result(NAME, metric, ratio, "x", ">= 1.0", notes=note))
+    rows.append(Result(NAME, "minilm/embedder_over_st_encode", ratio, "x", ">= 1.0", notes=note))
     return rows
 
 
@@ -261,12 +276,12 @@ def _cli_rows(n_images, rounds, batches):
     wall_speed = (n_images - 32) / max(min(walls[n_images]) - min(walls[32]), 1e-9)
     label = f"CLI ({n_images} {side} px PNGs, EfficientNet-Lite0)"
     return [
-        Result(NAME, f"{label}: images/s / best raw", cli_speed / raw_speed, "x", ">= 0.9",
-               notes=f"{cli_speed:.0f} img/s of CPU time (start-up excluded) vs raw "
-               f"{raw_speed:.0f}; wall clock {wall_speed:.0f} img/s"),
-        Result(NAME, f"{label}: peak RSS", peak_mb, "MB", "<= 800",
-               notes=f"the CLI process's own ru_maxrss (via a launcher); {max(peaks[32]):.0f} MB "
-               "on 32 images"),
+        Result(NAME, "cli/images_per_s_over_raw", cli_speed / raw_speed, "x", ">= 0.9",
+               notes=f"{label}: images/s / best raw; {cli_speed:.0f} img/s of CPU time "
+               f"(start-up excluded) vs raw {raw_speed:.0f}; wall clock {wall_speed:.0f} img/s"),
+        Result(NAME, "cli/peak_rss", peak_mb, "MB", "<= 800",
+               notes=f"{label}: the CLI process's own ru_maxrss (via a launcher); "
+               f"{max(peaks[32]):.0f} MB on 32 images"),
     ]  # fmt: skip
 
 
@@ -333,15 +348,15 @@ def _heap_rows(n, processes):
         old = out.get(setting, (faults, ms))
         out[setting] = (min(old[0], faults), min(old[1], ms))
     label = f"ImageEmbedder heap ({n} EfficientNet-Lite0 256 px arrays)"
-    note = f"fresh processes, {ENV}=0 (glibc's defaults) vs 1 (sktransfer's, the default)"
+    note = f"{label}; fresh processes, {ENV}=0 (glibc's defaults) vs 1 (sktransfer's, the default)"
     return [
-        Result(NAME, f"{label}: page faults per image, glibc defaults", out["0"][0], "",
+        Result(NAME, "heap/faults_per_image_glibc", out["0"][0], "",
                notes=note),
-        Result(NAME, f"{label}: page faults per image, tuned", out["1"][0], "", notes=note),
-        Result(NAME, f"{label}: CPU ms per image, glibc defaults", out["0"][1], "ms",
+        Result(NAME, "heap/faults_per_image_tuned", out["1"][0], "", notes=note),
+        Result(NAME, "heap/cpu_ms_per_image_glibc", out["0"][1], "ms",
                notes=note),
-        Result(NAME, f"{label}: CPU ms per image, tuned", out["1"][1], "ms", notes=note),
-        Result(NAME, f"{label}: speed-up of the tuned heap", out["0"][1] / out["1"][1], "x",
+        Result(NAME, "heap/cpu_ms_per_image_tuned", out["1"][1], "ms", notes=note),
+        Result(NAME, "heap/tuned_speedup", out["0"][1] / out["1"][1], "x",
                notes=note),
     ]  # fmt: skip
 
@@ -349,8 +364,9 @@ def _heap_rows(n, processes):
 def run(quick: bool) -> list[Result]:
     n_images, n_texts, rounds, batches, n_cli = SIZES[quick]
     rows = ResultList()
-    rows += _image_rows("EfficientNet-Lite0 224 px", None, "default", n_images, rounds, batches)
-    rows += _image_rows("ResNet-18 (random) 224 px", "resnet18", None, n_images, rounds, batches)
+    lite0, resnet = "EfficientNet-Lite0 224 px", "ResNet-18 (random) 224 px"
+    rows += _image_rows("lite0", lite0, None, "default", n_images, rounds, batches)
+    rows += _image_rows("resnet18", resnet, "resnet18", None, n_images, rounds, batches)
     rows += _text_rows(n_texts, rounds)
     rows += _cli_rows(n_cli, rounds, batches)
     rows += _heap_rows(n_images, 1 if quick else 2)
