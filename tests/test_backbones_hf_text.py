@@ -371,4 +371,97 @@ def test_layer_mask_built_once_per_forward(dirs):
         hf_text_blocks.layer_mask(builder, config, hidden, other)
     assert len(calls) == 3
     del other, calls[:]
-    assert hf_text_blocks._MASK_MEMO is None  # forgotten with its mask tensor
+    from sktransfer.backbones import _forward_memo
+
+    assert not [s for s in _forward_memo._MEMO if s[0] == ("attention mask", builder)]
+    # forgotten with its mask tensor (the last one built, for ``other``)
+
+
+SHARED_COMPUTE = {  # what each family computes once per forward from its shared pieces
+    "deberta-v2": "rel_embedding",
+    "mpnet": "position_bias",
+}
+
+
+def _count_calls(monkeypatch, obj, name):
+    calls = []
+    original = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("family", sorted(SHARED_COMPUTE))
+def test_shared_weights_memo_only_without_grad(dirs, family, monkeypatch):
+    """Memoised per forward in inference; recomputed per layer, with gradients, in training."""
+    model = transformers.AutoModel.from_pretrained(dirs[family]).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(dirs[family])
+    backbone = backbone_from_hf_model(model, tok, family)  # shares model's modules
+    shared = backbone.blocks[0][1].shared
+    calls = _count_calls(monkeypatch, shared, SHARED_COMPUTE[family])
+    enc = _encode(backbone, TEXTS)
+    _chain(backbone, enc)
+    assert len(calls) == 1  # no grad: once for all the layers of the forward
+    weight = next(iter(shared.parameters()))  # relative_attention_bias / rel_embeddings
+    grads = []
+    for run in ("split", "split", "own"):  # the same mask tensor each time
+        model.zero_grad()
+        if run == "own":
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
+        else:
+            state = dict(enc)
+            for _, block in backbone.blocks:
+                state = block(state)
+            hidden = state.hidden
+        (hidden**2).mean().backward()  # a freed graph reused would raise here
+        grads.append(weight.grad.clone())
+    assert len(calls) == 1 + 2 * N_LAYERS  # with grad: recomputed in every layer
+    assert grads[0].abs().sum() > 0
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", sorted(SHARED_COMPUTE))
+def test_shared_weights_memo_invalidated_by_in_place_update(dirs, family):
+    model = transformers.AutoModel.from_pretrained(dirs[family]).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(dirs[family])
+    backbone = backbone_from_hf_model(model, tok, family)
+    enc = _encode(backbone, TEXTS)
+    kwargs = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    before = _chain(backbone, enc).hidden
+    with torch.no_grad():
+        for p in backbone.blocks[0][1].shared.parameters():  # an optimizer step's kind of update
+            p.mul_(1.5).add_(0.25)
+        want = model(**kwargs).last_hidden_state
+    after = _chain(backbone, enc).hidden  # the same mask tensor: the memo's key
+    assert (before - want).abs().max().item() > 1e-4  # the old value would be stale
+    assert (after - want).abs().max().item() <= 1e-6
+
+
+def test_modernbert_rotary_once_per_layer_type(dirs, monkeypatch):
+    backbone = load_huggingface(dirs["modernbert"])
+    rotary = backbone.blocks[0][1].shared
+    calls = []
+    original = type(rotary).forward
+
+    def counted(self, x, position_ids, layer_type):
+        calls.append(layer_type)
+        return original(self, x, position_ids, layer_type)
+
+    monkeypatch.setattr(type(rotary), "forward", counted)
+    enc = _encode(backbone, TEXTS)
+    _chain(backbone, enc)
+    assert sorted(calls) == ["full_attention", "sliding_attention"]  # 3 layers, 2 types
+    calls.clear()
+    for _, block in backbone.blocks:
+        block.train()
+    state = dict(enc)
+    for _, block in backbone.blocks:  # grad enabled: buffers only, so still memoised
+        state = block(state)
+    state.hidden.sum().backward()
+    assert sorted(calls) == ["full_attention", "sliding_attention"]
+    assert backbone.blocks[1][1].layer.attn.Wqkv.weight.grad is not None

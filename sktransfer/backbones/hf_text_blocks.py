@@ -30,12 +30,12 @@ splits do not reproduce (DeBERTa's ``z_steps``, ``relative_attention`` without
 from __future__ import annotations
 
 import inspect
-import weakref
 
 import torch
 from torch import nn
 
 from sktransfer.backbones._base import TextState
+from sktransfer.backbones._forward_memo import once_per_forward
 
 __all__ = ["FAMILIES", "layer_mask", "split_text_encoder"]
 
@@ -45,24 +45,15 @@ def _mask_of(batch) -> torch.Tensor:
     return torch.ones_like(batch["input_ids"]) if mask is None else mask
 
 
-_MASK_MEMO: tuple | None = None  # (key, weakref to the 0/1 mask, the built mask, weakref to config)
-
-
-def _forget_mask(ref) -> None:
-    global _MASK_MEMO
-    memo = _MASK_MEMO
-    if memo is not None and memo[1] is ref:
-        _MASK_MEMO = None
-
-
 def layer_mask(builder, config, hidden: torch.Tensor, mask: torch.Tensor):
     """``builder(config=, inputs_embeds=hidden, attention_mask=mask)``, built once per forward.
 
     Every layer block of one forward receives the same 0/1 ``mask`` tensor (it flows
     through ``TextState``); the model's own ``forward`` builds the attention mask once
-    for all its layers, and so does this: the last result is kept for as long as that
-    ``mask`` tensor lives (keyed by its identity and the config's, the builder, the
-    attention implementation, the batch shape, dtype, device and grad / inference mode).
+    for all its layers, and so does this (:func:`~._forward_memo.once_per_forward`, one
+    slot per builder, so ModernBERT's alternating full and sliding-window layers each
+    reuse theirs; keyed also by the config, the attention implementation, the batch
+    shape, dtype and device and the grad / inference mode).
 
     Parameters
     ----------
@@ -80,24 +71,19 @@ def layer_mask(builder, config, hidden: torch.Tensor, mask: torch.Tensor):
     torch.Tensor or None
         What ``builder`` returns.
     """
-    global _MASK_MEMO
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():  # no state in a graph
-        return builder(config=config, inputs_embeds=hidden, attention_mask=mask)
     key = (
-        builder,
         getattr(config, "_attn_implementation", None),
         tuple(hidden.shape[:2]),
         hidden.dtype,
         hidden.device,
-        torch.is_grad_enabled(),
-        torch.is_inference_mode_enabled(),
     )
-    memo = _MASK_MEMO
-    if memo is not None and memo[0] == key and memo[1]() is mask and memo[3]() is config:
-        return memo[2]
-    built = builder(config=config, inputs_embeds=hidden, attention_mask=mask)
-    _MASK_MEMO = (key, weakref.ref(mask, _forget_mask), built, weakref.ref(config))
-    return built
+    return once_per_forward(
+        ("attention mask", builder),
+        config,
+        mask,
+        key,
+        lambda: builder(config=config, inputs_embeds=hidden, attention_mask=mask),
+    )
 
 
 class _SharedRef:
@@ -205,17 +191,32 @@ class DebertaLayer(_LayerBlock):
 
     def forward(self, state: TextState) -> TextState:
         hidden, mask = state
-        ext = mask.unsqueeze(1).unsqueeze(2)  # DebertaV2Encoder.get_attention_mask
-        attn_mask = ext * ext.squeeze(-2).unsqueeze(-1)
+        shared = self.shared  # what DebertaV2Encoder.forward computes once for all layers:
+        attn_mask = once_per_forward("pair mask", shared, mask, (), lambda: _pair_mask(mask))
+        seq = (
+            hidden.size(-2),
+            hidden.device,
+            shared.position_buckets,
+            shared.max_relative_positions,
+        )
+        relative_pos = once_per_forward(
+            "relative_pos", shared, mask, seq, lambda: shared.relative_pos(hidden)
+        )
+        rel_embeddings = once_per_forward(
+            "rel_embedding", shared, mask, (), shared.rel_embedding, shared.parameters()
+        )
         out, _ = self.layer(
-            hidden,
-            attn_mask,
-            relative_pos=self.shared.relative_pos(hidden),
-            rel_embeddings=self.shared.rel_embedding(),
+            hidden, attn_mask, relative_pos=relative_pos, rel_embeddings=rel_embeddings
         )
         if self.conv is not None:
             out = self.conv(hidden, out, mask)
         return TextState(out, mask)
+
+
+def _pair_mask(mask):
+    """``DebertaV2Encoder.get_attention_mask``: ``(n, 1, seq, seq)`` from the 0/1 mask."""
+    ext = mask.unsqueeze(1).unsqueeze(2)
+    return ext * ext.squeeze(-2).unsqueeze(-1)
 
 
 def _split_deberta(model):
@@ -253,7 +254,7 @@ class MPNetShared(nn.Module):
         bucket = MPNetEncoder.relative_position_bucket(span, num_buckets=self.num_buckets)
         table = self.relative_attention_bias(bucket)  # (2 * seq - 1, heads)
         bias = table[(hidden.size(1) - 1) - distance]  # (seq, seq, heads)
-        return bias.permute([2, 0, 1]).unsqueeze(0)
+        return bias.permute([2, 0, 1]).contiguous().unsqueeze(0)  # as dense as the model's
 
 
 class MPNetEmbeddings(nn.Module):
@@ -276,7 +277,16 @@ class MPNetLayer(_LayerBlock):
 
         hidden, mask = state
         attn_mask = layer_mask(create_bidirectional_mask, self.config, hidden, mask)
-        out = self.layer(hidden, attn_mask, self.shared.position_bias(hidden))
+        shared = self.shared  # MPNetEncoder.forward computes the bias once for all layers
+        bias = once_per_forward(
+            "position_bias",
+            shared,
+            mask,
+            (hidden.size(1), hidden.device),
+            lambda: shared.position_bias(hidden),
+            shared.parameters(),
+        )
+        out = self.layer(hidden, attn_mask, bias)
         return TextState(out[0], mask)
 
 
@@ -321,14 +331,25 @@ class ModernBertLayer(_LayerBlock):
             else masking_utils.create_bidirectional_mask
         )
         attn_mask = layer_mask(make_mask, self.config, hidden, mask)
-        positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
-        rope = self.shared(hidden, positions, kind)
+        rotary = self.shared  # ModernBertModel.forward: once per layer type for all layers
+        rope = once_per_forward(
+            ("rotary", kind),
+            rotary,
+            mask,
+            (hidden.size(1), hidden.dtype, hidden.device),
+            lambda: rotary(hidden, _positions(hidden), kind),
+            rotary.buffers(),
+        )
         out = self.layer(hidden, attention_mask=attn_mask, position_embeddings=rope)
         if isinstance(out, tuple):
             out = out[0]
         if self.final_norm is not None:
             out = self.final_norm(out)
         return TextState(out, mask)
+
+
+def _positions(hidden):
+    return torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
 
 
 def _split_modernbert(model):
