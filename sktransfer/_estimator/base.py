@@ -149,10 +149,10 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
 
     def _loader(self, dataset, kind, prep, device, collate=None):
         """An inference loader: micro-batches of ``inference_batch_size`` (``None``: the
-        device's size, :func:`~sktransfer.training.microbatch.inference_batch_size`), not
-        the training ``batch_size``."""
+        device's size, :func:`~sktransfer.training.microbatch.inference_batch_size`,
+        balanced over the dataset), not the training ``batch_size``."""
         collate = Collate(self._collate(kind, prep)) if collate is None else collate
-        size = inference_batch_size(self.inference_batch_size, kind, device, prep)
+        size = inference_batch_size(self.inference_batch_size, kind, device, prep, n=len(dataset))
         return make_loader(dataset, size, collate, device, num_workers=self.num_workers)
 
     # ------------------------------------------------------------------ fit
