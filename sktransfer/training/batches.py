@@ -187,7 +187,6 @@ def _progress(loader, verbose, desc):
     return tqdm(loader, desc=desc, total=len(loader), unit="batch", leave=False, file=sys.stderr)
 
 
-@torch.no_grad()  # not inference_mode: lazy modules may materialise here
 def run_blocks(
     net,
     loader,
@@ -206,14 +205,22 @@ def run_blocks(
     Returns one array per sample (see :func:`split_output`). ``verbose``: a progress bar
     named ``desc``.
     """
+    from torch.nn.parameter import is_lazy
+
+    # inference_mode (no view/version bookkeeping) unless lazy modules still have to
+    # materialise their parameters here; the rows leave as numpy arrays either way
+    lazy = any(is_lazy(p) for p in net.parameters())
     was_training = net.training
     net.eval()
     rows = []
     try:
-        for x, _ in _progress(loader, verbose, desc):
-            with autocast(device, precision):
-                out = net.features(to_device(x, device, channels_last), start=start, stop=stop)
-            rows.extend(split_output(out, out_dtype))
+        with torch.no_grad() if lazy else torch.inference_mode():
+            for x, _ in _progress(loader, verbose, desc):
+                with autocast(device, precision):
+                    out = net.features(
+                        to_device(x, device, channels_last), start=start, stop=stop
+                    )
+                rows.extend(split_output(out, out_dtype))
     finally:
         net.train(was_training)
     return rows
