@@ -97,6 +97,7 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     import sktransfer
     from sktransfer.backbones import resolve_backbone
     from sktransfer.cache import config_context
+    from sktransfer.training import calibrate
 
     backbone = resolve_backbone(spec, "image", weights=weights)
     prep = backbone.preprocessing
@@ -121,10 +122,14 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     fns = {f"raw b{b}": _raw_image_loop(net, x, b) for b in batches}
     fns["ImageEmbedder"] = lambda: emb.transform(images)
     fns["frozen predict"] = lambda: clf.predict(images)
+    before = set(calibrate.chosen_sizes())
     with config_context(cache=False):
         times = time_interleaved(fns, repeats=rounds, warmup=1, timer=TIMER)
+    chosen = [v for k, v in calibrate.chosen_sizes().items() if k not in before]
     note = (
         f"{side} px arrays, centre-cropped to {crop}; raw vs embedder features: |diff| <= {gap:.0e}"
+        f"; calibrated micro-batch {chosen[0] if chosen else 'n/a'} (a trial batch at the"
+        " start: the first calls time the candidate sizes)"
     )
     return _ratio_rows(key, label, times, n, "img/s", batches, note=note)
 

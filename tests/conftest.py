@@ -11,6 +11,9 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# automatic CPU image micro-batches at the rule's size, not a timing-chosen one: the suite
+# compares outputs exactly; tests/test_calibration.py turns the calibration on
+os.environ.setdefault("SKTRANSFER_BATCH_CALIBRATION", "0")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 POS = ["good", "great", "wonderful", "excellent", "lovely", "superb", "fun", "brilliant"]

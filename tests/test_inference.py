@@ -91,24 +91,25 @@ def test_automatic_micro_batches_are_balanced_over_the_items():
         assert -(-n // size) == -(-n // rule) and size <= rule  # as few batches, no larger
 
 
-def test_an_embedders_automatic_batches_are_balanced(digits_small, monkeypatch):
-    from sktransfer._estimator import embedder
+def _batch_sizes(module):
+    """Batch sizes through ``module``'s first layer (the hook survives the fits' copies)."""
+    seen = []
+    module[0].register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    return seen
 
+
+def test_an_embedders_automatic_batches_are_balanced(digits_small):
     X, _ = digits_small
-    sizes = []
-    real = embedder.make_loader
-
-    def spy(dataset, batch_size, *a, **k):
-        sizes.append(batch_size)
-        return real(dataset, batch_size, *a, **k)
-
-    monkeypatch.setattr(embedder, "make_loader", spy)
-    emb = ImageEmbedder(make_cnn(), image_size=8).fit(X)
+    cnn = make_cnn()
+    sizes = _batch_sizes(cnn)
+    emb = ImageEmbedder(cnn, image_size=8).fit(X)
     with config_context(cache=False):
+        sizes.clear()
         ref = emb.transform(X[:100])
-        assert sizes[-1] == 50  # 8 px: the rule's 64, balanced over 100 images
+        assert sizes == [50, 50]  # 8 px: the rule's 64, balanced over 100 images
+        sizes.clear()
         forced = emb.set_params(batch_size=64).transform(X[:100])
-    assert sizes[-1] == 64
+    assert sizes == [64, 36]
     np.testing.assert_array_equal(forced, ref)
 
 
@@ -216,26 +217,18 @@ def test_text_outputs_match_across_micro_batch_sizes(tiny_bert_dir):
         np.testing.assert_allclose(out, outs[0], rtol=1e-5, atol=1e-6)
 
 
-def test_the_loaders_use_the_inference_size_not_the_training_one(digits_small, monkeypatch):
-    from sktransfer._estimator import base
-
+def test_the_loaders_use_the_inference_size_not_the_training_one(digits_small):
     X, y = digits_small
-    sizes = []
-    real = base.make_loader
-
-    def spy(dataset, batch_size, *a, **k):
-        sizes.append(batch_size)
-        return real(dataset, batch_size, *a, **k)
-
-    monkeypatch.setattr(base, "make_loader", spy)
     X, y = X[:192], y[:192]  # 3 x 64: the rule's size, balanced or not
-    clf = PretrainedImageClassifier(make_cnn(), image_size=8, batch_size=16, random_state=0)
+    cnn = make_cnn()
+    sizes = _batch_sizes(cnn)
+    clf = PretrainedImageClassifier(cnn, image_size=8, batch_size=16, random_state=0)
     clf.fit(X, y).predict(X)
-    assert set(sizes) == {64}  # 8 px: the CPU rule's clamp, not batch_size=16
+    assert sizes == [64, 64, 64]  # 8 px: the CPU rule's clamp (predict: from the cache)
     sizes.clear()
     clear_cache()
     clf.set_params(inference_batch_size=5).fit(X, y)
-    assert set(sizes) == {5}
+    assert set(sizes[:-1]) == {5} and sum(sizes) == 192
 
 
 # --------------------------------------------------------------------------- the probe

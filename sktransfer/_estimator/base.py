@@ -41,7 +41,6 @@ from sktransfer.training.batches import (
     Collate,
     LabeledDataset,
     cudnn_autotune,
-    make_loader,
     predict_logits,
     resolve_device,
     resolve_precision,
@@ -49,9 +48,9 @@ from sktransfer.training.batches import (
     seeded_globals,
     set_layout,
 )
+from sktransfer.training.calibrate import inference_loader
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
 from sktransfer.training.lora import add_lora, check_adapter, count_trainable, merge_lora
-from sktransfer.training.microbatch import inference_batch_size
 from sktransfer.training.regularization import L2SP
 
 
@@ -150,10 +149,11 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
     def _loader(self, dataset, kind, prep, device, collate=None):
         """An inference loader: micro-batches of ``inference_batch_size`` (``None``: the
         device's size, :func:`~sktransfer.training.microbatch.inference_batch_size`,
-        balanced over the dataset), not the training ``batch_size``."""
+        balanced over the dataset, calibrated per backbone for CPU images,
+        :mod:`sktransfer.training.calibrate`), not the training ``batch_size``."""
         collate = Collate(self._collate(kind, prep)) if collate is None else collate
-        size = inference_batch_size(self.inference_batch_size, kind, device, prep, n=len(dataset))
-        return make_loader(dataset, size, collate, device, num_workers=self.num_workers)
+        return inference_loader(dataset, self.inference_batch_size, kind, device, prep, collate,
+                                num_workers=self.num_workers)  # fmt: skip
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None):

@@ -104,10 +104,11 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """
         Micro-batch of every forward pass without gradients (frozen features,
         cached activations, predictions). ``None``: chosen for the device (CPU:
-        a batch whose activations stay in cache, 4 images at 224 px; CUDA: the
-        largest that fits); see :mod:`sktransfer.training.microbatch`. Outputs do
-        not depend on it beyond float rounding, and cached features are reused
-        across sizes.
+        a batch whose activations stay in cache, 4 images at 224 px, then
+        calibrated per backbone on the first batches; CUDA: the largest that
+        fits); see :mod:`sktransfer.training.microbatch` and
+        :mod:`sktransfer.training.calibrate`. Outputs do not depend on it beyond
+        float rounding, and cached features are reused across sizes.
         """,
     ),
     "optimizer": (

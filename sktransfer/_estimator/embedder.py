@@ -16,13 +16,12 @@ from sktransfer.freezing import TransferNet
 from sktransfer.io.pickling import PicklableModulesMixin
 from sktransfer.training.batches import (
     Collate,
-    make_loader,
     resolve_device,
     run_blocks,
     runs_channels_last,
     set_layout,
 )
-from sktransfer.training.microbatch import inference_batch_size
+from sktransfer.training.calibrate import inference_loader
 
 
 def _on(tensor, device) -> bool:
@@ -102,14 +101,13 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
         set_layout(net, channels_last)
 
         def compute(idx):
-            size = inference_batch_size(self.batch_size, kind, device, prep, n=len(idx))
-
             def run(order):  # texts longest first; rows back in input order
                 sub = [idx[p] for p in order]
                 dataset = self._make_dataset(
                     [items[i] for i in sub], kind, prep, training=False, index=sub
                 )
-                loader = make_loader(dataset, size, Collate(self._collate(kind, prep)), device)
+                collate = Collate(self._collate(kind, prep))
+                loader = inference_loader(dataset, self.batch_size, kind, device, prep, collate)
                 with torch.random.fork_rng(devices=[]):
                     return run_blocks(net, loader, device, channels_last=channels_last)
 

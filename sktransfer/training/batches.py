@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sktransfer.backbones._base import TextState
 from sktransfer.inputs.pixels import PixelBatch
+from sktransfer.training.calibrate import Timer
 
 
 class LabeledDataset(Dataset):
@@ -215,11 +216,12 @@ def run_blocks(
     rows = []
     try:
         with torch.no_grad() if lazy else torch.inference_mode():
+            timer = Timer(loader, net, start, stop, channels_last=channels_last,
+                          precision=precision)  # fmt: skip
             for x, _ in _progress(loader, verbose, desc):
-                with autocast(device, precision):
-                    out = net.features(
-                        to_device(x, device, channels_last), start=start, stop=stop
-                    )
+                x = to_device(x, device, channels_last)
+                with timer, autocast(device, precision):
+                    out = net.features(x, start=start, stop=stop)
                 rows.extend(split_output(out, out_dtype))
     finally:
         net.train(was_training)
@@ -233,9 +235,12 @@ def predict_logits(
     net.eval()
     out = []
     with torch.inference_mode():
+        timer = Timer(loader, net, start, head=True, channels_last=channels_last,
+                      precision=precision)  # fmt: skip
         for x, _ in _progress(loader, verbose, "prediction"):
-            with autocast(device, precision):
-                logits = net(to_device(x, device, channels_last), start=start)
+            x = to_device(x, device, channels_last)
+            with timer, autocast(device, precision):
+                logits = net(x, start=start)
             out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 

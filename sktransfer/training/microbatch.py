@@ -9,14 +9,17 @@ without gradients depends on the device, not on the optimisation.
   batch 4-8 and loses a third of its speed at 32; ResNet-18 peaks at 8 (4-15% above 4 in
   the quick runs on this shared machine: the rule below does not fit it best). The rule is
   a pixel budget, ``4 x 224 x 224`` pixels per batch (4 images at 224 px, 49 at 64 px),
-  clamped to ``[1, 64]``, and balanced over the items of a call (:func:`balanced`). Texts
-  run 32 per batch (sorted by length, see below; flat between 16 and 64 for MiniLM-L6),
-  vectors 256.
+  clamped to ``[1, 64]``, and balanced over the items of a call (:func:`balanced`). When
+  the size is automatic, the image loaders then calibrate it per backbone and image size
+  around the rule's (:mod:`sktransfer.training.calibrate`). Texts run 32 per batch
+  (sorted by length, see below; flat between 16 and 64 for MiniLM-L6), vectors 256.
 * CUDA: the largest batch that fits, by a simple rule: ``256 x 224 x 224`` pixels per batch
   (clamped to ``[1, 1024]``), 256 texts, 1024 vectors.
 
 A size is a scheduling choice only: outputs are computed per sample and cached per sample
-under a namespace that does not include it (:func:`sktransfer.cache.keys.block_namespace`).
+under a namespace that does not include it (:func:`sktransfer.cache.keys.block_namespace`);
+they are equal across sizes up to float rounding (bit-identical for small CNNs; ResNet-18's
+features move by ~1e-6 between batch 1 and 16 at 224 px).
 
 Texts are run longest first, sorted by token count, and the outputs put back in input
 order, so that dynamic padding pads each batch to lengths its texts nearly share. Measured on
