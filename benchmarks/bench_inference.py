@@ -56,7 +56,7 @@ NAME = "inference"
 RANDOM_STATE = 0
 #: (images, texts, rounds, raw-loop batch sizes, CLI images)
 SIZES = {
-    True: (32, 256, 3, (1, 4, 8, 32), 2000),
+    True: (32, 256, 3, (1, 2, 4, 8, 16, 32), 2000),  # every size the calibration may pick
     False: (128, 2000, 3, (1, 2, 4, 8, 16, 32, 64), 20000),
 }
 TEXT_BATCHES = (16, 32, 64)
