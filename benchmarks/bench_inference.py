@@ -112,6 +112,7 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     x = x.contiguous(memory_format=torch.channels_last)
     net = _net(backbone).to(memory_format=torch.channels_last)
     kw = {"backbone": spec, "weights": weights}
+    calibrate.reset()  # (this model's calibration starts in the timed calls below)
     emb = sktransfer.ImageEmbedder(**kw).fit(images[:2])
     clf = sktransfer.PretrainedImageClassifier(**kw, random_state=0)
     clf.fit(images[:8], [0, 1] * 4)
@@ -122,16 +123,38 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     fns = {f"raw b{b}": _raw_image_loop(net, x, b) for b in batches}
     fns["ImageEmbedder"] = lambda: emb.transform(images)
     fns["frozen predict"] = lambda: clf.predict(images)
-    before = set(calibrate.chosen_sizes())
+    fns["ImageEmbedder, rule"] = _uncalibrated(lambda: emb.transform(images))
     with config_context(cache=False):
         times = time_interleaved(fns, repeats=rounds, warmup=1, timer=TIMER)
-    chosen = [v for k, v in calibrate.chosen_sizes().items() if k not in before]
+    chosen = sorted(set(calibrate.chosen_sizes().values()), key=str)
     note = (
         f"{side} px arrays, centre-cropped to {crop}; raw vs embedder features: |diff| <= {gap:.0e}"
-        f"; calibrated micro-batch {chosen[0] if chosen else 'n/a'} (a trial batch at the"
-        " start: the first calls time the candidate sizes)"
+        f"; calibrated micro-batch {chosen} (the first calls run the trials)"
     )
-    return _ratio_rows(key, label, times, n, "img/s", batches, note=note)
+    rule = _best(times["ImageEmbedder, rule"])
+    return _ratio_rows(key, label, times, n, "img/s", batches, note=note) + [
+        Result(NAME, f"{key}/calibrated_over_rule", rule / _best(times["ImageEmbedder"]), "x",
+               notes=f"{label}: ImageEmbedder calibrated / at the rule's size "
+               f"(SKTRANSFER_BATCH_CALIBRATION=0), same run"),
+    ]  # fmt: skip
+
+
+def _uncalibrated(fn):
+    """``fn`` run with the micro-batch calibration off (the pixel-budget rule's size)."""
+    from sktransfer.training.calibrate import ENV
+
+    def call():
+        old = os.environ.get(ENV)
+        os.environ[ENV] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[ENV]
+            else:
+                os.environ[ENV] = old
+
+    return call
 
 
 #: metric slugs (``<key>/<slug>``, usable in docs markers) of the candidates
@@ -260,12 +283,14 @@ def _cli_rows(n_images, rounds, batches):
                 )
             folders[n] = folder
         runs, walls, peaks = ({n: [] for n in folders} for _ in range(3))
+        rule_runs = []
         for _ in range(rounds):  # interleaved: 32, n, 32, n, ...
             for n, folder in folders.items():
                 cpu, wall, peak = _run_cli([model, folder])
                 runs[n].append(cpu)
                 walls[n].append(wall)
                 peaks[n].append(peak)
+            rule_runs.append(_run_cli([model, folders[n_images]], calibrate=False)[0])
         backbone = resolve_backbone(None, "image")
         net = _net(backbone).to(memory_format=torch.channels_last)
         x = torch.randn(256, 3, side, side).contiguous(memory_format=torch.channels_last)
@@ -280,7 +305,12 @@ def _cli_rows(n_images, rounds, batches):
     cli_speed = (n_images - 32) / max(min(runs[n_images]) - min(runs[32]), 1e-9)
     wall_speed = (n_images - 32) / max(min(walls[n_images]) - min(walls[32]), 1e-9)
     label = f"CLI ({n_images} {side} px PNGs, EfficientNet-Lite0)"
+    rule_speed = (n_images - 32) / max(min(rule_runs) - min(runs[32]), 1e-9)
     return [
+        Result(NAME, "cli/calibrated_over_rule", cli_speed / rule_speed, "x",
+               notes=f"{label}: images/s at the defaults / with SKTRANSFER_BATCH_CALIBRATION=0 "
+               f"({rule_speed:.0f} img/s), same run; CPU seconds {min(runs[n_images]):.2f} vs "
+               f"{min(rule_runs):.2f}"),
         Result(NAME, "cli/images_per_s_over_raw", cli_speed / raw_speed, "x", ">= 0.9",
                notes=f"{label}: images/s / best raw; {cli_speed:.0f} img/s of CPU time "
                f"(start-up excluded) vs raw {raw_speed:.0f}; wall clock {wall_speed:.0f} img/s"),
@@ -304,11 +334,16 @@ print(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024)
 """
 
 
-def _run_cli(args):
+def _run_cli(args, calibrate=True):
     """``(CPU seconds, wall seconds, peak MB)`` of ``sktransfer predict ARGS`` (CSV to
-    stdout, discarded)."""
+    stdout, discarded); ``calibrate=False``: at the rule's micro-batch."""
+    from sktransfer.training.calibrate import ENV
+
     argv = [sys.executable, "-m", "sktransfer.cli", "predict", *args]
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True)
+    env = {**os.environ, ENV: "1" if calibrate else "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True, env=env
+    )
     if done.returncode:
         raise RuntimeError(f"sktransfer predict failed: {done.stderr[-2000:]}")
     cpu, wall, peak = done.stdout.split()
@@ -339,11 +374,13 @@ print(min(faults) / n, min(times) / n * 1000)
 
 
 def _heap_rows(n, processes):
+    from sktransfer.training import calibrate
     from sktransfer.training.heap import ENV
 
     out = {}
     for setting in ("0", "1") * processes:  # interleaved, best of the processes
-        env = {**os.environ, ENV: setting}
+        # (fixed micro-batches: the calibration's trial shapes would fault pages of their own)
+        env = {**os.environ, ENV: setting, calibrate.ENV: "0"}
         done = subprocess.run(
             [sys.executable, "-c", _HEAP_PROBE, str(n)], env=env, capture_output=True, text=True
         )

@@ -220,6 +220,12 @@ def test_text_and_cuda_are_not_calibrated(tiny_bert_dir):
     assert calibrate.chosen_sizes() == {}
     loader = calibrate.inference_loader(list(range(10)), None, "image", "cpu", None, None)
     assert isinstance(loader.batch_sampler, calibrate.CalibratingBatches)
+
+    class Small:  # a rule's size above MAX_RULE: small images keep the rule
+        image_size = SIDE // 4
+
+    loader = calibrate.inference_loader(list(range(10)), None, "image", "cpu", Small(), None)
+    assert not isinstance(loader.batch_sampler, calibrate.CalibratingBatches)
     if torch.cuda.is_available():
         loader = calibrate.inference_loader(list(range(10)), None, "image", "cuda", None, None)
         assert not isinstance(loader.batch_sampler, calibrate.CalibratingBatches)
