@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from sktransfer.backbones._base import TextState
 from sktransfer.inputs.pixels import PixelBatch
@@ -165,18 +165,6 @@ class PadTokens:
             hidden[i, : r.shape[0]] = r
             mask[i, : r.shape[0]] = 1
         return TextState(hidden, mask), torch.zeros(n)
-
-
-def make_loader(dataset, batch_size, collate, device, shuffle=False, generator=None, num_workers=0):
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        collate_fn=collate,
-        generator=generator,
-        pin_memory=str(device).startswith("cuda"),
-        num_workers=num_workers,
-    )
 
 
 def _progress(loader, verbose, desc):
