@@ -493,12 +493,18 @@ def test_sigkill_during_save_keeps_the_old_file_and_next_save_removes_the_orphan
     np.testing.assert_array_equal(sktransfer.load(path).predict(X), clf.predict(X))
 
 
-def _touch(directory, name, age_s=0.0):
+def _touch(directory, name, age_s=0.0, *, hold=None):
+    """A temp-looking file; with ``hold`` (an ExitStack) it stays flock-ed, as a live writer's."""
     p = os.path.join(directory, name)
     with open(p, "wb") as fh:
         fh.write(b"partial")
     t = time.time() - age_s
     os.utime(p, (t, t))
+    if hold is not None:
+        import fcntl
+
+        fh = hold.enter_context(open(p, "rb"))
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
     return name
 
 
@@ -509,34 +515,42 @@ def _dead_pid():
 
 
 def test_stale_temp_rule(tmp_path):
+    """A writer's lock decides, not its pid or host; unnamed legacy temps go by age."""
+    import contextlib
+
     host, old = _atomic._host_tag(), _atomic.STALE_AGE_S + 60
     target = tmp_path / "m.skt"
-    removed = {
-        _touch(tmp_path, f".m.skt.{_dead_pid()}@{host}.abcdefgh.tmp"),  # dead writer, this host
-        _touch(tmp_path, ".m.skt.x1y2z3_9.tmp", age_s=old),  # pre-pid name, old
-        _touch(tmp_path, f".m.skt.{os.getpid()}@00000000.abcdefgh.tmp", age_s=old),  # other host
-    }
-    kept = {
-        _touch(tmp_path, f".m.skt.{os.getpid()}@{host}.abcdefgh.tmp", age_s=old),  # alive
-        _touch(tmp_path, ".m.skt.x1y2z3_9.tmp".replace("x1", "q1")),  # pre-pid name, recent
-        _touch(tmp_path, f".m.skt.{_dead_pid()}@00000000.abcdefgh.tmp"),  # other host, recent
-        _touch(tmp_path, f".m.skt.v2.{_dead_pid()}@{host}.abcdefgh.tmp", age_s=old),  # m.skt.v2's
-        _touch(tmp_path, ".m.skt.my-notes.tmp", age_s=old),  # not a temp name
-        _touch(tmp_path, "m.skt.abcdefgh.tmp", age_s=old),  # no leading dot
-    }
-    got = _atomic.remove_stale_temps(target)
-    assert {os.path.basename(p) for p in got} == removed
-    assert set(os.listdir(tmp_path)) == kept
+    with contextlib.ExitStack() as live:
+        removed = {
+            _touch(tmp_path, f".m.skt.{_dead_pid()}@{host}.abcdefgh.tmp"),  # unlocked, this host
+            _touch(tmp_path, f".m.skt.{os.getpid()}@{host}.abcdefgh.tmp"),  # unlocked, pid alive
+            _touch(tmp_path, f".m.skt.{_dead_pid()}@00000000.abcdefgh.tmp"),  # unlocked, other host
+            _touch(tmp_path, ".m.skt.x1y2z3_9.tmp", age_s=old),  # pre-pid name, old
+        }
+        kept = {
+            _touch(tmp_path, f".m.skt.{_dead_pid()}@{host}.abcdefgh.tmp", hold=live),  # locked
+            _touch(tmp_path, f".m.skt.{os.getpid()}@00000000.abcdefgh.tmp", age_s=old, hold=live),
+            _touch(tmp_path, ".m.skt.q1y2z3_9.tmp"),  # pre-pid name, recent
+            _touch(tmp_path, f".m.skt.v2.{_dead_pid()}@{host}.abcdefgh.tmp", age_s=old),  # v2's
+            _touch(tmp_path, ".m.skt.my-notes.tmp", age_s=old),  # not a temp name
+            _touch(tmp_path, "m.skt.abcdefgh.tmp", age_s=old),  # no leading dot
+        }
+        got = _atomic.remove_stale_temps(target)
+        assert {os.path.basename(p) for p in got} == removed
+        assert set(os.listdir(tmp_path)) == kept
 
 
 def test_save_cleans_only_its_own_targets_stale_temps(model, tmp_path):
+    import contextlib
+
     host = _atomic._host_tag()
-    mine = _touch(tmp_path, f".m.skt.{_dead_pid()}@{host}.abcdefgh.tmp")
-    live = _touch(tmp_path, f".m.skt.{os.getpid()}@{host}.abcdefgh.tmp")
-    other = _touch(tmp_path, f".n.skt.{_dead_pid()}@{host}.abcdefgh.tmp")
-    sktransfer.save(model[0], tmp_path / "m.skt")
-    assert mine not in os.listdir(tmp_path)
-    assert {live, other} <= set(os.listdir(tmp_path))
+    with contextlib.ExitStack() as hold:
+        mine = _touch(tmp_path, f".m.skt.{os.getpid()}@{host}.abcdefgh.tmp")
+        live = _touch(tmp_path, f".m.skt.{_dead_pid()}@{host}.abcdefgh.tmp", hold=hold)
+        other = _touch(tmp_path, f".n.skt.{_dead_pid()}@{host}.abcdefgh.tmp")
+        sktransfer.save(model[0], tmp_path / "m.skt")
+        assert mine not in os.listdir(tmp_path)
+        assert {live, other} <= set(os.listdir(tmp_path))
 
 
 def test_safe_format_module_has_no_pickle_imports():
