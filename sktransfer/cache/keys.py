@@ -144,6 +144,14 @@ def stamp_digest(module, value, state=None) -> None:
     object.__setattr__(module, "_sktransfer_digest", (state or _tensor_state(module), value))
 
 
+def forget_digest(module) -> None:
+    """Drop the memoised digests of ``module`` and its submodules: the next
+    :func:`module_digest` hashes the weights again. For modules whose holder may have
+    edited them through ``tensor.data``, which no version counter sees."""
+    for sub in module.modules():
+        sub.__dict__.pop("_sktransfer_digest", None)
+
+
 def prep_identity(prep) -> str:
     """A stable description of the preprocessing (tokenizer by name, vocab size, length)."""
     if prep is None:
