@@ -45,7 +45,7 @@ STALE_AGE_S = 24 * 3600
 # ``<pid>@<host tag>.<mkstemp's 8 chars>.tmp``, or ``<8 chars>.tmp`` (names before pids).
 _TAIL = re.compile(r"(?:(\d+)@([0-9a-f]{8})\.)?[a-z0-9_]{8}\.tmp")
 # A whole temp name of any target: ``.<target>.<tail>``.
-_NAME = re.compile(r"\.(.+)\.((?:\d+@[0-9a-f]{8}\.)?[a-z0-9_]{8}\.tmp)")
+_NAME = re.compile(r"\.(.+?)\.((?:\d+@[0-9a-f]{8}\.)?[a-z0-9_]{8}\.tmp)")
 
 # Temp files this process is writing now. flock on a local file system already
 # conflicts between two open files of one process, but NFS emulates flock with
