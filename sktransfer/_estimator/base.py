@@ -25,6 +25,7 @@ from sktransfer._estimator.outputs import (
     remember_dim,
     run_in_length_order,
 )
+from sktransfer._estimator.ownership import OwnedModuleMixin
 from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
@@ -37,6 +38,7 @@ from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
 from sktransfer.io.pickling import PicklableModulesMixin
+from sktransfer.runtime.rng import borrowed_generators
 from sktransfer.training.batches import (
     Collate,
     LabeledDataset,
@@ -45,7 +47,6 @@ from sktransfer.training.batches import (
     resolve_device,
     resolve_precision,
     runs_channels_last,
-    seeded_globals,
     set_layout,
 )
 from sktransfer.training.calibrate import inference_loader
@@ -54,7 +55,9 @@ from sktransfer.training.lora import add_lora, check_adapter, count_trainable, m
 from sktransfer.training.regularization import L2SP
 
 
-class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEstimator):
+class PretrainedEstimatorBase(
+    OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, BaseEstimator
+):
     """Fit/predict skeleton shared by every image and text estimator with a head."""
 
     _modality = None  # "image" | "text"
@@ -114,7 +117,7 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
     def _module_on(self, device):
         """``module_`` on ``device``; a frozen model sharing the registry's template is copied
         first, so that moving it never moves the template under other estimators."""
-        net = self.module_
+        net = self._net()
         if getattr(net, "shares_template", False):
             if all(p.device == device for p in net.parameters()):
                 return net  # already there: skip .to()'s walk over every submodule
@@ -131,7 +134,7 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
         from sktransfer.backbones import Backbone
 
         check_is_fitted(self)
-        net = copy.deepcopy(self.module_).cpu()
+        net = copy.deepcopy(self._net()).cpu()
         return Backbone(
             name=f"{self.backbone_name_} (fine-tuned)",
             modality=self.modality_,
@@ -197,10 +200,10 @@ class PretrainedEstimatorBase(BlockOutputsMixin, PicklableModulesMixin, BaseEsti
             n_frozen=resolve_freeze_depth(self.freeze_depth, backbone.n_blocks), seed=self._seed(),
         )  # fmt: skip
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(state.seed)
-                with seeded_globals(state.seed), cudnn_autotune(device):
-                    net, history, info = self._fit_net(state)
+            modules = [m for _, m in backbone.blocks] + [backbone.pool]
+            draws = not state.frozen or any(has_lazy(m) for m in modules)  # else: no lock
+            with borrowed_generators(state.seed, device, draws=draws), cudnn_autotune(device):
+                net, history, info = self._fit_net(state)
         except BaseException:  # KeyboardInterrupt too: it propagates, nothing half-fitted stays
             self._reset()
             raise

@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer._estimator.outputs import remember_dim, remembered_dim, run_in_length_order
+from sktransfer._estimator.ownership import OwnedModuleMixin
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.cache.keys import block_namespace, sample_keys
@@ -30,7 +31,7 @@ def _on(tensor, device) -> bool:
     return where.type == device.type and device.index in (None, where.index)
 
 
-class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
+class EmbedderBase(OwnedModuleMixin, PicklableModulesMixin, TransformerMixin, BaseEstimator):
     """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
 
     ``fit`` only loads the backbone; nothing is learned from ``X``.
@@ -94,7 +95,7 @@ class EmbedderBase(PicklableModulesMixin, TransformerMixin, BaseEstimator):
 
     def _features(self, items, kind, use_cache=True):
         device = resolve_device(self.device)
-        net, prep = self.module_, self.preprocessing_
+        net, prep = self._net(), self.preprocessing_
         if any(not _on(p, device) for p in net.parameters()):
             net = self.module_ = net.to(device)  # (else skip .to()'s walk of every submodule)
         channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry

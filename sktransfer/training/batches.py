@@ -8,7 +8,6 @@ helpers those loops run under.
 from __future__ import annotations
 
 import contextlib
-import random
 import sys
 
 import numpy as np
@@ -272,16 +271,3 @@ def resolve_device(device: str) -> torch.device:
                 f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present"
             )
     return dev
-
-
-@contextlib.contextmanager
-def seeded_globals(seed):
-    """Seed numpy's and Python's global RNGs (for user augmentations); restore them after."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    np.random.seed(seed)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
