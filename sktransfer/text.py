@@ -43,6 +43,13 @@ class _TextInput:
     def _preprocessing(self, backbone):
         prep = copy.copy(backbone.preprocessing)
         if self.max_length is not None:
+            limit = prep.max_positions
+            if limit is not None and self.max_length > limit:
+                raise ValueError(
+                    f"max_length={self.max_length} exceeds the {limit} token positions of "
+                    f"backbone {backbone.name!r}; pass max_length <= {limit} (or None: "
+                    f"the backbone's own, {prep.max_length})"
+                )
             prep.max_length = int(self.max_length)
         if self.pooling is not None and self.pooling != prep.pooling:
             from sktransfer.backbones.huggingface import TextPool

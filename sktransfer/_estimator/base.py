@@ -34,6 +34,7 @@ from sktransfer._estimator.params import (
 )
 from sktransfer._estimator.split import validation_split
 from sktransfer._estimator.state import FitState
+from sktransfer._estimator.targets import training_weights
 from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
@@ -192,6 +193,8 @@ class PretrainedEstimatorBase(
         encoded = target.encode(self, y, len(items), sw)
         if encoded.weights is not None:
             sw = sw * encoded.weights
+            if not sw.sum() > 0:
+                raise ValueError("sample_weight times class_weight is 0 for every sample")
         backbone = self._resolve_backbone(share=self._shares_template(device))
         warn_if_unsplit(backbone, self.freeze_depth)
         state = FitState(
@@ -301,7 +304,7 @@ class PretrainedEstimatorBase(
         final boundary ``state.n_frozen``.
         """
         items, kind, prep, device = state.items, state.kind, state.prep, state.device
-        values, sw = state.y.values, state.sample_weight
+        values, sw = state.y.values, training_weights(state.sample_weight)
         train_idx, valid_idx = state.split
         n_blocks = len(net.blocks)
 

@@ -53,6 +53,7 @@ def check_labels(y, n_samples):
             "this classifier requires y to be passed, but the target y is None: "
             "pass one label per sample"
         )
+    check_label_types(y)
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)  # DataConversionWarning, as scikit-learn does
@@ -67,6 +68,47 @@ def check_labels(y, n_samples):
     return y
 
 
+def _label_kind(label):
+    if isinstance(label, (str, bytes, np.str_, np.bytes_)):
+        return "string"
+    if isinstance(label, (numbers.Number, np.number, np.bool_)):
+        return "number"
+    return None
+
+
+def check_label_types(y):
+    """Refuse labels mixing strings and numbers, as scikit-learn does ("Mix of label input
+    types"): ``np.asarray([1, "1", 2])`` would turn the number 1 into the string "1" and
+    merge two classes. Naming the first label of each kind."""
+    if isinstance(y, np.ndarray) and y.dtype != object:
+        return  # one dtype: nothing was mixed
+    values = np.asarray(y, dtype=object).ravel()
+    first = {}
+    for i, label in enumerate(values):
+        kind = _label_kind(label)
+        if kind is not None:
+            first.setdefault(kind, i)
+        if len(first) == 2:
+            s, n = first["string"], first["number"]
+            raise ValueError(
+                f"Mix of label input types (string and number): y[{n}] is {values[n]!r} and "
+                f"y[{s}] is {values[s]!r}; use one type for all labels"
+            )
+
+
+def check_class_weight(class_weight):
+    """A ``class_weight`` dict maps labels to finite, non-negative weights."""
+    if not isinstance(class_weight, dict):
+        return
+    for label, weight in class_weight.items():
+        ok = isinstance(weight, numbers.Real) and np.isfinite(weight) and weight >= 0
+        if not ok:
+            raise ValueError(
+                f"class_weight[{label!r}] is {weight!r}; class weights must be finite "
+                "numbers >= 0"
+            )
+
+
 def check_weights(sample_weight, n_samples):
     """``sample_weight`` as float64 of shape ``(n_samples,)`` (ones when None).
 
@@ -78,6 +120,11 @@ def check_weights(sample_weight, n_samples):
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"sample_weight[{i}] is {float(sw[i])}; sample weights must be >= 0")
+    if not np.isfinite(sw.sum()):
+        raise ValueError(
+            "sample_weight sums to inf in float64; divide the weights by a common factor "
+            "(only their ratios and their size relative to the regularisation matter)"
+        )
     return sw
 
 

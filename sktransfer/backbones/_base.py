@@ -54,6 +54,7 @@ class TextPreprocessing:
     max_length: int = 256
     pooling: str = "mean"  # "mean" | "cls"
     normalize: bool = False  # L2-normalise pooled features (sentence-transformers style)
+    max_positions: int | None = None  # the model's position limit (max_length may not exceed it)
 
 
 @dataclass

@@ -239,6 +239,7 @@ def backbone_from_hf_model(
         preprocessing=TextPreprocessing(
             tokenizer=tokenizer,
             max_length=int(max_length),
+            max_positions=_position_limit(model.config),
             pooling=pooling,
             normalize=bool(normalize),
         ),

@@ -152,22 +152,17 @@ def _composite_on_white(im):
 
 
 def _high_depth_to_l(im):
-    """Scale a 16-bit, 32-bit integer or float single-channel image to 8-bit L."""
+    """Scale a 16-bit, 32-bit integer or float single-channel image to 8-bit L.
+
+    The scale depends on the mode alone, never on the pixels (a range read off the
+    content mapped 250 to 250 in one image and 300 to 1 in another): ``I;16*`` and ``I``
+    (32-bit integers, in practice 16-bit data: scanners, microscopes, depth maps) as
+    0..65535, ``F`` as 0..1, the float convention of arrays. Values outside the range
+    saturate; NaN is black. Monotone: a brighter input is never a darker pixel.
+    """
     a = np.asarray(im).astype(np.float64)
-    if im.mode.startswith("I;16"):
-        scale, offset = 65535.0, 0.0
-    else:
-        finite = a[np.isfinite(a)]
-        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-        if im.mode == "F" and lo >= 0 and hi <= 1:
-            scale, offset = 1.0, 0.0
-        elif lo >= 0 and hi <= 255:
-            scale, offset = 255.0, 0.0
-        elif im.mode == "I" and lo >= 0 and hi <= 65535:
-            scale, offset = 65535.0, 0.0
-        else:  # arbitrary range: stretch min..max
-            scale, offset = max(hi - lo, 1e-12), lo
-    a = np.nan_to_num((a - offset) / scale, nan=0.0, posinf=1.0, neginf=0.0)
+    scale = 1.0 if im.mode == "F" else 65535.0
+    a = np.nan_to_num(a / scale, nan=0.0, posinf=1.0, neginf=0.0)
     a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(a, mode="L")
 

@@ -139,7 +139,7 @@ def _multilabel_pairs(Y, num_iterations, rng):
 def cosine_similarity_loss(u, v, targets, weights):
     """SetFit's ``CosineSimilarityLoss``: weighted MSE of ``cos(u, v)`` to the pair label."""
     cos = nn.functional.cosine_similarity(u.float(), v.float(), dim=1)
-    return ((cos - targets) ** 2 * weights).sum() / weights.sum()
+    return ((cos - targets) ** 2 * weights).sum() / weights.sum().clamp_min(1e-30)  # all 0: 0
 
 
 def fit_contrastive(est, state):

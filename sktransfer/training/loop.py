@@ -25,6 +25,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from sktransfer.training.batches import autocast, to_device
+from sktransfer.training.loaders import training_loader
 from sktransfer.training.schedules import BatchLRScheduler, lr_range_test
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -324,6 +325,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
         lr=cfg.lr,
         max_epochs=cfg.max_epochs,
         batch_size=cfg.batch_size,
+        iterator_train=training_loader,
         iterator_train__shuffle=True,
         iterator_train__generator=gen,
         iterator_train__collate_fn=collate,

@@ -179,7 +179,7 @@ def lr_range_test(
     curve : dict
         ``{"lrs": [...], "losses": [...]}`` (raw per-batch losses).
     """
-    from torch.utils.data import DataLoader
+    from sktransfer.training.loaders import training_loader
 
     model = copy.deepcopy(net)
     model.train()
@@ -187,7 +187,7 @@ def lr_range_test(
     ratios = [g["lr"] / start_lr for g in optimizer.param_groups]
     gen = torch.Generator()
     gen.manual_seed(seed)
-    loader = DataLoader(
+    loader = training_loader(
         dataset, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=gen
     )
     n_iter = max(int(n_iter), 2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 from torch import nn
 
 
@@ -75,3 +76,22 @@ class Target:
     def decode(self, est, outputs: np.ndarray):  # pragma: no cover - abstract
         """``output_module``'s result -> ``predict``'s result."""
         raise NotImplementedError
+
+
+def weighted_mean(losses, weights):
+    """``sum(w * loss) / sum(w)`` over a batch; a batch whose weights are all zero gives 0
+    (no gradient), not 0/0. A zero-weight sample never contributes, even a non-finite loss.
+    The training weights arrive scaled to at most 1 (:func:`training_weights`)."""
+    weights = weights.to(losses.dtype)
+    total = weights.sum()
+    terms = torch.where(weights > 0, losses * weights, torch.zeros_like(losses))
+    return terms.sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
+def training_weights(sample_weight):
+    """The fine-tuning loss's per-sample weights: ``sample_weight / max(sample_weight)``.
+
+    A per-batch weighted mean does not change when every weight is scaled alike, and in
+    float32 a weight of 1e39 (finite in float64) would be inf and the loss NaN."""
+    top = float(np.max(sample_weight)) if len(sample_weight) else 0.0
+    return sample_weight / top if top > 0 else sample_weight

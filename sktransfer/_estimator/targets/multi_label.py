@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sktransfer._estimator.targets import Encoded, Target
+from sktransfer._estimator.targets import Encoded, Target, weighted_mean
 from sktransfer.training.heads import fit_linear_head
 
 CONSTANT_LOGIT = 20.0  # sigmoid(20) = 1 - 2.1e-9: a constant label's head, finite for training
@@ -125,7 +125,7 @@ class MultiLabel(Target):
         losses = nn.functional.binary_cross_entropy_with_logits(
             outputs.float(), targets.float(), reduction="none"
         ).mean(dim=1)
-        return (losses * weights).sum() / weights.sum()
+        return weighted_mean(losses, weights)
 
     def score(self, outputs, targets):
         pred, true = outputs >= 0, targets >= 0.5  # sigmoid(z) >= 0.5  <=>  z >= 0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sktransfer._estimator.targets import Encoded, Target
+from sktransfer._estimator.targets import Encoded, Target, weighted_mean
 from sktransfer.training.heads import fit_ridge_head
 
 
@@ -61,6 +61,32 @@ def check_targets(y, n_samples):
     return values, raw.ndim
 
 
+def _moments(values, sample_weight):
+    """Per-output weighted mean and standard deviation, computed without overflow.
+
+    Weighted, as a sample of weight 2 counts as two copies of it. The deviations are
+    divided by their largest magnitude before squaring (``1e155 ** 2`` overflows float64
+    and gave an infinite scale, then NaN predictions). A constant output (relative spread
+    at rounding level) keeps scale 1: centred only. What still cannot be represented (an
+    output spanning more than float64's range) is refused, naming the output."""
+    mean = np.average(values, axis=0, weights=sample_weight)
+    dev = values - mean
+    top = np.max(np.abs(dev), axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(top).all()):
+        j = int(np.argmin(np.isfinite(mean) & np.isfinite(top)))
+        raise ValueError(
+            f"y[:, {j}] spans more than float64 can represent (mean {mean[j]:.3g}, range "
+            "beyond 1.8e308); rescale the target"
+        )
+    safe = np.where(top > 0, top, 1.0)
+    scale = safe * np.sqrt(np.average((dev / safe) ** 2, axis=0, weights=sample_weight))
+    tiny = (scale <= 10 * np.finfo(np.float64).eps * np.abs(mean)) | (
+        scale < np.finfo(np.float64).tiny
+    )
+    scale[tiny] = 1.0  # a constant output: centred only
+    return mean, scale
+
+
 def _name(idx):
     return f"y[{', '.join(str(int(i)) for i in idx)}]"
 
@@ -87,11 +113,7 @@ class Regression(Target):
 
     def encode(self, est, y, n_samples, sample_weight=None):
         values, ndim = check_targets(y, n_samples)
-        # weighted moments: a sample of weight 2 scales y as two copies of it would
-        mean = np.average(values, axis=0, weights=sample_weight)
-        scale = np.sqrt(np.average((values - mean) ** 2, axis=0, weights=sample_weight))
-        tiny = scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
-        scale[tiny] = 1.0  # a constant output: centred only
+        mean, scale = _moments(values, sample_weight)
         attrs = {"y_mean_": mean, "y_scale_": scale, "y_ndim_": int(ndim)}
         return Encoded((values - mean) / scale, values.shape[1], attrs, stratify=None)
 
@@ -100,7 +122,7 @@ class Regression(Target):
 
     def loss(self, outputs, targets, weights):
         losses = ((outputs.float() - targets.float()) ** 2).mean(dim=1)
-        return (losses * weights).sum() / weights.sum()
+        return weighted_mean(losses, weights)
 
     def score(self, outputs, targets):
         """R² as ``sklearn.metrics.r2_score`` (uniform average over outputs; an output

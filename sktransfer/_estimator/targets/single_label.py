@@ -7,8 +7,8 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from sktransfer._estimator.params import check_labels
-from sktransfer._estimator.targets import Encoded, Target
+from sktransfer._estimator.params import check_class_weight, check_labels
+from sktransfer._estimator.targets import Encoded, Target, weighted_mean
 from sktransfer.training.heads import fit_linear_head
 
 
@@ -29,6 +29,7 @@ class SingleLabel(Target):
         idx = encoder.transform(y).astype(np.int64)
         weights = None
         if getattr(est, "class_weight", None) is not None:
+            check_class_weight(est.class_weight)
             weights = compute_class_weight(est.class_weight, classes=classes, y=y)[idx]
         return Encoded(idx, len(classes), {"classes_": classes}, stratify=idx, weights=weights)
 
@@ -37,7 +38,7 @@ class SingleLabel(Target):
 
     def loss(self, outputs, targets, weights):
         losses = nn.functional.cross_entropy(outputs.float(), targets, reduction="none")
-        return (losses * weights).sum() / weights.sum()
+        return weighted_mean(losses, weights)
 
     def score(self, outputs, targets):
         return float((outputs.argmax(1) == targets).float().mean())

@@ -1,0 +1,52 @@
+"""Training batches that BatchNorm can always normalise: never one sample alone.
+
+A BatchNorm layer in training mode (``train_bn=True``, or a fully fine-tuned block)
+cannot normalise a batch of one sample whose feature map is 1x1 (torch: "Expected more
+than 1 value per channel when training"), and on larger maps one sample's statistics
+are noise. When the training set leaves one sample for the last batch, it joins the
+batch before it (one batch of ``batch_size + 1``). Every other batch, and the order of
+samples (the seeded generator's permutation, as ``DataLoader(shuffle=True)`` draws it),
+is unchanged.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+
+
+class NoSingletonBatches(Sampler):
+    """``BatchSampler(sampler, batch_size, drop_last=False)``, with a trailing batch of one
+    merged into the batch before it."""
+
+    def __init__(self, sampler, batch_size):
+        self.sampler, self.batch_size = sampler, int(batch_size)
+
+    def __iter__(self):
+        batch, previous = [], None
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                if previous is not None:
+                    yield previous
+                previous, batch = batch, []
+        if len(batch) == 1 and previous is not None:
+            previous, batch = previous + batch, []
+        if previous is not None:
+            yield previous
+        if batch:
+            yield batch
+
+    def __len__(self):
+        n = len(self.sampler)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+def training_loader(dataset, batch_size=1, shuffle=True, generator=None, **kwargs):
+    """A ``DataLoader`` over :class:`NoSingletonBatches` (skorch's ``iterator_train``)."""
+    if shuffle:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    batches = NoSingletonBatches(sampler, batch_size)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, **kwargs)
