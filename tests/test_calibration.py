@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_cnn
+from conftest import assert_batch_invariant, make_cnn
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from torch import nn
@@ -114,10 +114,10 @@ def test_calibration_finds_the_fastest_batch_and_remembers_it():
     with config_context(cache=False):
         again = emb.transform(X[:60])
     assert seen == [15] * 4  # remembered: no trials in the next call (16, balanced over 60)
-    np.testing.assert_array_equal(again, out[:60])  # a per-sample CNN: bit-identical
+    assert_batch_invariant(again, out[:60])  # a per-sample CNN: equal up to kernel rounding
     with config_context(cache=False):
         forced = emb.set_params(batch_size=7).transform(X)
-    np.testing.assert_array_equal(forced, out)
+    assert_batch_invariant(forced, out)
 
 
 def test_a_small_best_batch_and_the_cache_across_sizes():
@@ -174,7 +174,7 @@ def test_frozen_fit_and_predict_share_one_calibration(digits_small):
         assert calibrate.chosen_sizes() == {next(iter(calibrate.chosen_sizes())): 8}
         assert seen[-30:] == [8] * 30  # predict: 240 images in batches of 8
         ref = clone(clf).set_params(inference_batch_size=5).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(proba, ref)
+    assert_batch_invariant(proba, ref)
 
 
 def test_a_fine_tuned_predict_calibrates_its_head_run(digits_small):

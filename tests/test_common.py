@@ -77,6 +77,14 @@ EXPECTED_FAILED_CHECKS = {
             "rounding further: predictions 4e-4 relative apart (measured), against the "
             "check's rtol=1e-7. The frozen configuration (float64 ridge head) passes"
         ),
+    },
+}
+
+
+# Checks that fail on some CPUs and pass on others (kernel choice by vendor and batch
+# shape): non-strict, so neither outcome fails the suite. {configuration: {check: reason}}
+CPU_DEPENDENT_CHECKS = {
+    "PretrainedImageRegressor[fine-tuning]": {
         "check_methods_subset_invariance": (
             "the fine-tuned blocks run in float32 on the whole predict batch, and a row's "
             "output moves with the batch it is in (GEMM blocking): 3.7e-7 here, over the "
@@ -104,7 +112,14 @@ IMAGE_ESTIMATORS = [
     IMAGE_ESTIMATORS, expected_failed_checks=_expected_failures, xfail_strict=True
 )
 def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+    reason = CPU_DEPENDENT_CHECKS.get(_label(estimator), {}).get(ec._check_name(check))
+    if reason is None:
+        check(estimator)
+        return
+    try:  # a non-strict xfail: on an AMD EPYC this one passes (3.7e-7 on a Xeon)
+        check(estimator)
+    except AssertionError:
+        pytest.xfail(reason)
 
 
 def test_multilabel_checks_are_generated_for_the_classifiers():

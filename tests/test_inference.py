@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_cnn, make_texts
+from conftest import assert_batch_invariant, make_cnn, make_texts
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
@@ -110,7 +110,7 @@ def test_an_embedders_automatic_batches_are_balanced(digits_small):
         sizes.clear()
         forced = emb.set_params(batch_size=64).transform(X[:100])
     assert sizes == [64, 36]
-    np.testing.assert_array_equal(forced, ref)
+    assert_batch_invariant(forced, ref)
 
 
 def test_inference_batch_size_is_a_plain_parameter():
@@ -190,13 +190,13 @@ def test_training_batches_stay_shuffled(tiny_bert_dir, monkeypatch):
 
 # --------------------------------------------------------------------------- micro-batch sizes
 @pytest.mark.parametrize("size", [1, 3, 64])
-def test_image_outputs_identical_across_micro_batch_sizes(digits_small, size):
+def test_image_outputs_agree_across_micro_batch_sizes(digits_small, size):
     X, y = digits_small
     X, y = X[:60], y[:60]
     ref = ImageEmbedder(make_cnn(), image_size=8).fit(X).transform(X)
     with config_context(cache=False):
         feats = ImageEmbedder(make_cnn(), image_size=8, batch_size=size).fit(X).transform(X)
-    np.testing.assert_array_equal(feats, ref)  # a per-sample CNN on the CPU: bit-identical
+    assert_batch_invariant(feats, ref)  # a per-sample CNN: equal up to kernel rounding
     forwards = cache_info()["backbone_forwards"]
     # the cache namespace does not change with the size: served without a forward
     again = ImageEmbedder(make_cnn(), image_size=8, batch_size=size).fit(X).transform(X)
@@ -206,7 +206,7 @@ def test_image_outputs_identical_across_micro_batch_sizes(digits_small, size):
     a = clf.fit(X, y).predict_proba(X)
     with config_context(cache=False):
         b = clone(clf).set_params(inference_batch_size=size).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(a, b)
+    assert_batch_invariant(a, b)
 
 
 def test_text_outputs_match_across_micro_batch_sizes(tiny_bert_dir):
