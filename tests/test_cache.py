@@ -21,7 +21,7 @@ from sktransfer import (
     cache_info,
     clear_cache,
 )
-from sktransfer.cache import _disk_path, config_context, lookup
+from sktransfer.cache import config_context, disk, lookup
 from sktransfer.cache.keys import digest
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
@@ -193,7 +193,7 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
             out = lookup(f"ns{round_}", [f"k{i}" for i in range(40)], pytest.fail)
             for i, row in enumerate(out):
                 np.testing.assert_array_equal(row, np.arange(512, dtype=np.float32) + i)
-    assert os.path.exists(_disk_path(str(tmp_path), digest("ns0", "k0")))
+    assert os.path.exists(disk.entry_path(str(tmp_path), digest("ns0", "k0")))
 
 
 def test_cache_survives_clone_and_is_not_pickled(cnn, digits_small):

@@ -3,24 +3,34 @@
 An entry's key is ``namespace + per-sample content key``: the namespace hashes the
 backbone identity (its source and the bytes of the blocks that produced the
 output), the preprocessing and the block boundary; the sample key hashes the
-array bytes, the file path + size + mtime, or the text (:func:`sktransfer.data.sample_keys`).
+array bytes, the file's bytes, or the text (:func:`sktransfer.data.sample_keys`).
 Per-sample keys let overlapping cross-validation folds share entries, so a
 GridSearchCV runs the backbone once per unique sample.
 
 Two tiers: an in-process LRU bounded in bytes (always on unless disabled) and an
 optional directory (``cache_dir``) that separate processes share (GridSearchCV
-with ``n_jobs > 1``). Disk entries are written atomically (temp file +
-``os.replace``) and carry a checksum; a corrupt or truncated entry is ignored and
-recomputed. Nothing of the cache is ever pickled with an estimator.
+with ``n_jobs > 1``); its format and its faults are :mod:`sktransfer.cache.disk`'s.
+Nothing of the cache is ever pickled with an estimator.
 
-An unusable ``cache_dir`` (a file, a read-only directory, a path under a file) is a
-``ValueError`` before any backbone work (:func:`check_cache_dir`), not an ``OSError``
-after the features were computed.
+The cache never serves wrong data and is never fatal:
+
+* a disk entry's checksum covers its key, header and payload; any edit, truncation or
+  unknown dtype makes it a miss (the file is removed, the value recomputed);
+* a file is keyed by a digest of its bytes, so new content under a restored mtime
+  (``cp -p``, ``tar x``, ``rsync -t``) is a miss; features computed from a file that
+  changed while they were computed are returned but not stored;
+* an ``OSError`` of the disk tier during fit or predict (a full disk, a quota, an I/O
+  error) warns once and carries on in memory;
+* values handed out are read-only arrays, so no caller can edit an entry in place.
+
+A misconfigured ``cache_dir`` (a file, a directory without write permission, a read-only
+mount, a path under a file) is a ``ValueError`` before any backbone work
+(:func:`check_cache_dir`); a full or failing disk found there only warns, as above.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import tempfile
 import threading
@@ -28,11 +38,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from sktransfer.cache.keys import digest
+from sktransfer.cache import disk as _disk
+from sktransfer.cache.keys import digest, forget_files
 from sktransfer.cache.lru import LRU
-from sktransfer.io.atomic import atomic_write
 
-_MAGIC = b"SKTC1\n"
 _LOCK = threading.RLock()
 _CONFIG = {"cache": True, "cache_dir": None, "cache_max_bytes": 2 * 1024**3}
 _STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "backbone_forwards": 0, "evictions": 0}
@@ -41,29 +50,45 @@ _STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "backbone_forwards": 0, "evict
 _USABLE_DIRS: set = set()  # cache directories already shown to accept an entry
 
 
+# Errors of the probe that say the directory itself is wrong (the user's to fix); any other
+# OSError (a full disk, a quota, an I/O error) only turns the disk tier off, with a warning.
+_CONFIG_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+     errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT}
+)  # fmt: skip
+
+
 def check_cache_dir(cache_dir):
     """Raise ``ValueError`` unless ``cache_dir`` (created if missing) accepts a new file.
 
     Tried for real (a temp file is created and removed): permission bits do not say
     what a read-only mount or a root-owned directory allows. Memoised per path.
-    ``None`` or ``""`` (no disk tier) passes.
+    ``None`` or ``""`` (no disk tier) passes. A directory that is fine but cannot take
+    a file now (a full disk, a quota, an I/O error) is not an error: a ``UserWarning``,
+    and the memory tier alone (:func:`sktransfer.cache.disk.turn_off`).
     """
     if not cache_dir:
         return
-    path = os.path.abspath(os.fspath(cache_dir))
-    if path in _USABLE_DIRS:
+    try:
+        path = os.path.abspath(os.fspath(cache_dir))
+    except TypeError:
+        raise TypeError(
+            f"cache_dir must be a directory path (str or os.PathLike) or None, "
+            f"got {type(cache_dir).__name__}: {cache_dir!r}."
+        ) from None
+    if path in _USABLE_DIRS or _disk.is_off(path):
         return
     try:
         os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".sktransfer-probe-")
+        fd, probe = tempfile.mkstemp(dir=path, prefix=_disk.PROBE_PREFIX)
         os.close(fd)
-        os.unlink(probe)
+        _disk._remove(probe)  # (gone already if another process's clear_cache took it)
     except OSError as exc:
-        why = (
-            "is not a directory"
-            if os.path.exists(path) and not os.path.isdir(path)
-            else (f"cannot be written ({exc.strerror or exc})")
-        )
+        is_file = os.path.exists(path) and not os.path.isdir(path)
+        if not is_file and exc.errno not in _CONFIG_ERRNOS:
+            _disk.turn_off(path, "write to", exc)
+            return
+        why = "is not a directory" if is_file else f"cannot be written ({exc.strerror or exc})"
         raise ValueError(
             f"cache_dir {os.fspath(cache_dir)!r} {why}; pass a writable directory, "
             "or cache_dir=None for the in-memory cache only."
@@ -87,7 +112,8 @@ def set_config(*, cache=None, cache_dir=None, cache_max_bytes=None):
         if cache is not None:
             _CONFIG["cache"] = bool(cache)
         if cache_dir is not None:
-            check_cache_dir(cache_dir)
+            if cache_dir:
+                check_cache_dir(cache_dir)
             _CONFIG["cache_dir"] = os.fspath(cache_dir) or None
         if cache_max_bytes is not None:
             if int(cache_max_bytes) < 0:
@@ -129,9 +155,14 @@ def cache_info() -> dict:
     return {**info, **heads.STATS}
 
 
-def clear_cache(*, disk=False) -> None:
-    """Empty the in-memory tier (and the disk tier with ``disk=True``) and the head memo;
-    reset counters."""
+def clear_cache(*, disk=False, cache_dir=None) -> None:
+    """Empty the in-memory tier and the head memo; reset counters.
+
+    With ``disk=True`` also empty the disk tier of ``cache_dir`` (default: the configured
+    one): every entry, and every temp file whose writer is gone (killed mid-write); a live
+    writer's temp file is kept. Best effort, never raises. Any disk tier that an
+    ``OSError`` turned off is tried again from now on.
+    """
     from sktransfer.training import heads
 
     heads.clear_memo()
@@ -140,11 +171,10 @@ def clear_cache(*, disk=False) -> None:
         _MEMORY.evictions = 0
         for k in _STATS:
             _STATS[k] = 0
-        if disk and _CONFIG["cache_dir"]:
-            for root, _, files in os.walk(_CONFIG["cache_dir"]):
-                for f in files:
-                    if f.endswith(".sktc"):
-                        os.unlink(os.path.join(root, f))
+        forget_files()
+        _disk.reset()
+        if disk:
+            _disk.clear(cache_dir or _CONFIG["cache_dir"])
 
 
 def count_forwards(n: int) -> None:
@@ -156,47 +186,11 @@ def count_forwards(n: int) -> None:
 _MEMORY = LRU(_CONFIG["cache_max_bytes"], sizeof=lambda value: value.nbytes)
 
 
-def _disk_path(cache_dir, key):
-    return os.path.join(cache_dir, key[:2], key + ".sktc")
-
-
-def _disk_read(cache_dir, key):
-    path = _disk_path(cache_dir, key)
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError:
-        return None
-    try:
-        if not blob.startswith(_MAGIC):
-            raise ValueError("bad magic")
-        header_end = blob.index(b"\n", len(_MAGIC))
-        header = json.loads(blob[len(_MAGIC) : header_end])
-        payload = blob[header_end + 1 :]
-        if len(payload) != header["nbytes"] or digest(payload) != header["digest"]:
-            raise ValueError("checksum mismatch")
-        return np.frombuffer(payload, dtype=header["dtype"]).reshape(header["shape"]).copy()
-    except (ValueError, KeyError, TypeError):
-        try:  # corrupt: drop it so it gets recomputed
-            os.unlink(path)
-        except OSError:
-            pass
-        return None
-
-
-def _disk_write(cache_dir, key, value):
-    path = _disk_path(cache_dir, key)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    value = np.ascontiguousarray(value)
-    payload = value.tobytes()
-    header = {
-        "dtype": value.dtype.str,
-        "shape": list(value.shape),
-        "nbytes": len(payload),
-        "digest": digest(payload),
-    }
-    with atomic_write(path) as f:  # readers see the old entry or the whole new one
-        f.write(_MAGIC + json.dumps(header).encode() + b"\n" + payload)
+def _unchanged(sample_key) -> bool:
+    """Whether what a sample key was made from is still what was computed (a file keyed by
+    its bytes may have changed between hashing and decoding); plain keys always are."""
+    check = getattr(sample_key, "unchanged", None)
+    return check is None or check()
 
 
 # --------------------------------------------------------------------------- lookup
@@ -211,6 +205,8 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
         return list(out)
     cache_dir = cache_dir or _CONFIG["cache_dir"]
     check_cache_dir(cache_dir)
+    if cache_dir:
+        cache_dir = os.path.abspath(os.fspath(cache_dir))
     keys = [digest(namespace, k) for k in sample_keys]
     out = [None] * len(keys)
     missing = []
@@ -218,7 +214,7 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
         for i, key in enumerate(keys):
             value = _MEMORY.get(key)
             if value is None and cache_dir:
-                value = _disk_read(cache_dir, key)
+                value = _disk.read(cache_dir, key)  # read-only; None if absent or damaged
                 if value is not None:
                     _STATS["disk_hits"] += 1
                     _MEMORY.put(key, value)
@@ -237,10 +233,12 @@ def lookup(namespace, sample_keys, compute, *, cache_dir=None):
             for i, value in zip(unique_missing, computed):
                 value = np.ascontiguousarray(value)
                 value.setflags(write=False)
+                out[i] = value
+                if not _unchanged(sample_keys[i]):
+                    continue  # computed from other content than the key names: not stored
                 _MEMORY.put(keys[i], value)
                 if cache_dir:
-                    _disk_write(cache_dir, keys[i], value)
-                out[i] = value
+                    _disk.write(cache_dir, keys[i], value)  # an OSError only warns, once
     for i in missing:
         if out[i] is None:
             out[i] = out[first[keys[i]]]

@@ -1,9 +1,10 @@
 """Every key, digest and namespace of the feature cache, in one place.
 
 * :func:`digest`: BLAKE2b-160 over parts (bytes as given, anything else as text).
-* :func:`sample_keys`: same content, same key. Files are keyed by absolute path,
-  size and mtime (not read); arrays, PIL images and texts by a digest of their bytes.
-  Public as :func:`sktransfer.data.sample_keys`.
+* :func:`sample_keys`: same content, same key. Files, arrays, PIL images and texts are
+  keyed by a digest of their bytes (a file's is remembered per path while its stat
+  signature, inode and ctime included, is unchanged). Public as
+  :func:`sktransfer.data.sample_keys`.
 * :func:`module_digest` / :func:`stamp_digest`: a module's weights, memoised on the
   module until a tensor changes; :func:`prep_identity`: the preprocessing.
 * :func:`block_namespace`: the namespace of the outputs of ``net.blocks[:stop]``.
@@ -14,10 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import threading
+import time
+import uuid
 
 import numpy as np
 import torch
 from PIL import Image
+
+from sktransfer.cache.lru import LRU
 
 
 def digest(*parts) -> str:
@@ -45,8 +52,12 @@ def sample_keys(items, kind="image", index=None):
     Returns
     -------
     keys : list of str
-        ``"path:<abspath>:<size>:<mtime_ns>"`` for files, ``"arr:<blake2b>"`` for
-        arrays, ``"pil:<blake2b>"`` for PIL images, ``"txt:<blake2b>"`` for texts.
+        ``"file:<blake2b>"`` for files (of their bytes: the path does not matter, a
+        rewritten file is a new key whatever its mtime says), ``"arr:<blake2b>"`` for
+        arrays, ``"pil:<blake2b>"`` for PIL images (pixels, palette, transparency and
+        EXIF orientation: all that decoding uses), ``"txt:<blake2b>"`` for texts. A
+        file that is not a regular file (a FIFO, a device) gets a key of its own that
+        is never stored. File keys are :class:`FileKey` objects (``str``).
     """
     # imported here: inputs/ imports backbones/, whose registry imports the cache
     from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
@@ -64,22 +75,127 @@ def sample_keys(items, kind="image", index=None):
             except UnicodeEncodeError as exc:
                 raise ValueError(f"Sample {i}: text is not valid Unicode ({exc.reason}).") from exc
         elif isinstance(item, (str, os.PathLike)):
-            path = os.path.abspath(os.fspath(item))
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                raise ValueError(f"Sample {i}: cannot read {path!r}: {exc.strerror}.") from exc
-            keys.append(f"path:{path}:{st.st_size}:{st.st_mtime_ns}")
+            keys.append(_file_key(os.path.abspath(os.fspath(item)), i))
         elif isinstance(item, np.ndarray):
             a = np.ascontiguousarray(item)
             keys.append("arr:" + digest(a.shape, a.dtype.str, memoryview(a).cast("B")))
         elif isinstance(item, Image.Image):
             if _is_closed(item):
                 raise _closed_error(i)
-            keys.append("pil:" + digest(item.mode, item.size, item.tobytes()))
+            keys.append("pil:" + digest(item.mode, item.size, *_pil_extras(item), item.tobytes()))
         else:
             raise _bad_type(item, i)
     return keys
+
+
+def _pil_extras(im) -> tuple:
+    """What decoding a PIL image uses besides its pixels (:func:`sktransfer.inputs.images.
+    load_rgb`): the palette, the transparency entry and the EXIF orientation."""
+    palette = im.palette
+    try:
+        orientation = im.getexif().get(0x0112, 1)  # Orientation
+    except Exception:  # noqa: BLE001 - unreadable EXIF: decoding ignores it too
+        orientation = 1
+    return (
+        "" if palette is None else digest(palette.mode, bytes(palette.tobytes())),
+        repr(im.info.get("transparency")),
+        repr(orientation),
+    )
+
+
+# --------------------------------------------------------------------------- files
+#: A file changed within this long before it was hashed is hashed again the next time
+#: (and once more before its features are stored): a change inside one tick of a
+#: coarse file-system clock may leave its stat signature as it was (git's "racily
+#: clean" entries). Longer than the coarsest clocks of common file systems.
+RACY_NS = 2_000_000_000
+#: Files whose digest is remembered (per absolute path), least recently used dropped.
+FILE_MEMO_SIZE = 1 << 17
+_FILE_MEMO = LRU(FILE_MEMO_SIZE)  # abspath -> FileKey
+_FILE_MEMO_LOCK = threading.Lock()
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class FileKey(str):
+    """The key of a file's bytes, which also knows where and when they were read.
+
+    ``source`` is ``(path, signature, racy)``: the stat signature (device, inode, size,
+    mtime and ctime; ``None`` for a FIFO or device) when the bytes were hashed, and
+    whether the file had changed just before (:data:`RACY_NS`).
+    """
+
+    source: tuple
+
+    def unchanged(self) -> bool:
+        """Whether the file still holds the bytes this key names: same signature (ctime
+        moves on every write, and ``cp -p``, ``tar`` and ``rsync -t`` cannot set it),
+        and the same digest again if the file had just changed when it was hashed."""
+        path, signature, racy = self.source
+        if signature is None:
+            return False
+        try:
+            if _signature(os.stat(path)) != signature:
+                return False
+            return not racy or _hash_file(path)[0] == self
+        except OSError:
+            return False
+
+
+def _signature(st) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_file(path) -> tuple:
+    """``(FileKey, signature)`` of the bytes at ``path``; a non-regular file (never read:
+    a FIFO could block) gets a unique key and a ``None`` signature."""
+    started = time.time_ns()
+    fd = os.open(path, _OPEN_FLAGS)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            key, signature = FileKey("stream:" + uuid.uuid4().hex), None
+        else:
+            key, signature = FileKey("file:" + _digest_stream(fh, st.st_size)), _signature(st)
+    key.source = (path, signature, st.st_ctime_ns >= started - RACY_NS)
+    return key, signature
+
+
+def _digest_stream(fh, size: int) -> str:
+    """BLAKE2b-160 of a binary file's bytes: read at once up to 1 MiB, else in 1 MiB
+    chunks into one buffer (as ``hashlib.file_digest`` of Python 3.11)."""
+    h = hashlib.blake2b(digest_size=20)
+    if size < 1 << 20:
+        h.update(fh.read())
+        return h.hexdigest()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := fh.readinto(buf):
+        h.update(view[:n])
+    return h.hexdigest()
+
+
+def _file_key(path, i) -> FileKey:
+    """The content key of file ``path`` (sample ``i``), from the memo when its stat
+    signature is the one the memoised digest was read under and was not racy."""
+    try:
+        signature = _signature(os.stat(path))
+        with _FILE_MEMO_LOCK:
+            known = _FILE_MEMO.get(path)
+        if known is not None and known.source[1] == signature and not known.source[2]:
+            return known
+        key, signature = _hash_file(path)
+    except OSError as exc:
+        raise ValueError(f"Sample {i}: cannot read {path!r}: {exc.strerror or exc}.") from exc
+    if signature is not None:
+        with _FILE_MEMO_LOCK:
+            _FILE_MEMO.put(path, key)
+    return key
+
+
+def forget_files() -> None:
+    """Forget every remembered file digest (:func:`sktransfer.clear_cache`)."""
+    with _FILE_MEMO_LOCK:
+        _FILE_MEMO.clear()
 
 
 # --------------------------------------------------------------------------- identity
