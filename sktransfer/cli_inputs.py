@@ -1,40 +1,56 @@
-"""Inputs of ``sktransfer predict``: enumerate, count, guard and validate items.
+"""Inputs of ``sktransfer predict``: classify, enumerate and count items.
 
-Each INPUT is classified up front (:func:`check_inputs`, cheap), then streamed
-lazily as ``(id, item)`` pairs (:func:`iter_items`). An item that cannot be
-read is a :class:`Bad` carrying its message. Before scoring, every item of a
-batch is decoded (images, with the estimator's own :func:`load_rgb`) or checked
-(texts) by :func:`prepare`: a failure marks that one item bad, so the good ones
-are scored in a single call. Only the CLI imports this module.
+Each INPUT is classified up front (:func:`check_inputs`, cheap: a ``stat``, the
+first 8 KiB of a text file, the first match of a glob), then streamed lazily as
+``(id, item)`` pairs (:func:`iter_items`). An item that cannot be read is a
+:class:`~sktransfer.cli_sources.Bad` carrying its message. Only the CLI imports
+this module.
+
+What each kind of INPUT is:
+
+* a directory: its image files, recursively, sorted (image models only); it must
+  hold at least one. A FIFO, socket or device named like an image is an unreadable
+  item (reported, never opened), so it cannot hang the run;
+* a glob: the files it matches (directories skipped); it must match a file;
+* a regular file: a table (``.csv``, ``.tsv``, ``.parquet``, ``.pq``), a list of
+  items one per line (``.txt``, or any file for a text model), else one image. A
+  text model refuses image files and files holding binary data (NUL bytes);
+* a FIFO or character device (``<(cmd)``, ``/dev/fd/N``, ``/dev/null``) and ``-``
+  (standard input): a stream of items, one per line.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
+import stat
 import sys
+
+from sktransfer.cli_errors import IOFailure, UsageError
+from sktransfer.cli_sources import (
+    Bad,
+    columns,
+    file_lines,
+    is_parquet,
+    open_csv,
+    parquet_file,
+    pick_column,
+    read_lines,
+    stdin_lines,
+    table_items,
+)
+
+__all__ = ["Bad", "UsageError", "check_inputs", "count_items", "iter_items"]
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 STDIN = "-"
-_CHUNK_ROWS = 10_000
 _COUNT_LIMIT = 64 * 2**20  # count the items of text/CSV inputs up to this size (progress total)
-_DECODED_BUDGET = 256 * 2**20  # decoded pixels kept per batch; beyond, the estimator re-reads
-
-
-class UsageError(Exception):
-    """A problem with the command line itself (exit status 2)."""
-
-
-class Bad:
-    """An item that could not be read; carries the message to report."""
-
-    def __init__(self, message):
-        self.message = message
+_SNIFF = 8192
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 
 # --------------------------------------------------------------------------- enumeration
-def _image_extensions():
+def image_extensions():
     """:data:`sktransfer.inputs.images.IMAGE_EXTENSIONS`, imported when first needed: that
     module imports torch (2.6 s), which ``sktransfer --help`` and ``backbones`` never need."""
     from sktransfer.inputs.images import IMAGE_EXTENSIONS
@@ -43,7 +59,9 @@ def _image_extensions():
 
 
 def _walk_images(root):
-    extensions = _image_extensions()
+    """Every file under ``root`` named like an image, sorted; not only regular ones (a
+    FIFO is reported when it is about to be decoded, never opened)."""
+    extensions = image_extensions()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -52,293 +70,173 @@ def _walk_images(root):
 
 
 def _glob_files(spec):
-    return (p for p in glob.iglob(spec, recursive=True) if os.path.isfile(p))
+    return (p for p in glob.iglob(spec, recursive=True) if not os.path.isdir(p))
 
 
-def _line_items(fh, label, base, modality):
-    """``(id, item)`` per line of a binary stream; a line that is not UTF-8 is a bad item."""
-    for lineno, raw in enumerate(fh, start=1):
-        raw = raw.rstrip(b"\r\n")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield f"{label}:{lineno}", Bad(f"line {lineno} is not valid UTF-8 ({exc.reason})")
-            continue
-        if modality == "image":
-            if not text.strip():
-                continue
-            text = text if os.path.isabs(text) else os.path.join(base, text)
-        yield f"{label}:{lineno}", text
-
-
-def _lines(path, modality):
-    with open(path, "rb") as fh:
-        yield from _line_items(fh, path, os.path.dirname(path), modality)
-
-
-def _stdin_lines(modality):
-    """Lines of standard input: texts, or image paths relative to the working directory."""
-    stream = getattr(sys.stdin, "buffer", sys.stdin)
-    yield from _line_items(stream, "<stdin>", "", modality)
-
-
-def _is_parquet(path):
-    return path.lower().endswith((".parquet", ".pq"))
-
-
-def _parquet(path):
+# --------------------------------------------------------------------------- classification
+def _sniff(path):
     try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
-    return pq.ParquetFile(path)
+        with open(path, "rb") as fh:
+            return fh.read(_SNIFF)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _open_csv(path):
-    """A csv reader; bytes that are not UTF-8 survive as surrogates, reported per value."""
-    csv.field_size_limit(2**31 - 1)  # long texts in one cell are fine
-    fh = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-    dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
-    return fh, csv.reader(fh, dialect)
+def _check_text_file(path, modality):
+    """Refuse a list/text file that holds binary data (an image, a model, UTF-16)."""
+    head = _sniff(path)
+    if head.startswith(_IMAGE_MAGIC) or b"\0" in head:
+        what = "a text model reads" if modality == "text" else "a list file holds"
+        raise UsageError(
+            f"{path} holds binary data (NUL bytes or an image header), not UTF-8 text: "
+            f"{what} one item per line"
+        )
 
 
-def _columns(path):
-    if _is_parquet(path):
-        return _parquet(path).schema_arrow.names
-    fh, reader = _open_csv(path)
-    with fh:
-        return next(reader, [])
+def _regular_file(spec, modality, column):
+    lower = spec.lower()
+    if lower.endswith(TABLE_EXTENSIONS):
+        if not is_parquet(spec):
+            _check_text_file(spec, modality)
+        pick_column(spec, columns(spec), column)
+        return "table"
+    if modality == "text" and lower.endswith(image_extensions()):
+        raise UsageError(
+            f"{spec} is an image file, and this is a text model: it reads .txt files (one "
+            "text per line), CSV/TSV/Parquet files (see --column) or - (standard input)"
+        )
+    if lower.endswith(".txt") or modality == "text":
+        _check_text_file(spec, modality)
+        return "lines"
+    return "file"
 
 
-def _pick_column(path, names, column):
-    if column is None:
-        if len(names) == 1:
-            return names[0]
-        raise UsageError(f"{path} has columns {names}: choose one with --column NAME")
-    if column not in names:
-        raise UsageError(f"{path} has no column {column!r} (columns: {names})")
-    return column
+def _directory(spec, modality):
+    if modality != "image":
+        raise UsageError(f"{spec} is a directory; a text model reads .txt or CSV files")
+    if next(_walk_images(spec), None) is None:
+        raise UsageError(
+            f"no image file in the directory {spec} (looked for {', '.join(image_extensions())})"
+        )
+    return "dir"
 
 
-def _table_values(path, column):
-    """Stream one column of a CSV/TSV/Parquet file: ``str``, None (missing) or :class:`Bad`."""
-    if _is_parquet(path):
-        pf = _parquet(path)
-        column = _pick_column(path, pf.schema_arrow.names, column)
-        for batch in pf.iter_batches(batch_size=_CHUNK_ROWS, columns=[column]):
-            yield from batch.column(0).to_pylist()
-        return
-    fh, reader = _open_csv(path)
-    with fh:
-        header = next(reader, [])
-        index = header.index(_pick_column(path, header, column))
-        for record in reader:
-            value = record[index] if index < len(record) else ""
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                yield Bad("not valid UTF-8")
-                continue
-            yield value if value != "" else None
+def _glob(spec, modality):
+    first = next(glob.iglob(spec, recursive=True), None)
+    if first is None:
+        raise UsageError(f"no file matches {spec!r}")
+    if modality != "image":
+        raise UsageError(f"{spec}: glob patterns select image files; this is a text model")
+    if next(_glob_files(spec), None) is None:
+        raise UsageError(
+            f"{spec!r} matches only directories: a glob selects files (name a directory "
+            "without a pattern to read its images)"
+        )
+    return "glob"
 
 
-def _table(path, column, modality):
-    base = os.path.dirname(path)
-    for row, value in enumerate(_table_values(path, column)):
-        ident = f"{path}:{row}"
-        if value is None or isinstance(value, Bad):
-            reason = "missing value" if value is None else value.message
-            yield ident, Bad(f"row {row}: {reason}")
-        elif modality == "image":
-            value = str(value)
-            yield ident, value if os.path.isabs(value) else os.path.join(base, value)
-        else:
-            yield ident, str(value)
+def _classify(spec, modality, column):
+    try:
+        mode = os.stat(spec).st_mode
+    except (OSError, ValueError):
+        mode = None
+    if mode is None:
+        if glob.has_magic(spec):
+            return _glob(spec, modality)
+        raise UsageError(f"no such file or directory: {spec}")
+    if stat.S_ISDIR(mode):
+        return _directory(spec, modality)
+    if stat.S_ISREG(mode):
+        return _regular_file(spec, modality, column)
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):  # <(cmd), /dev/fd/N, /dev/null
+        return "stream"
+    what = "a socket" if stat.S_ISSOCK(mode) else "a block device"
+    raise UsageError(f"cannot read {spec}: it is {what}, not a file, directory or stream")
 
 
 def check_inputs(inputs, modality, column):
     """Classify every INPUT up front (cheap); raises :class:`UsageError` for bad ones."""
-    plan = []
     if list(inputs).count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given only once")
+    plan = []
     for spec in inputs:
-        lower = spec.lower()
         if spec == STDIN:
+            if sys.stdin is None:
+                raise UsageError("'-' reads standard input, which is closed")
             plan.append(("stdin", spec))
-        elif os.path.isdir(spec):
-            if modality != "image":
-                raise UsageError(f"{spec} is a directory; a text model reads .txt or CSV files")
-            plan.append(("dir", spec))
-        elif os.path.isfile(spec):
-            if lower.endswith(TABLE_EXTENSIONS):
-                _pick_column(spec, _columns(spec), column)
-                plan.append(("table", spec))
-            elif lower.endswith(".txt") or modality == "text":
-                plan.append(("lines", spec))
-            else:
-                plan.append(("file", spec))
-        elif glob.has_magic(spec):
-            if next(glob.iglob(spec, recursive=True), None) is None:
-                raise UsageError(f"no file matches {spec!r}")
-            if modality != "image":
-                raise UsageError(f"{spec}: glob patterns select image files; this is a text model")
-            plan.append(("glob", spec))
         else:
-            raise UsageError(f"no such file or directory: {spec}")
+            plan.append((_classify(spec, modality, column), spec))
     return plan
 
 
-def iter_items(plan, modality, column):
-    """``(id, item or Bad)`` for every input, lazily, in command-line order."""
+# --------------------------------------------------------------------------- items
+def _items(kind, spec, modality, column, cuts):
+    if kind == "dir":
+        yield from ((path, path) for path in _walk_images(spec))
+    elif kind == "glob":
+        yield from ((path, path) for path in _glob_files(spec))
+    elif kind == "table":
+        yield from table_items(spec, column, modality, cuts)
+    elif kind in ("lines", "stream"):
+        yield from file_lines(spec, modality, cuts, stream=kind == "stream")
+    elif kind == "stdin":
+        yield from stdin_lines(modality, cuts)
+    else:
+        yield spec, spec
+
+
+def iter_items(plan, modality, column, cuts=None):
+    """``(id, item or Bad)`` for every input, lazily, in command-line order.
+
+    An input that fails part way (an I/O error, a file removed) raises
+    :class:`~sktransfer.cli_errors.IOFailure` naming it. ``cuts``: a
+    :class:`~sktransfer.cli_sources.Cuts` counting the texts cut to 1 MiB.
+    """
     for kind, spec in plan:
-        if kind == "dir":
-            for path in _walk_images(spec):
-                yield path, path
-        elif kind == "glob":
-            for path in _glob_files(spec):
-                yield path, path
-        elif kind == "table":
-            yield from _table(spec, column, modality)
-        elif kind == "lines":
-            yield from _lines(spec, modality)
-        elif kind == "stdin":
-            yield from _stdin_lines(modality)
-        else:
-            yield spec, spec
+        try:
+            yield from _items(kind, spec, modality, column, cuts)
+        except OSError as exc:
+            name = "standard input" if kind == "stdin" else spec
+            raise IOFailure(f"cannot read {name}: {exc.strerror or exc}") from exc
 
 
-def _count_lines(path, modality):
+def _count_lines(path):
     if os.path.getsize(path) > _COUNT_LIMIT:
         return None
     with open(path, "rb") as fh:
-        if modality == "image":  # blank lines are skipped
-            return sum(1 for line in fh if line.strip())
-        data = fh.read()
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        return sum(1 for _ in read_lines(fh))  # every line is an item (blank ones too)
 
 
 def _count_rows(path):
-    if _is_parquet(path):
-        return _parquet(path).metadata.num_rows  # free: the footer says
+    if is_parquet(path):
+        return parquet_file(path).metadata.num_rows  # free: the footer says
     if os.path.getsize(path) > _COUNT_LIMIT:
         return None
-    fh, reader = _open_csv(path)
+    fh, reader = open_csv(path)
     with fh:
         return max(0, sum(1 for _ in reader) - 1)
 
 
-def count_items(plan, modality):
+def count_items(plan, modality=None):
     """The number of items, when cheap to know (for the progress bar's total); else None.
 
     Files count 1; directories and globs are walked (names only, nothing kept); text
     and CSV files up to 64 MiB are counted; Parquet row counts come from the footer.
-    Standard input and larger text files are unknown: None.
+    Streams (standard input, FIFOs) and larger text files are unknown: None.
     """
     total = 0
     for kind, spec in plan:
-        if kind == "stdin":
+        if kind in ("stdin", "stream"):
             return None
         if kind == "dir":
             total += sum(1 for _ in _walk_images(spec))
         elif kind == "glob":
             total += sum(1 for _ in _glob_files(spec))
         elif kind in ("lines", "table"):
-            n = _count_lines(spec, modality) if kind == "lines" else _count_rows(spec)
+            n = _count_lines(spec) if kind == "lines" else _count_rows(spec)
             if n is None:
                 return None
             total += n
         else:
             total += 1
     return total
-
-
-# --------------------------------------------------------------------------- output guard
-def _same(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_output_not_input(output, inputs):
-    """Refuse an ``-o`` file that is an input, or an image file inside an input directory.
-
-    Paths are compared as real paths (symlinks resolved, hard links by inode). An
-    image named by a list file, a table or a glob is guarded per item (:func:`prepare`).
-    """
-    if output in (None, STDIN):
-        return
-    real = os.path.realpath(output)
-    for spec in inputs:
-        if spec == STDIN:
-            continue
-        if os.path.isfile(spec) and _same(spec, output):
-            raise UsageError(f"the output {output} is also an input: it would be overwritten")
-        if os.path.isdir(spec) and output.lower().endswith(_image_extensions()):
-            root = os.path.join(os.path.realpath(spec), "")
-            if real.startswith(root):
-                raise UsageError(
-                    f"the output {output} lies inside the input directory {spec}, "
-                    "where it would be read as an image"
-                )
-
-
-def file_identity(path):
-    """``(st_dev, st_ino)`` of an existing regular file, else None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    import stat
-
-    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
-
-
-# --------------------------------------------------------------------------- validation
-def _decode_image(path, guard):
-    from sktransfer.data import load_rgb
-
-    if guard is not None:
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) == guard:
-            raise UsageError(f"the output file is also an input ({path}): it would be overwritten")
-    return load_rgb(path)
-
-
-def prepare(batch, modality, guard=None):
-    """Decode (images) or check (texts) each item of a batch; a failure marks that item bad.
-
-    Returns ``[(id, item or Bad)]``. Decoded images replace their paths (so they are
-    decoded once) while the batch's decoded pixels stay under 256 MiB; later ones keep
-    the path and are decoded again by the estimator. ``guard`` is the ``(dev, inode)``
-    of the output file: an item that is that file is a usage error.
-    """
-    out, budget = [], _DECODED_BUDGET
-    for ident, item in batch:
-        if isinstance(item, Bad):
-            out.append((ident, item))
-        elif modality == "image" and isinstance(item, str):
-            try:
-                image = _decode_image(item, guard)
-            except UsageError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is this item's
-                if not isinstance(exc, ValueError):  # load_rgb's own errors name the path
-                    exc = f"cannot read image file {item!r}: {type(exc).__name__}: {exc}"
-                out.append((ident, Bad(str(exc))))
-                continue
-            size = image.width * image.height * 3
-            keep = size <= budget
-            budget -= size if keep else 0
-            out.append((ident, image if keep else item))
-        elif modality == "image" or isinstance(item, str):
-            try:
-                if isinstance(item, str):
-                    item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                out.append((ident, Bad(f"not valid UTF-8 ({exc.reason})")))
-                continue
-            out.append((ident, item))
-        else:
-            out.append((ident, Bad(f"expected a text, got {type(item).__name__}")))
-    return out

@@ -1,22 +1,35 @@
 """``sktransfer predict``'s scoring: validated batches in, CSV rows out.
 
-A batch of ``(id, item)`` pairs is validated first (:func:`sktransfer.cli_inputs.prepare`:
-each image decoded once, each text checked), bad items get an empty row and a message,
-and the good ones are scored in one call of the model; :class:`Columns` says how each
-kind of fitted estimator (single-label, multi-label, regression) becomes CSV columns.
+A batch of ``(id, item)`` pairs is validated first (:func:`prepare`: each image
+decoded once, each text checked), bad items get an empty row and a message, and the
+good ones are scored in one call of the model; :class:`Columns` says how each kind
+of fitted estimator (single-label, multi-label, regression) becomes CSV columns.
+
+An image path is opened without blocking and must be a regular file: a FIFO, socket
+or device named ``x.png`` is a bad item, never read (it could block forever).
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import os
+import stat
 import sys
 
-from sktransfer.cli_inputs import Bad, UsageError, prepare
+from sktransfer.cli_errors import (
+    ScoringError,
+    Terminated,
+    UsageError,
+    resource_shortage,
+    shortage_error,
+)
+from sktransfer.cli_sources import Bad
 
+__all__ = ["Columns", "ScoringError", "call_size", "predict_stream", "prepare"]
 
-class ScoringError(Exception):
-    """The model failed on a batch of validated items (exit status 3)."""
+_DECODED_BUDGET = 256 * 2**20  # decoded pixels kept per batch; beyond, the estimator re-reads
+_CONTROL = (KeyboardInterrupt, SystemExit, GeneratorExit, Terminated)
 
 
 def _batches(iterable, size):
@@ -106,10 +119,15 @@ def _score(method, prepared):
     good = [item for _, item in prepared if not isinstance(item, Bad)]
     if not good:
         return []
+    where = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
     try:
         rows = method(good)
-    except Exception as exc:
-        where = ids[0] if len(ids) == 1 else f"{ids[0]} ... {ids[-1]}"
+    except _CONTROL:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - also pyo3's PanicException (tokenizers)
+        kind = resource_shortage(exc)
+        if kind is not None:
+            raise shortage_error(kind, exc, f"scoring {where}") from exc
         raise ScoringError(
             f"the model failed on a batch of {len(good)} validated item(s) ({where}): "
             f"{type(exc).__name__}: {exc}"
@@ -117,6 +135,26 @@ def _score(method, prepared):
     if len(rows) != len(good):
         raise ScoringError(f"the model returned {len(rows)} rows for {len(good)} items")
     return list(rows)
+
+
+class _NoBar:
+    """The progress bar's interface without a bar (and without tqdm's monitor thread)."""
+
+    def write(self, text, file=None):
+        print(text, file=file)
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total, err):
+    from tqdm.auto import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: one less thread to run out of
+    return tqdm(total=total, unit="item", file=err, dynamic_ncols=True)
 
 
 def predict_stream(
@@ -137,8 +175,6 @@ def predict_stream(
     (int, int)
         Number of items scored and number that failed.
     """
-    from tqdm.auto import tqdm
-
     err = err or sys.stderr
     modality = modality_of(est)
     columns = Columns(est, proba)
@@ -146,7 +182,7 @@ def predict_stream(
     writer.writerow(["id", *columns.header])
     blank = [""] * len(columns.header)
     n_ok = n_bad = 0
-    bar = tqdm(total=total, unit="item", file=err, disable=not progress, dynamic_ncols=True)
+    bar = _progress_bar(total, err) if progress else _NoBar()
     try:
         for batch in _batches(items, call_size(est, batch_size)):
             prepared = prepare(batch, modality, guard)
@@ -164,3 +200,73 @@ def predict_stream(
     finally:
         bar.close()
     return n_ok, n_bad
+
+
+# --------------------------------------------------------------------------- validation
+def _open_regular(path, guard):
+    """A binary file object for ``path``, which must be a regular file. Opened without
+    blocking (a FIFO would wait for a writer), then checked on the open descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory, socket or device"
+            raise ValueError(f"it is {kind}, not a regular file (not read)")
+        if guard is not None and (st.st_dev, st.st_ino) == guard:
+            raise UsageError(f"the output file is also an input ({path}): it would be overwritten")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode_image(path, guard):
+    from PIL import Image
+
+    from sktransfer.data import load_rgb
+
+    try:
+        with _open_regular(path, guard) as fh, Image.open(fh) as im:
+            im.load()  # decode now, while the file is open
+            return load_rgb(im)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this item's
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"Image: cannot read image file {path!r}: {why}") from exc
+
+
+def prepare(batch, modality, guard=None):
+    """Decode (images) or check (texts) each item of a batch; a failure marks that item bad.
+
+    Returns ``[(id, item or Bad)]``. Decoded images replace their paths (so they are
+    decoded once) while the batch's decoded pixels stay under 256 MiB; later ones keep
+    the path and are decoded again by the estimator. ``guard`` is the ``(dev, inode)``
+    of the output file: an item that is that file is a usage error.
+    """
+    out, budget = [], _DECODED_BUDGET
+    for ident, item in batch:
+        if isinstance(item, Bad):
+            out.append((ident, item))
+        elif modality == "image" and isinstance(item, str):
+            try:
+                image = _decode_image(item, guard)
+            except ValueError as exc:
+                out.append((ident, Bad(str(exc))))
+                continue
+            size = image.width * image.height * 3
+            keep = size <= budget
+            budget -= size if keep else 0
+            out.append((ident, image if keep else item))
+        elif modality == "image" or isinstance(item, str):
+            try:
+                if isinstance(item, str):
+                    item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                out.append((ident, Bad(f"not valid UTF-8 ({exc.reason})")))
+                continue
+            out.append((ident, item))
+        else:
+            out.append((ident, Bad(f"expected a text, got {type(item).__name__}")))
+    return out

@@ -117,8 +117,16 @@ def test_output_named_by_a_glob_or_list_is_refused_and_untouched(
     for spec in [str(tmp_path / "imgs" / "*.png"), tmp_path / "list.txt"]:
         argv = ["predict", image_model[1], spec, "-o", imgs[2], "--allow-pickle"]
         code, _, err = _run(argv, capsys)
-        assert code == 2 and "is also an input" in err
+        assert code == 2 and "holds binary data" in err  # an image is never replaced
         assert open(imgs[2], "rb").read() == before
+    # a text file named as an image item by a glob or a list: refused when it is reached
+    (tmp_path / "imgs" / "notes.txt").write_text("old,content\n")
+    (tmp_path / "list2.txt").write_text("\n".join([imgs[0], str(tmp_path / "imgs" / "notes.txt")]))
+    for spec in [str(tmp_path / "imgs" / "*.txt"), tmp_path / "list2.txt"]:
+        argv = ["predict", image_model[1], spec, "-o", tmp_path / "imgs" / "notes.txt"]
+        code, _, err = _run([*argv, "--allow-pickle"], capsys)
+        assert code == 2 and "is also an input" in err, err
+        assert (tmp_path / "imgs" / "notes.txt").read_text() == "old,content\n"
     # a CSV beside the images in the input directory is fine: it is not read as an image
     out = tmp_path / "imgs" / "preds.csv"
     argv = ["predict", image_model[1], tmp_path / "imgs", "-o", out, "--allow-pickle"]
