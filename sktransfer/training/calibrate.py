@@ -192,6 +192,12 @@ class CalibratingBatches(Sampler):
                 self.calibration.observe(trial, seconds)
 
 
+def _own():
+    """A generator of the loader's own: without one, every iteration of a ``DataLoader``
+    draws its worker seed from torch's global generator, the caller's."""
+    return torch.Generator()
+
+
 def inference_loader(dataset, requested, kind, device, prep, collate, num_workers=0):
     """A loader of inference micro-batches: ``requested`` images/texts per batch when
     forced, else the device's rule (:func:`~sktransfer.training.microbatch.inference_batch_size`),
@@ -201,14 +207,14 @@ def inference_loader(dataset, requested, kind, device, prep, collate, num_worker
     size = inference_batch_size(requested, kind, dev, prep, n=len(dataset))
     if requested is not None or kind != "image" or dev.type != "cpu" or not enabled():
         return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=collate,
-                          pin_memory=pin, num_workers=num_workers)  # fmt: skip
+                          pin_memory=pin, num_workers=num_workers, generator=_own())  # fmt: skip
     rule = inference_batch_size(None, kind, dev, prep)
     if rule > MAX_RULE:  # small images: the rule's batch, balanced
         return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=collate,
-                          pin_memory=pin, num_workers=num_workers)  # fmt: skip
+                          pin_memory=pin, num_workers=num_workers, generator=_own())  # fmt: skip
     sampler = CalibratingBatches(len(dataset), rule)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin,
-                      num_workers=num_workers)  # fmt: skip
+                      num_workers=num_workers, generator=_own())  # fmt: skip
 
 
 class Timer:

@@ -113,8 +113,10 @@ def _n_distinct_at_least(X) -> int:
     return len(np.unique(X @ direction))
 
 
-def _as_head(W, b, d, n_classes) -> nn.Linear:
-    head = nn.Linear(d, n_classes)
+def linear_head(W, b) -> nn.Linear:
+    """``nn.Linear`` holding ``W`` (k, d) and ``b`` (k,) as float32. Built without its
+    random initialisation: that would draw from torch's global generator, the caller's."""
+    head = torch.nn.utils.skip_init(nn.Linear, W.shape[1], W.shape[0])
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(W).float())
         head.bias.copy_(torch.from_numpy(b).float())
@@ -148,7 +150,7 @@ def fit_linear_head(
         return W, b - W @ mu, info
 
     W, b, info = _memoised(key, solve)
-    return _as_head(W, b, d, n_classes), info
+    return linear_head(W, b), info
 
 
 def _solve(X, y, w, n_classes, C, max_iter, tol):
@@ -224,12 +226,11 @@ def fit_ridge_head(features, targets, sample_weight=None, alpha=1.0):
     if Y.ndim == 1:
         Y = Y[:, None]
     n, d = X.shape
-    k = Y.shape[1]
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     xw_key = _digest(X, w)
     key = _digest(xw_key, Y, params=("ridge", float(alpha)))
     B, b, info = _memoised(key, lambda: _solve_ridge(X.astype(np.float64, copy=False), Y, w, alpha))
-    return _as_head(B, b, d, k), info
+    return linear_head(B, b), info
 
 
 def _solve_ridge(X, Y, w, alpha):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from sktransfer._estimator.targets import Encoded, Target, weighted_mean
-from sktransfer.training.heads import fit_linear_head
+from sktransfer.training.heads import fit_linear_head, linear_head
 
 CONSTANT_LOGIT = 20.0  # sigmoid(20) = 1 - 2.1e-9: a constant label's head, finite for training
 
@@ -112,10 +112,7 @@ class MultiLabel(Target):
             losses.append(info["train_loss"])
             n_iter = max(n_iter, info["n_iter"])
             converged = converged and info["converged"]
-        head = nn.Linear(d, n_outputs)
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(W).float())
-            head.bias.copy_(torch.from_numpy(b).float())
+        head = linear_head(W, b)
         # train_loss: the mean of the labels' objectives (the loss is a mean over labels);
         # n_iter: the slowest label's L-BFGS iterations
         info = {"train_loss": float(np.mean(losses)), "n_iter": n_iter, "converged": converged}
