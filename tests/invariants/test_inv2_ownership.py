@@ -103,12 +103,12 @@ def test_any_edit_of_one_estimator_stays_in_it(data, which, how, scale, embedder
     # a backbone of its own per example: a broken build would carry one example's edit
     # into the next one's template, where it could cancel what this one checks
     name = _register(f"{NAME}-{next(_NAMES)}")
-    make = (lambda: ImageEmbedder(name, image_size=SIDE).fit(X)) if embedder else (
-        lambda: _clf(name).fit(X, y)
+    make = (
+        (lambda: ImageEmbedder(name, image_size=SIDE).fit(X))
+        if embedder
+        else (lambda: _clf(name).fit(X, y))
     )
-    out = (lambda est, Z: est.transform(Z)) if embedder else (
-        lambda est, Z: est.predict_proba(Z)
-    )
+    out = (lambda est, Z: est.transform(Z)) if embedder else (lambda est, Z: est.predict_proba(Z))
     a, b = make(), make()
     before_b = out(b, X_new)
     before_a = out(a, X_new)  # cached now: a stale entry would hide a's own edit
