@@ -111,8 +111,8 @@ def _check_args(args):
         if "\0" in path:
             raise UsageError(f"{path!r}: a path cannot contain a NUL character")
     bound_native_pools(args.threads)  # first: before anything imports numpy
+    probe_threads(max(1, 2 * (args.threads - 1)))  # the BLAS and OpenMP pools' workers
     check_output(args.output, args.model, args.inputs)
-    probe_threads(2 * args.threads)
 
 
 def _force_batch_size(est, size):
@@ -242,13 +242,20 @@ def build_parser():
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, directories (recursive), globs, a .txt file (one item per line), "
-        "a CSV/TSV/Parquet file (see --column), or - for standard input (one item per line)",
+        help="image files, directories (recursive; a FIFO, socket or device named like an "
+        "image there is an unreadable item, never opened), globs (of files), a .txt file, a "
+        "CSV/TSV/Parquet file (see --column), - for standard input, or a FIFO or device such "
+        "as <(cmd) or /dev/null. Files, streams and stdin hold one item per line; every line "
+        "is one output row (a blank one: an empty text, or for an image model an unreadable "
+        "item). Lines are read up to 1 MiB; a longer text is cut to its first 1 MiB. A text "
+        "model refuses image and binary files",
     )
     p.add_argument(
         "-o",
         "--output",
-        help="output CSV, written to a temporary file and renamed at the end (default: stdout)",
+        help="output CSV, written to a temporary file and renamed at the end (default: "
+        "stdout); refused when it is a file this command reads (MODEL, an input, the file on "
+        "stdin, or a link to one) or an existing binary file",
     )
     p.add_argument(
         "--proba", action="store_true", help="add one proba_<class> column per class (classifiers)"
@@ -258,7 +265,7 @@ def build_parser():
         type=int,
         help=f"items per model call and per forward pass (default: {DEFAULT_CHUNK} items per "
         "call, texts sorted by length within it, each forward at the micro-batch the model "
-        "picks for the device: 4 images at 224 px on a CPU)",
+        f"picks for the device: 4 images at 224 px on a CPU); 1 to {MAX_BATCH_SIZE}",
     )
     p.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:N' (default: the model's)")
     p.add_argument("--column", help="column of a CSV/Parquet input holding texts or image paths")
@@ -270,7 +277,7 @@ def build_parser():
         help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}). Measured on a shared "
         "2-core machine: with one other busy process, 2 threads scored 2.8x slower than 1 "
         "(up to 5x under load); idle, 2 threads were 1.4-1.6x faster. Raise it on a "
-        "dedicated machine",
+        f"dedicated machine; 1 to {THREADS_PER_CPU} per CPU",
     )
     p.add_argument(
         "--allow-pickle",

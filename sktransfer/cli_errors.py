@@ -33,7 +33,8 @@ EXIT_STATUSES = frozenset(
 )
 
 EXIT_HELP = """\
-exit status (whenever it is not 0 or 1, -o FILE is left untouched):
+exit status (unless it is 0 or 1, an -o file keeps its old content; standard output
+keeps the rows written before the failure):
   0    every item scored
   1    some items could not be read (named on stderr; their rows have an empty prediction)
   2    usage error: nothing is scored (a bad option, a missing or unreadable input, an

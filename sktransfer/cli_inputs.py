@@ -46,7 +46,10 @@ TABLE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 STDIN = "-"
 _COUNT_LIMIT = 64 * 2**20  # count the items of text/CSV inputs up to this size (progress total)
 _SNIFF = 8192
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+_BINARY_MAGIC = (
+    *(b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*"),  # images
+    *(b"PK\x03\x04", b"PK\x05\x06", b"\x80\x04\x95", b"\x80\x05\x95"),  # zip, pickle
+)
 
 
 # --------------------------------------------------------------------------- enumeration
@@ -82,14 +85,32 @@ def _sniff(path):
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _looks_binary(head):
+    """An image or archive header; or NUL bytes in a head that is not UTF-8 (random
+    bytes, a pickle) or that is more than 10% NUL (UTF-16). A stray NUL in UTF-8 text is
+    that line's problem, not the file's."""
+    if head.startswith(_BINARY_MAGIC):
+        return True
+    nuls = head.count(b"\0")
+    if not nuls:
+        return False
+    if nuls * 10 > len(head):
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.end < len(head) or exc.start < len(head) - 3  # not just a cut character
+    return False
+
+
 def _check_text_file(path, modality):
     """Refuse a list/text file that holds binary data (an image, a model, UTF-16)."""
     head = _sniff(path)
-    if head.startswith(_IMAGE_MAGIC) or b"\0" in head:
+    if _looks_binary(head):
         what = "a text model reads" if modality == "text" else "a list file holds"
         raise UsageError(
-            f"{path} holds binary data (NUL bytes or an image header), not UTF-8 text: "
-            f"{what} one item per line"
+            f"{path} holds binary data (an image or archive header, or NUL bytes), not "
+            f"UTF-8 text: {what} one item per line"
         )
 
 

@@ -238,7 +238,9 @@ def check_output(output, model, inputs):
     for name, spec, ident in read:
         if mine is not None:
             same = ident == mine
-        else:  # no such file yet: only the same path can be the same file
+        elif os.path.exists(output) and not stat.S_ISFIFO(os.stat(output).st_mode):
+            same = False  # a device: /dev/null read and written is harmless
+        else:  # no such file yet (or a FIFO): only the same path can be the same file
             same = spec is not None and "\0" not in spec and os.path.realpath(spec) == real
         if same:
             raise UsageError(f"the output {output} is also {name}: it would be overwritten")
