@@ -22,7 +22,7 @@ from sktransfer import (
     clear_cache,
 )
 from sktransfer.cache import config_context, disk, lookup
-from sktransfer.cache.keys import digest
+from sktransfer.cache.keys import digest, sample_keys
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
@@ -281,3 +281,59 @@ def test_lru_evicts_least_recently_used_within_its_limit():
     lru.limit = 4
     lru.trim()
     assert list(lru.data) == ["c"] and lru.evictions == 2
+
+
+# --------------------------------------------------------------------------- invariant 3
+# (the rest of invariant 3 is in tests/invariants/test_inv3_cache.py)
+def _rows(idx):
+    return [np.arange(24, dtype=np.float32).reshape(2, 12) * (i + 1) for i in idx]
+
+
+def test_pil_images_equal_in_pixels_but_not_in_what_decoding_uses_differ(cnn, tmp_path):
+    idx = np.arange(64, dtype=np.uint8).reshape(8, 8) % 4
+    a, b = Image.new("P", (8, 8)), Image.new("P", (8, 8))
+    a.putdata(idx.ravel().tolist())
+    b.putdata(idx.ravel().tolist())
+    a.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] * 64)
+    b.putpalette([255, 255, 255, 0, 255, 255, 255, 0, 255, 255, 255, 0] * 64)
+    rgb = Image.fromarray(np.repeat(idx[..., None] * 60, 3, axis=2))
+    turned = rgb.copy()
+    exif = turned.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    turned.save(tmp_path / "t.jpg", exif=exif)
+    plain_jpg = tmp_path / "p.jpg"
+    rgb.save(plain_jpg)
+    turned = Image.open(tmp_path / "t.jpg")
+    plain = Image.open(plain_jpg)
+    emb = ImageEmbedder(cnn, image_size=8).fit([a])
+    with config_context(cache=False):
+        fresh = emb.transform([a, b, plain, turned])
+    np.testing.assert_array_equal(emb.transform([a, b, plain, turned]), fresh)
+    assert len(set(sample_keys([a, b]))) == 2
+    assert len(set(sample_keys([plain, turned]))) == 2
+
+
+def test_a_fifo_is_keyed_without_blocking_and_never_stored(tmp_path):
+    fifo = str(tmp_path / "x.png")
+    os.mkfifo(fifo)
+    k1, k2 = sample_keys([fifo, fifo])
+    assert k1 != k2 and k1.startswith("stream:") and not k1.unchanged()
+    lookup("ns", [k1], _rows)
+    assert cache_info()["entries"] == 0
+
+
+def test_values_handed_out_are_read_only(tmp_path):
+    (first,) = lookup("ns", ["k"], _rows, cache_dir=str(tmp_path))
+    clear_cache()
+    (again,) = lookup("ns", ["k"], pytest.fail, cache_dir=str(tmp_path))
+    for value in (first, again):
+        with pytest.raises(ValueError, match="read-only"):
+            value[0, 0] = 7
+    with pytest.raises(ValueError):
+        again.setflags(write=True)  # a view of the bytes read: cannot be made writable
+
+
+def test_cache_dir_of_the_wrong_type_is_named():
+    with pytest.raises(TypeError, match="cache_dir"):
+        with config_context(cache_dir=123):
+            pass

@@ -48,6 +48,9 @@ SUFFIX = ".sktc"
 #: activations are float32; other dtypes stay in the memory tier.
 DTYPES = frozenset({"<f2", "<f4", "<f8"})
 PROBE_PREFIX = ".sktransfer-probe-"
+#: A file larger than this is no entry (one sample's features or activations): it is
+#: removed unread rather than loaded into memory.
+MAX_ENTRY_BYTES = 1 << 30
 _DIGITS = 40  # hex digits of a 20-byte BLAKE2b
 _START = len(MAGIC) + _DIGITS + 1  # where the checksummed body begins
 _ALIGN = 64  # the payload starts at a multiple of this: aligned views, no copy
@@ -191,12 +194,14 @@ def read(cache_dir, key: str):
 
 
 def _read_regular(path):
-    """The bytes of ``path``; ``None`` if it is not a regular file (never blocks on a FIFO)."""
+    """The bytes of ``path``; ``None`` if it is not a regular file (never blocks on a FIFO),
+    ``b""`` (damaged) if it is larger than any entry (:data:`MAX_ENTRY_BYTES`)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
-        return fh.read()
+        return b"" if st.st_size > MAX_ENTRY_BYTES else fh.read()
 
 
 def _remove(path) -> None:
