@@ -41,6 +41,7 @@ signal (HUP, Ctrl-C, TERM), 141 standard output closed early.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -125,8 +126,15 @@ def _force_batch_size(est, size):
 
 def _cmd_predict(args):
     _check_args(args)
+    from sktransfer.cache import config_context
+
     err, cuts = SafeErr(), Cuts()
-    with signals_unwind(), open_output(args.output) as (out, guard), thread_limit(args.threads):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(signals_unwind())  # SIGTERM/SIGHUP unwind like Ctrl-C
+        out, guard = stack.enter_context(open_output(args.output))
+        stack.enter_context(thread_limit(args.threads))
+        # no cache: every item is seen once, and nothing is written beside what is read
+        stack.enter_context(config_context(cache=False))
         est = load_model(
             args.model, device=args.device, quantize=args.quantize, allow_pickle=args.allow_pickle
         )
@@ -136,21 +144,17 @@ def _cmd_predict(args):
         if args.batch_size is not None:
             _force_batch_size(est, args.batch_size)
         progress = args.progress and isatty(sys.stderr)
-        total = count_items(plan, modality) if progress else None
-        from sktransfer.cache import config_context
-
-        with config_context(cache=False):  # every item is seen once: caching would only grow memory
-            _, n_bad = predict_stream(
-                est,
-                iter_items(plan, modality, args.column, cuts),
-                out,
-                proba=args.proba,
-                batch_size=args.batch_size or DEFAULT_CHUNK,
-                progress=progress,
-                total=total,
-                guard=guard,
-                err=err,
-            )
+        _, n_bad = predict_stream(
+            est,
+            iter_items(plan, modality, args.column, cuts),
+            out,
+            proba=args.proba,
+            batch_size=args.batch_size or DEFAULT_CHUNK,
+            progress=progress,
+            total=count_items(plan, modality) if progress else None,
+            guard=guard,
+            err=err,
+        )
     if cuts.note():
         err.line(f"sktransfer: note: {cuts.note()}")
     if n_bad:

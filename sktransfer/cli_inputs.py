@@ -61,15 +61,30 @@ def image_extensions():
     return IMAGE_EXTENSIONS
 
 
-def _walk_images(root):
+def _walk_images(root, unreadable=None):
     """Every file under ``root`` named like an image, sorted; not only regular ones (a
-    FIFO is reported when it is about to be decoded, never opened)."""
+    FIFO is reported when it is about to be decoded, never opened). A folder that
+    cannot be listed is appended to ``unreadable`` as ``(path, OSError)``."""
     extensions = image_extensions()
-    for dirpath, dirnames, filenames in os.walk(root):
+    onerror = None if unreadable is None else unreadable.append
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(extensions):
                 yield os.path.join(dirpath, name)
+
+
+def _dir_items(root):
+    """``(id, path)`` per image of a folder; a sub-folder that cannot be listed is a bad
+    item, not a silent gap."""
+    errors = []
+    for path in _walk_images(root, errors):
+        while errors:
+            exc = errors.pop(0)
+            yield exc.filename, Bad(f"cannot list the folder: {exc.strerror or exc}")
+        yield path, path
+    for exc in errors:
+        yield exc.filename, Bad(f"cannot list the folder: {exc.strerror or exc}")
 
 
 def _glob_files(spec):
@@ -103,9 +118,8 @@ def _looks_binary(head):
     return False
 
 
-def _check_text_file(path, modality):
-    """Refuse a list/text file that holds binary data (an image, a model, UTF-16)."""
-    head = _sniff(path)
+def _refuse_binary(path, head, modality):
+    """Refuse a list/text/CSV file that holds binary data (an image, a model, UTF-16)."""
     if _looks_binary(head):
         what = "a text model reads" if modality == "text" else "a list file holds"
         raise UsageError(
@@ -116,20 +130,20 @@ def _check_text_file(path, modality):
 
 def _regular_file(spec, modality, column):
     lower = spec.lower()
-    if lower.endswith(TABLE_EXTENSIONS):
-        if not is_parquet(spec):
-            _check_text_file(spec, modality)
-        pick_column(spec, columns(spec), column)
-        return "table"
-    if modality == "text" and lower.endswith(image_extensions()):
+    table, lines = lower.endswith(TABLE_EXTENSIONS), lower.endswith(".txt") or modality == "text"
+    if modality == "text" and not table and lower.endswith(image_extensions()):
         raise UsageError(
             f"{spec} is an image file, and this is a text model: it reads .txt files (one "
             "text per line), CSV/TSV/Parquet files (see --column) or - (standard input)"
         )
-    if lower.endswith(".txt") or modality == "text":
-        _check_text_file(spec, modality)
-        return "lines"
-    return "file"
+    if table or lines:
+        head = _sniff(spec)  # also: is it readable at all?
+        if not is_parquet(spec):
+            _refuse_binary(spec, head, modality)
+    if table:
+        pick_column(spec, columns(spec), column)
+        return "table"
+    return "lines" if lines else "file"
 
 
 def _directory(spec, modality):
@@ -159,8 +173,10 @@ def _glob(spec, modality):
 def _classify(spec, modality, column):
     try:
         mode = os.stat(spec).st_mode
-    except (OSError, ValueError):
+    except FileNotFoundError:
         mode = None
+    except OSError as exc:  # a loop of links, a name too long, a folder not searchable
+        raise UsageError(f"cannot read {spec}: {exc.strerror or exc}") from exc
     if mode is None:
         if glob.has_magic(spec):
             return _glob(spec, modality)
@@ -193,7 +209,7 @@ def check_inputs(inputs, modality, column):
 # --------------------------------------------------------------------------- items
 def _items(kind, spec, modality, column, cuts):
     if kind == "dir":
-        yield from ((path, path) for path in _walk_images(spec))
+        yield from _dir_items(spec)
     elif kind == "glob":
         yield from ((path, path) for path in _glob_files(spec))
     elif kind == "table":

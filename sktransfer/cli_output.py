@@ -232,8 +232,8 @@ def check_output(output, model, inputs):
             if mine is not None and ident == mine:
                 raise UsageError(f"standard output is {name}: it would be overwritten")
         return
-    if "\0" in output:
-        raise UsageError("the output path contains a NUL character")
+    if not output or "\0" in output:
+        raise UsageError("-o needs a file name without NUL characters (or - for standard output)")
     mine, real = identity(output), os.path.realpath(output)
     for name, spec, ident in read:
         if mine is not None:

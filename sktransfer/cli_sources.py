@@ -161,6 +161,8 @@ def columns(path):
 
 
 def pick_column(path, names, column):
+    if not names:
+        raise UsageError(f"{path} is empty: it has no header row naming its columns")
     if column is None:
         if len(names) == 1:
             return names[0]

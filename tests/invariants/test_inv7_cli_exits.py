@@ -306,6 +306,37 @@ def test_blank_lines_are_rows_for_text_and_image_models(
     assert [r["prediction"] != "" for r in rows] == [True, False, True]
 
 
+def test_unreadable_inputs_are_named_never_skipped(
+    text_model, image_model, digits, tmp_path, capsys, monkeypatch
+):
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    (tmp_path / "empty.csv").write_text("")
+    for spec, words in [
+        (tmp_path / "loop_a", ["cannot read", "symbolic links"]),
+        (tmp_path / "empty.csv", ["is empty", "header"]),
+        ("x" * 5000, ["cannot read", "too long"]),
+    ]:
+        code, _, err = _run(["predict", text_model[1], spec], capsys)
+        assert code == 2
+        _one_error_line(err, *words)
+    code, _, err = _run(["predict", text_model[1], tmp_path / "empty.csv", "-o", ""], capsys)
+    assert code == 2 and "-o needs a file name" in err
+    _images(tmp_path / "imgs", digits, n=1)
+    _images(tmp_path / "imgs" / "locked", digits, n=1)
+    real = os.scandir
+
+    def scandir(path="."):  # as for a folder without read permission (root reads all)
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out, err = _run(["predict", image_model[1], tmp_path / "imgs", "--allow-pickle"], capsys)
+    assert code == 1 and "locked: cannot list the folder: Permission denied" in err
+    assert [r["prediction"] == "" for r in _rows(out)] == [False, True]
+
+
 # --------------------------------------------------------------------------- resources
 def _no_threads(*args, **kwargs):
     raise RuntimeError("can't start new thread")
