@@ -246,7 +246,7 @@ def test_frozen_cpu_models_share_the_registry_template_and_never_change_it(digit
     before = _clf(name, **tuned).fit(X, y).predict_proba(X)
 
     a, b = _clf(name).fit(X, y), _clf(name, C=0.1).fit(X, y)
-    assert a.module_.blocks[0] is b.module_.blocks[0] is template.blocks[0][1]  # no copies
+    assert a._net().blocks[0] is b._net().blocks[0] is template.blocks[0][1]  # no copies
     conv = next(m for m in template.blocks[0][1].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # loaded that way
     # fine-tuning copies: the same model whether or not frozen fits came first
