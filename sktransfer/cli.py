@@ -220,18 +220,8 @@ class _Parser(argparse.ArgumentParser):
             print_out(message, end="")
 
 
-def build_parser():
-    from sktransfer import __version__
-
+def _add_predict(sub):
     raw = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(
-        prog="sktransfer",
-        description="Pretrained image and text networks as sklearn estimators.",
-        epilog=EXIT_HELP,
-        formatter_class=raw,
-    )
-    parser.add_argument("--version", action="version", version=f"sktransfer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
         "predict",
         help="score images or texts with a saved model",
@@ -296,6 +286,21 @@ def build_parser():
         help="no progress bar (shown only when stderr is a terminal)",
     )
     p.set_defaults(func=_cmd_predict)
+
+
+def build_parser():
+    from sktransfer import __version__
+
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="sktransfer",
+        description="Pretrained image and text networks as sklearn estimators.",
+        epilog=EXIT_HELP,
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"sktransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_predict(sub)
     b = sub.add_parser("backbones", help="list the available backbones")
     b.add_argument("--modality", choices=["image", "text"])
     b.set_defaults(func=_cmd_backbones)

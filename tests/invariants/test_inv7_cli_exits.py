@@ -83,22 +83,20 @@ def _images(root, digits, n=3):
     return [str(root / f"img{i}.png") for i in range(n)]
 
 
-class _NoHang:
+@contextlib.contextmanager
+def _no_hang(seconds=60):
     """Fail (instead of hanging the suite) when the block takes over ``seconds``."""
 
-    def __init__(self, seconds=60):
-        self.seconds = seconds
+    def fail(signum, frame):
+        raise AssertionError(f"hung for {seconds} s")
 
-    def __enter__(self):
-        def fail(signum, frame):
-            raise AssertionError(f"hung for {self.seconds} s")
-
-        self.previous = signal.signal(signal.SIGALRM, fail)
-        signal.alarm(self.seconds)
-
-    def __exit__(self, *exc):
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
         signal.alarm(0)
-        signal.signal(signal.SIGALRM, self.previous)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------- writes
@@ -206,7 +204,7 @@ def test_fifo_socket_and_device_in_a_folder_do_not_hang(image_model, digits, tmp
     os.symlink("/dev/zero", tmp_path / "imgs" / "zero.png")
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'imgs' / 'x.png'}\n")
     for spec in [tmp_path / "imgs", tmp_path / "imgs" / "*.png", tmp_path / "list.txt"]:
-        with _NoHang():
+        with _no_hang():
             code, out, err = _run(["predict", image_model[1], spec, "--allow-pickle"], capsys)
         assert code == 1, err
         assert "x.png" in err and "FIFO, not a regular file" in err and "Traceback" not in err
@@ -483,7 +481,7 @@ def test_any_command_line_ends_in_one_documented_status(
     before = {p: (arena / p).read_bytes() for p in ["text.skt", "in.txt", "in.csv"]}
     argv = ["predict", model, *inputs, *[str(v) for option in options for v in option]]
     argv += (["--allow-pickle"] if allow_pickle else []) + (["-o", output] if output else [])
-    with _NoHang(120):
+    with _no_hang(120):
         code, _, err = _run(argv, capsys)
     assert code in _ALLOWED, (argv, code, err)
     assert "Traceback" not in err and "interrupted" not in err, (argv, err)
