@@ -78,7 +78,12 @@ def test_load_uses_a_registered_sources_rebuild(bert_clf, tmp_path):
 def test_unregistered_kind_cannot_be_loaded(bert_clf, tmp_path):
     clf, _ = bert_clf
     sktransfer.save(clf, tmp_path / "m.skt")
-    _rewrite(tmp_path / "m.skt", lambda m: m.update(backbone_source={"kind": "nope"}))
+
+    def edit(meta):
+        meta.update(backbone_source={"kind": "nope"})
+        meta["attributes"]["backbone_source_"] = {"kind": "nope"}  # consistent: both say so
+
+    _rewrite(tmp_path / "m.skt", edit)
     with pytest.raises(ValueError, match="no backbone source can rebuild"):
         sktransfer.load(tmp_path / "m.skt")
 

@@ -76,13 +76,38 @@ def _from_json(value):
             # what _to_json writes; no void/structured dtypes, no 1e9-char strings
             if dtype.kind not in "biufUO" or dtype.itemsize * max(1, len(items)) > _MAX_ARRAY:
                 raise ValueError(f"refusing a saved array of dtype {dtype} and length {len(items)}")
-            arr = np.empty(len(items), dtype=dtype)
-            arr[:] = items
-            return arr.reshape(value["shape"])
+            return _exact_array(items, dtype, value["shape"])
         if "__tuple__" in value:
             return tuple(_from_json(v) for v in value["__tuple__"])
         return {k: _from_json(v) for k, v in value.items()}
     return value
+
+
+def _exact_array(items, dtype, shape):
+    """The array of ``items`` in ``dtype``, refused unless it holds every item exactly.
+
+    A dtype too narrow for the values (``<U1`` for ``"neg"``, ``int8`` for 300), a
+    conversion (``"1"`` into ints, ``0.1`` into float32) or a shape that does not
+    count the items is a ``ValueError``: labels are never truncated or converted.
+    """
+    ok_shape = isinstance(shape, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    )
+    if not ok_shape or int(np.prod(shape, dtype=np.int64)) != len(items):
+        raise ValueError(f"a saved array of {len(items)} values has the shape {shape!r}")
+    arr = np.empty(len(items), dtype=dtype)
+    try:
+        arr[:] = items
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"a saved array of dtype {dtype} cannot hold its values ({exc})") from None
+    for got, want in zip(arr.tolist(), items):
+        nan = isinstance(got, float) and got != got and isinstance(want, float) and want != want
+        if not (nan or (type(got) is type(want) or dtype.kind in "fb") and got == want):
+            raise ValueError(
+                f"a saved array of dtype {dtype} does not hold its values exactly ({want!r} "
+                f"would become {got!r}); refusing a truncated or converted array"
+            )
+    return arr.reshape(shape)
 
 
 def _sha256(data: bytes) -> str:

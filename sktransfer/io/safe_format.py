@@ -13,16 +13,12 @@ fit's merged weights are re-made from the stored adapters (:mod:`sktransfer.io.a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import importlib
 import os
 
 import torch
-from torch import nn
 
-from sktransfer.io import adapters
+from sktransfer.io import adapters, checks, fitted
 from sktransfer.io.archive import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -33,26 +29,11 @@ from sktransfer.io.archive import (
     _to_json,
 )
 from sktransfer.io.hf_members import _JOBLIB_HINT, text_members
+from sktransfer.io.manifest import _CLASSES, check_manifest, construct, malformed
 from sktransfer.io.pickling import _version
+from sktransfer.io.rebuild import _build_net, _tensor_digest
 
-_CLASSES = {
-    "PretrainedImageClassifier": "sktransfer.image",
-    "PretrainedTextClassifier": "sktransfer.text",
-    "PretrainedImageRegressor": "sktransfer.image",
-    "PretrainedTextRegressor": "sktransfer.text",
-    "ImageEmbedder": "sktransfer.image",
-    "TextEmbedder": "sktransfer.text",
-}
 _SPECIAL_ATTRS = ("module_", "preprocessing_", adapters.ATTR)
-
-
-def _tensor_digest(state: dict, keys) -> str:
-    h = hashlib.sha256()
-    for k in sorted(keys):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- save
@@ -64,7 +45,8 @@ def _check_savable(est):
         raise TypeError(f"sktransfer.save supports sktransfer's own estimators, not {name}")
     check_is_fitted(est)
     try:
-        params = _to_json(est.get_params(deep=False), "parameter")
+        params = checks.params_to_save(type(est), est.get_params(deep=False))
+        params = _to_json(params, "parameter")
     except TypeError as exc:
         raise TypeError(
             f"cannot save {name} safely: a parameter is not a plain value ({exc}). The safe "
@@ -110,7 +92,8 @@ def save(est, path, *, store_backbone="embed"):
         The file to write. Written atomically: a failed save leaves any earlier
         file at ``path`` untouched. Temp files that killed saves of ``path`` left
         beside it (``.<name>.<pid>@<host>.<random>.tmp``) are removed first when
-        their process is gone (or, if it cannot be checked, after 24 hours).
+        no writer holds their lock (a live save in another process or container
+        keeps its own; see :mod:`sktransfer.io.atomic`).
     store_backbone : {"embed", "reference"}, default="embed"
         ``"embed"``: all weights in the file (self-contained). ``"reference"``
         (packaged backbones with default weights only): tensors equal to the
@@ -123,6 +106,17 @@ def save(est, path, *, store_backbone="embed"):
     -------
     str
         The path written.
+
+    Raises
+    ------
+    ValueError
+        The model holds values :func:`load` would refuse (e.g. ``image_size`` above
+        1024, see :mod:`sktransfer.io.checks`): no file is written.
+
+    Notes
+    -----
+    Machine-local settings (``cache_dir``, ``device``, ``num_workers``) are stored as
+    their defaults: a file never chooses them for the machine that loads it.
     """
     from safetensors.torch import save as st_save
 
@@ -148,14 +142,10 @@ def save(est, path, *, store_backbone="embed"):
         "block_names": list(est.module_.block_names),
         "arch": {},
     }
-    members = {}
-    prep = est.preprocessing_
-    if dataclasses.is_dataclass(prep) and hasattr(prep, "tokenizer"):
-        fields = {f.name: getattr(prep, f.name) for f in dataclasses.fields(prep)}
-        fields.pop("tokenizer")
-        meta["preprocessing"] = _to_json(fields, "preprocessing")
-    else:
-        meta["preprocessing"] = _to_json(dataclasses.asdict(prep), "preprocessing")
+    members, prep = {}, est.preprocessing_
+    meta["preprocessing"] = _preprocessing_json(prep)
+    meta["backbone_source"] = _to_json(source, "backbone_source_")
+    _check_before_writing(est, meta)
     if getattr(prep, "tokenizer", None) is not None and not _is_reference(source, store_backbone):
         text, arch = text_members(est.module_, prep.tokenizer)  # the config and tokenizer files
         members.update(text)
@@ -164,33 +154,59 @@ def save(est, path, *, store_backbone="embed"):
     if source.get("kind") == "torchvision" and hasattr(first, "image_size"):
         meta["arch"]["image_size"] = int(first.image_size)  # ViT: set by the weights
     if store_backbone == "reference":
-        if not _is_reference(source, store_backbone):
-            raise ValueError(
-                "store_backbone='reference' needs a packaged backbone with its default weights; "
-                f"this model's backbone is {source}. Use store_backbone='embed'"
-            )
-        ref_net = _build_net(meta, source, members, state)[0]
-        if lora is not None:  # the reference: the packaged weights + the merged adapters
-            adapters.merge_into(ref_net, {**lora, "tensors": est.lora_adapters_["tensors"]})
-        ref_state = ref_net.state_dict()
-        same = [
-            k
-            for k, v in state.items()
-            if not k.startswith("head.")
-            and k in ref_state
-            and ref_state[k].shape == v.shape
-            and ref_state[k].dtype == v.dtype
-            and torch.equal(ref_state[k], v)
-        ]
-        meta["referenced"] = {"keys": sorted(same), "sha256": _tensor_digest(state, same)}
-        state = {k: v for k, v in state.items() if k not in set(same)}
-    meta["backbone_source"] = _to_json(source, "backbone_source_")
+        state = _referenced(est, meta, source, members, state, lora)
     if lora is not None:
         meta["lora_adapters"] = _to_json(lora, "lora_adapters_")
         state = {**state, **lora_tensors}
     members[WEIGHTS] = st_save(state) if state else st_save({})
     _atomic_write(os.fspath(path), meta, members)
     return os.fspath(path)
+
+
+def _preprocessing_json(prep):
+    if dataclasses.is_dataclass(prep) and hasattr(prep, "tokenizer"):
+        fields = {f.name: getattr(prep, f.name) for f in dataclasses.fields(prep)}
+        fields.pop("tokenizer")
+        return _to_json(fields, "preprocessing")
+    return _to_json(dataclasses.asdict(prep), "preprocessing")
+
+
+def _referenced(est, meta, source, members, state, lora):
+    """``store_backbone="reference"``: the state without the tensors equal to the packaged
+    weights (plus merged adapters); their keys and digest go into ``meta["referenced"]``."""
+    if not _is_reference(source, "reference"):
+        raise ValueError(
+            "store_backbone='reference' needs a packaged backbone with its default weights; "
+            f"this model's backbone is {source}. Use store_backbone='embed'"
+        )
+    ref_net = _build_net(meta, source, members, state)[0]
+    if lora is not None:  # the reference: the packaged weights + the merged adapters
+        adapters.merge_into(ref_net, {**lora, "tensors": est.lora_adapters_["tensors"]})
+    ref_state = ref_net.state_dict()
+    same = [
+        k
+        for k, v in state.items()
+        if not k.startswith("head.")
+        and k in ref_state
+        and ref_state[k].shape == v.shape
+        and ref_state[k].dtype == v.dtype
+        and torch.equal(ref_state[k], v)
+    ]
+    meta["referenced"] = {"keys": sorted(same), "sha256": _tensor_digest(state, same)}
+    return {k: v for k, v in state.items() if k not in set(same)}
+
+
+def _check_before_writing(est, meta):
+    """The load-time checks on what save is about to write: never a file load refuses."""
+    try:
+        checks.validate_params(type(est)(**_from_json(meta["params"])))
+        attrs = {k: _from_json(v) for k, v in meta["attributes"].items()}
+        check_manifest(type(est), meta, attrs, _from_json(meta["preprocessing"]))
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot save this {type(est).__name__}: sktransfer.load would refuse the file "
+            f"({exc})" + _JOBLIB_HINT
+        ) from exc
 
 
 def _is_reference(source, store_backbone):
@@ -213,71 +229,6 @@ def _library_versions():
     return out
 
 
-def _build_net(meta, source, members, state):
-    """``(TransferNet, tokenizer or None)``: the architecture, with reference or random weights.
-
-    Every source rebuilds its own architecture (``BackboneSource.rebuild``, reached through
-    :func:`~sktransfer.backbones.registry.rebuild_backbone`), from the recorded ``source`` and
-    ``arch``, the file's plain data members, the stored weights' size and the preprocessing.
-    """
-    from sktransfer.backbones import resolve_backbone
-    from sktransfer.backbones.registry import rebuild_backbone
-    from sktransfer.freezing import TransferNet
-
-    kind, modality = source.get("kind"), meta["modality"]
-    reference = meta["store_backbone"] == "reference"
-    if reference or kind == "packaged":
-        _check_packaged(source, modality)
-    if reference:
-        backbone = resolve_backbone(source["name"], modality, weights="default")
-    else:  # each source leaf rebuilds its own architecture (random weights)
-        arch = {
-            **meta["arch"],
-            "weight_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-            "preprocessing": _from_json(meta["preprocessing"]),
-        }
-        data = {k: v for k, v in members.items() if k != WEIGHTS}
-        backbone = rebuild_backbone(source, arch, members=data)
-    if backbone.modality != modality:
-        raise ValueError(f"backbone source {source!r} is not a {modality} backbone")
-    pool, tokenizer = backbone.pool, None
-    if modality == "text":
-        from sktransfer.backbones.huggingface import TextPool
-
-        prep = meta["preprocessing"]
-        pool = TextPool(prep["pooling"], normalize=prep["normalize"])
-        tokenizer = backbone.preprocessing.tokenizer
-    head = nn.Identity()
-    if "head.weight" in state:
-        out_f, in_f = state["head.weight"].shape
-        head = nn.Linear(in_f, out_f, bias="head.bias" in state)
-    names = [n for n, _ in backbone.blocks]
-    if names != meta["block_names"]:
-        raise ValueError(
-            f"the rebuilt backbone has blocks {names}, the saved model {meta['block_names']}; "
-            "the backbone library changed since saving"
-        )
-    net = TransferNet([m for _, m in backbone.blocks], names, pool, head, n_frozen=meta["n_frozen"])
-    return net.eval(), tokenizer
-
-
-def _check_packaged(source, modality):
-    """A packaged (or referenced) backbone must be a registered packaged name, never a path.
-
-    Otherwise a file could make :func:`load` read a model directory or hub id it
-    names (whose weights loaders may unpickle) or download torchvision weights.
-    """
-    from sktransfer.backbones import list_backbones
-
-    names = {b.name for b in list_backbones(modality) if b.source == "packaged"}
-    if source.get("kind") != "packaged" or source.get("name") not in names:
-        raise ValueError(
-            f"the saved model names backbone {source!r}; only the packaged backbones "
-            f"{sorted(names)} are rebuilt from their registry name (store_backbone='reference' "
-            "or kind 'packaged'); nothing named by a file is read from disk or the network"
-        )
-
-
 def load(path, device=None, quantize=None):
     """Load an estimator written by :func:`save`; no pickled code is run.
 
@@ -285,7 +236,9 @@ def load(path, device=None, quantize=None):
     ----------
     path : str or path-like
     device : str or None, default=None
-        Override the saved ``device`` parameter (``"auto"``, ``"cpu"``, ``"cuda:0"``).
+        The ``device`` parameter of the loaded estimator (``"auto"``, ``"cpu"``,
+        ``"cuda:0"``); None: ``"auto"``. A file never sets it: files store the
+        default, and an older file's stored value is reset with a warning.
     quantize : {None, "dynamic"}, default=None
         ``"dynamic"``: int8 dynamic quantisation of the Linear layers (CPU scoring),
         see :func:`sktransfer.deploy.quantize_dynamic`.
@@ -301,14 +254,19 @@ def load(path, device=None, quantize=None):
         A truncated, corrupted or modified file (the message names the path and
         the member), a newer file format, or weights that do not fit the rebuilt
         architecture. Refusing costs bounded time and memory: the manifest is
-        checked first and no member is inflated past the size it records.
+        checked first and no member is inflated past the size it records. Also a
+        file whose contents disagree (the message names the path and the attribute
+        or parameter): every parameter, fitted attribute, preprocessing value and
+        weight is cross-checked against the estimator class and the rest of the
+        file before the estimator is returned (:mod:`sktransfer.io.checks`,
+        :mod:`sktransfer.io.fitted`).
     RuntimeError
         The file was written by a newer sktransfer version.
     """
     if quantize not in (None, "dynamic"):
         raise ValueError(f"quantize must be None or 'dynamic', got {quantize!r}")
     meta, members = _read(path)
-    with _malformed(path):
+    with malformed(path):
         est = _rebuild(path, meta, members)
     if device is not None:
         from sktransfer.training.batches import resolve_device
@@ -322,65 +280,22 @@ def load(path, device=None, quantize=None):
     return est
 
 
-_META_TYPES = {
-    "estimator": str,
-    "params": dict,
-    "attributes": dict,
-    "modality": str,
-    "store_backbone": str,
-    "n_frozen": int,
-    "block_names": list,
-    "arch": dict,
-    "preprocessing": dict,
-    "backbone_source": dict,
-}
-
-
-@contextlib.contextmanager
-def _malformed(path):
-    """A manifest that passed its checksum but is not what :func:`save` writes: ``ValueError``."""
-    try:
-        yield
-    except ValueError as exc:
-        if os.fspath(path) in str(exc):
-            raise
-        raise ValueError(f"cannot load {os.fspath(path)!r}: {exc}") from exc
-    except (KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise ValueError(
-            f"{os.fspath(path)!r} has a manifest this sktransfer cannot rebuild a model from "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 def _rebuild(path, meta, members):
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
-    wrong = sorted(k for k, t in _META_TYPES.items() if not isinstance(meta.get(k), t))
-    if wrong or meta["modality"] not in ("image", "text") or WEIGHTS not in members:
-        raise ValueError(
-            f"{os.fspath(path)!r} has a malformed manifest (fields {wrong}, modality "
-            f"{meta.get('modality')!r}, {WEIGHTS} {'present' if WEIGHTS in members else 'missing'})"
-        )
-    cls_name = meta["estimator"]
-    if cls_name not in _CLASSES:
-        raise ValueError(f"{os.fspath(path)!r} holds an unknown estimator class {cls_name!r}")
-    cls = getattr(importlib.import_module(_CLASSES[cls_name]), cls_name)
-    params = _from_json(meta["params"])
-    try:
-        est = cls(**params)
-    except TypeError as exc:
-        raise ValueError(
-            f"the saved {cls_name} parameters do not fit sktransfer {_version()} (saved with "
-            f"{meta['versions'].get('sktransfer')}): {exc}"
-        ) from exc
+    if WEIGHTS not in members:
+        raise ValueError(f"{os.fspath(path)!r} has a malformed manifest ({WEIGHTS} missing)")
+    est, attrs, prep = construct(path, meta)
     try:
         state = st_load(members[WEIGHTS])
     except SafetensorError as exc:
         raise ValueError(f"{os.fspath(path)!r}: unreadable {WEIGHTS} ({exc})") from exc
     source = _from_json(meta["backbone_source"])
     lora, state = adapters.from_file(meta, state)
-    net, tokenizer = _build_net(meta, source, members, state)
+    info = {}
+    net, tokenizer = _build_net(meta, source, members, state, info=info)
+    checks.check_weights(state, net)
     if meta["store_backbone"] == "reference":
         if lora is not None:  # re-merged into the packaged weights, checked by the digest
             adapters.merge_into(net, lora)
@@ -397,19 +312,21 @@ def _rebuild(path, meta, members):
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"the saved weights do not fit the rebuilt architecture: {exc}") from exc
-    net.eval()
-    est.module_ = net
-    for key, value in meta["attributes"].items():
-        setattr(est, key, _from_json(value))
-    if lora is not None:
-        setattr(est, adapters.ATTR, lora)
-    prep_fields = dict(meta["preprocessing"])
+    fitted.check_against_net(type(est), meta, attrs, net, info.get("feature_dim"))
     if meta["modality"] == "text":
         from sktransfer.backbones import TextPreprocessing
 
-        est.preprocessing_ = TextPreprocessing(tokenizer=tokenizer, **_from_json(prep_fields))
+        checks.check_text_length(net, prep["max_length"])
+        prep = TextPreprocessing(tokenizer=tokenizer, **prep)
     else:
         from sktransfer.backbones import ImagePreprocessing
 
-        est.preprocessing_ = ImagePreprocessing(**_from_json(prep_fields))
+        checks.check_image_size(net, prep["image_size"])
+        prep = ImagePreprocessing(**prep)
+    est.module_ = net.eval()
+    for key, value in attrs.items():
+        setattr(est, key, value)
+    if lora is not None:
+        setattr(est, adapters.ATTR, lora)
+    est.preprocessing_ = prep
     return est
