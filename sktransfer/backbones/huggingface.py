@@ -194,6 +194,20 @@ def _position_limit(config) -> int | None:
     return limit - _POSITION_OFFSET.get(getattr(config, "model_type", None), 0)
 
 
+def _out_of_resources(exc) -> bool:
+    """Whether ``exc`` (or what caused it) is the machine running out of memory or
+    threads, which no model file is to blame for."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or (
+            isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def backbone_from_hf_model(
     model,
     tokenizer,
@@ -324,6 +338,8 @@ def load_huggingface(name_or_path, pooling=None, max_length=None, normalize=None
         with _no_progress_bar():
             tokenizer, model, st = _load(AutoTokenizer, AutoModel, spec, directory)
     except Exception as exc:
+        if _out_of_resources(exc):  # not the directory's fault: say what ran out
+            raise
         if directory is not None and os.path.isdir(spec):
             raise ValueError(
                 f"{spec!r} is a directory but not a loadable Hugging Face model "
