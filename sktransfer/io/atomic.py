@@ -88,11 +88,15 @@ def _unlink_if_unlocked(path) -> bool | None:
     gone), None when the lock cannot be probed (no fcntl, or the file cannot be opened)."""
     if fcntl is None:
         return None
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    flags = os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+    try:  # read-write where allowed: NFS emulates flock with write locks
+        try:
+            fd = os.open(path, os.O_RDWR | flags)
+        except PermissionError:  # a writer chmod-ed it read-only just before its rename
+            fd = os.open(path, os.O_RDONLY | flags)
     except FileNotFoundError:
         return False
-    except OSError:  # another user's 0600 file, a FIFO, a symlink...
+    except OSError:  # another user's 0600 file, a symlink...
         return None
     try:
         try:

@@ -203,6 +203,26 @@ def test_probe_never_removes_a_file_that_replaced_the_one_it_locked(tmp_path, mo
     assert path.read_bytes() == b"new"
 
 
+def test_read_only_temp_of_a_live_writer_is_probed_read_only(tmp_path, monkeypatch):
+    """A writer chmods its temp (e.g. 0444, the CLI keeps -o's mode) just before the rename:
+    a prober that may not open it for writing still sees its lock."""
+    target = tmp_path / "m.skt"
+    real_open = os.open
+
+    def no_write(path, flags, *args, **kwargs):
+        if str(path).endswith(".tmp") and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with _writer(target, pid=_dead_pid()) as (proc, name):
+        monkeypatch.setattr(os, "open", no_write)
+        assert atomic.remove_stale_temps(target) == []
+        monkeypatch.undo()
+        assert name in _temps(tmp_path)
+        _finish(proc)
+    assert target.read_bytes() == b"theirs-half-whole"
+
+
 def test_a_writer_in_this_process_is_never_stale(tmp_path):
     target = tmp_path / "m.skt"
     with atomic.atomic_write(target) as fh:
