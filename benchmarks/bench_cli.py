@@ -78,7 +78,7 @@ def _folders(tmp, n):
 
 
 def _predict(model, inputs, threads, tmp, expect):
-    from sktransfer import cli
+    from sktransfer.cli import commands as cli
 
     out = os.path.join(tmp, "out.csv")
     argv = ["predict", model, *inputs, "-o", out, "--no-progress", "--threads", str(threads)]

@@ -334,7 +334,7 @@ def test_custom_single_module_records_why_it_is_one_block():
 
 
 def test_cli_lists_sources(capsys):
-    from sktransfer import cli
+    from sktransfer.cli import commands as cli
 
     assert cli.main(["backbones"]) == 0
     out = capsys.readouterr().out

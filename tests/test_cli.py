@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli, cli_scoring
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
+from sktransfer.cli import commands as cli
+from sktransfer.cli import scoring as cli_scoring
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +297,9 @@ def test_backbones_table(capsys):
 
 def test_demo_calls_run_demo(monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("sktransfer.demo")
+    fake = types.ModuleType("sktransfer.demo.run")
     fake.run_demo = lambda verbose=1, out=None: calls.append((verbose, out))
-    monkeypatch.setitem(sys.modules, "sktransfer.demo", fake)
+    monkeypatch.setitem(sys.modules, "sktransfer.demo.run", fake)
     assert _run(["demo"], capsys)[0] == 0
     assert _run(["demo", "--quiet", "--out", "here"], capsys)[0] == 0
     assert calls == [(1, None), (0, "here")]

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import make_cnn
 
 from sktransfer import PretrainedImageClassifier
-from sktransfer.cli_scoring import DEFAULT_CHUNK, call_size, predict_stream
+from sktransfer.cli.scoring import DEFAULT_CHUNK, call_size, predict_stream
 
 
 def _spy_calls(clf):

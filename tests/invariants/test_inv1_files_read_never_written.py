@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sktransfer
-from sktransfer import PretrainedTextClassifier, cli
+from sktransfer import PretrainedTextClassifier
+from sktransfer.cli import commands as cli
 
 CHILD = [sys.executable, "-m", "sktransfer.cli"]
 

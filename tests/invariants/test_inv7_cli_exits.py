@@ -31,9 +31,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier, cli
-from sktransfer.cli_errors import EXIT_STATUSES
-from sktransfer.cli_sources import MAX_LINE_BYTES, read_lines
+from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
+from sktransfer.cli import commands as cli
+from sktransfer.cli.errors import EXIT_STATUSES
+from sktransfer.cli.sources import MAX_LINE_BYTES, read_lines
 
 CHILD = [sys.executable, "-m", "sktransfer.cli"]
 
@@ -181,7 +182,7 @@ def test_corrupt_parquet_names_the_path(text_model, texts, tmp_path, capsys):
 def test_threads_and_batch_size_are_bounded(text_model, tmp_path, capsys):
     """The reproduction: --threads 100000 segfaulted (139) after printing "interrupted"."""
     (tmp_path / "in.txt").write_text("good film\n")
-    from sktransfer.cli_model import max_threads
+    from sktransfer.cli.model import max_threads
 
     for option, value in [
         ("--threads", 100_000),

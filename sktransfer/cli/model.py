@@ -19,7 +19,7 @@ import sys
 import threading
 import zipfile
 
-from sktransfer.cli_errors import UsageError, resource_shortage, shortage_error
+from sktransfer.cli.errors import UsageError, resource_shortage, shortage_error
 
 __all__ = ["bound_native_pools", "load_model", "max_threads", "probe_threads", "thread_limit"]
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from sktransfer import demo_data
-from sktransfer.demo_report import (
+from sktransfer.demo import data as demo_data
+from sktransfer.demo.report import (
     OUTPUT_NAMES,
     prepare_out_dir,
     print_curve,
@@ -229,7 +231,6 @@ def save_and_predict(est, data, out_dir, say):
     from PIL import Image
 
     from sktransfer import save
-    from sktransfer.cli import main as cli_main
 
     _, _, X_test, y_test = data
     model_path = os.path.join(out_dir, OUTPUT_NAMES["model"])
@@ -241,7 +242,8 @@ def save_and_predict(est, data, out_dir, say):
     csv_path = os.path.join(out_dir, OUTPUT_NAMES["predictions"])
     argv = ["predict", model_path, image_dir, "-o", csv_path, "--no-progress"]
     t0 = time.perf_counter()
-    status = cli_main(argv)
+    # the command a user runs, in its own process (the demo never imports the CLI)
+    status = subprocess.run([sys.executable, "-m", "sktransfer.cli", *argv], check=False).returncode
     seconds = time.perf_counter() - t0
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

@@ -17,14 +17,14 @@ import os
 import stat
 import sys
 
-from sktransfer.cli_errors import (
+from sktransfer.cli.errors import (
     ScoringError,
     Terminated,
     UsageError,
     resource_shortage,
     shortage_error,
 )
-from sktransfer.cli_sources import Bad
+from sktransfer.cli.sources import Bad
 
 __all__ = ["Columns", "ScoringError", "call_size", "predict_stream", "prepare"]
 
@@ -165,7 +165,7 @@ def predict_stream(
     A batch holds ``batch_size`` items, rounded up to whole micro-batches of the model
     (:func:`call_size`).
 
-    Each batch is validated first (:func:`sktransfer.cli_inputs.prepare`): bad
+    Each batch is validated first (:func:`sktransfer.cli.inputs.prepare`): bad
     items get an empty row and a message on ``err``; the good ones are scored in
     one ``predict_proba`` call (a regressor: ``predict``), whose failure raises
     :class:`ScoringError`. The columns are :class:`Columns`'.

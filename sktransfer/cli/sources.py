@@ -21,7 +21,7 @@ import math
 import os
 import sys
 
-from sktransfer.cli_errors import IOFailure, UsageError
+from sktransfer.cli.errors import IOFailure, UsageError
 
 MAX_LINE_BYTES = 2**20
 _SKIP_CHUNK = 2**16

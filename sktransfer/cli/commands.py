@@ -12,14 +12,14 @@ checked (texts) before its batch is scored in one call: an item that cannot be
 read (an unreadable image, a line that is not UTF-8, a blank line where an image
 path belongs, a missing value) is reported on stderr and gets a row with an
 empty prediction, so rows line up with the input. A line is read at most 1 MiB at
-a time (:mod:`sktransfer.cli_sources`).
+a time (:mod:`sktransfer.cli.sources`).
 
 Safety: MODEL is read with :func:`sktransfer.load` (no code runs). A joblib or
 pickle file is only loaded with ``--allow-pickle``, because unpickling runs code
 from the file; a ``.skt`` or zip file is never unpickled. No file the command
 reads is ever written: an ``-o`` (or a redirected standard output) that is MODEL,
 an input or the file on standard input, also through a symlink or hard link, is
-refused (:mod:`sktransfer.cli_output`), as is replacing an existing binary file.
+refused (:mod:`sktransfer.cli.output`), as is replacing an existing binary file.
 ``-o FILE`` is written to a temporary file beside it and renamed at the end, so
 FILE holds either its old content or the complete new one, also after Ctrl-C,
 SIGTERM or SIGHUP.
@@ -30,9 +30,9 @@ the machine's usual load), while 1 thread on an idle machine gave up only the
 1.4-1.6x that 2 cores can win. The worst case of 1 is bounded; that of all cores
 is not. Pass ``--threads N`` on a dedicated machine (at most 4 per CPU).
 
-Exit status: see :data:`sktransfer.cli_errors.EXIT_HELP` (also in ``--help``). A
+Exit status: see :data:`sktransfer.cli.errors.EXIT_HELP` (also in ``--help``). A
 command never ends in a traceback: every failure is one line on stderr and one
-of those statuses (:func:`sktransfer.cli_errors.classify`); 0 every item scored,
+of those statuses (:func:`sktransfer.cli.errors.classify`); 0 every item scored,
 1 some items could not be read, 2 usage error, 3 the model failed, 4 an input or
 output error (disk full), 5 out of threads or memory, 70 a bug, 129/130/143 a
 signal (HUP, Ctrl-C, TERM), 141 standard output closed early.
@@ -46,7 +46,7 @@ import os
 import sys
 import traceback
 
-from sktransfer.cli_errors import (
+from sktransfer.cli.errors import (
     EXIT_CLOSED_PIPE,
     EXIT_HELP,
     EXIT_INTERNAL,
@@ -61,8 +61,8 @@ from sktransfer.cli_errors import (
     UsageError,
     classify,
 )
-from sktransfer.cli_inputs import check_inputs, count_items, iter_items
-from sktransfer.cli_model import (
+from sktransfer.cli.inputs import check_inputs, count_items, iter_items
+from sktransfer.cli.model import (
     THREADS_PER_CPU,
     bound_native_pools,
     load_model,
@@ -70,7 +70,7 @@ from sktransfer.cli_model import (
     probe_threads,
     thread_limit,
 )
-from sktransfer.cli_output import (
+from sktransfer.cli.output import (
     SafeErr,
     check_output,
     flush_stdout,
@@ -80,8 +80,8 @@ from sktransfer.cli_output import (
     quiet_stdout,
     signals_unwind,
 )
-from sktransfer.cli_scoring import DEFAULT_CHUNK, Columns, modality_of, predict_stream
-from sktransfer.cli_sources import Cuts
+from sktransfer.cli.scoring import DEFAULT_CHUNK, Columns, modality_of, predict_stream
+from sktransfer.cli.sources import Cuts
 
 __all__ = [
     "EXIT_CLOSED_PIPE",
@@ -195,7 +195,7 @@ def _print_sources(modality):
 
 
 def _cmd_demo(args):
-    from sktransfer.demo import run_demo
+    from sktransfer.demo.run import run_demo
 
     try:
         run_demo(verbose=args.verbose, out=args.out)

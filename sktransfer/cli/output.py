@@ -10,7 +10,7 @@ data (a model, an image, an archive): ``-o`` replaces text/CSV files only.
 :func:`open_output` writes a file atomically (temp file beside it, renamed at the
 end; stale temp files of killed writers removed first) and a device or FIFO in
 place. Every write goes through :class:`Sink`, which turns a write error (disk
-full, ``/dev/full``) into :class:`~sktransfer.cli_errors.IOFailure` naming the
+full, ``/dev/full``) into :class:`~sktransfer.cli.errors.IOFailure` naming the
 output; a closed pipe stays ``BrokenPipeError`` (exit 141).
 
 :func:`signals_unwind` makes SIGTERM and SIGHUP unwind like Ctrl-C, so the temp
@@ -25,7 +25,7 @@ import signal
 import stat
 import sys
 
-from sktransfer.cli_errors import IOFailure, Terminated, UsageError
+from sktransfer.cli.errors import IOFailure, Terminated, UsageError
 
 STDIN = "-"
 _SNIFF = 8192

@@ -3,7 +3,7 @@
 Each INPUT is classified up front (:func:`check_inputs`, cheap: a ``stat``, the
 first 8 KiB of a text file, the first match of a glob), then streamed lazily as
 ``(id, item)`` pairs (:func:`iter_items`). An item that cannot be read is a
-:class:`~sktransfer.cli_sources.Bad` carrying its message. Only the CLI imports
+:class:`~sktransfer.cli.sources.Bad` carrying its message. Only the CLI imports
 this module.
 
 What each kind of INPUT is:
@@ -26,8 +26,8 @@ import os
 import stat
 import sys
 
-from sktransfer.cli_errors import IOFailure, UsageError
-from sktransfer.cli_sources import (
+from sktransfer.cli.errors import IOFailure, UsageError
+from sktransfer.cli.sources import (
     Bad,
     columns,
     file_lines,
@@ -226,8 +226,8 @@ def iter_items(plan, modality, column, cuts=None):
     """``(id, item or Bad)`` for every input, lazily, in command-line order.
 
     An input that fails part way (an I/O error, a file removed) raises
-    :class:`~sktransfer.cli_errors.IOFailure` naming it. ``cuts``: a
-    :class:`~sktransfer.cli_sources.Cuts` counting the texts cut to 1 MiB.
+    :class:`~sktransfer.cli.errors.IOFailure` naming it. ``cuts``: a
+    :class:`~sktransfer.cli.sources.Cuts` counting the texts cut to 1 MiB.
     """
     for kind, spec in plan:
         try:
