@@ -295,7 +295,7 @@ def _rebuild(path, meta, members):
     lora, state = adapters.from_file(meta, state)
     info = {}
     net, tokenizer = _build_net(meta, source, members, state, info=info)
-    checks.check_weights(state, net)
+    checks.check_weights({**state, **(lora or {}).get("tensors", {})}, net)
     if meta["store_backbone"] == "reference":
         if lora is not None:  # re-merged into the packaged weights, checked by the digest
             adapters.merge_into(net, lora)

@@ -262,6 +262,16 @@ def test_every_saved_attribute_has_a_check(files):
         assert set(saved) <= set(fitted.CHECKS), (kind, set(saved) - set(fitted.CHECKS))
 
 
+def test_lr_range_test_record_passes_its_check():
+    ctx = {}
+    fitted.CHECKS["lr_find_"]("lr_find_", {"lrs": [1e-5, 1e-3], "losses": [0.7, float("nan")]}, ctx)
+    fitted.CHECKS["lr_"]("lr_", None, ctx)
+    with pytest.raises(ValueError, match="lr_find_"):
+        fitted.CHECKS["lr_find_"]("lr_find_", {"lrs": "x"}, ctx)
+    with pytest.raises(ValueError, match="lr_"):
+        fitted.CHECKS["lr_"]("lr_", float("inf"), ctx)
+
+
 def test_save_refuses_what_load_would_refuse(files, tmp_path):
     (est, raw), _ = files["clf"]
     prep = est.preprocessing_
