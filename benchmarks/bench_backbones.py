@@ -4,7 +4,7 @@ For each model below, on preprocessed batches (seeded standard-normal pixels; se
 word sentences through the model's own tokenizer, padded per batch):
 
 * ``<model>_max_abs_diff``: the backbone's blocks chained and pooled, as sktransfer's
-  frozen extraction runs them (``sktransfer.training.batches.run_blocks`` over a
+  frozen extraction runs them (``sktransfer.runtime.runners.run_blocks`` over a
   ``TransferNet`` in the layout the estimators pick: images channels-last on the CPU),
   against the model's own forward (its pooled output), max absolute difference.
 * ``<model>_extraction_ratio``: throughput of that same library path divided by the
@@ -17,7 +17,7 @@ word sentences through the model's own tokenizer, padded per batch):
   and off: about 0.8 ms on a tiny model, once per call) and one array per sample; the
   reference is the model's forward over the same batches. Image batches come
   channels-last, as ``PixelBatch`` delivers them. The glibc heap is tuned first
-  (``sktransfer.training.heap.tune_heap``, as sktransfer's image and text batches do
+  (``sktransfer.runtime.allocator.tune_heap``, as sktransfer's image and text batches do
   before a CPU forward; process-wide, so for the reference too): left untuned, whether
   freed activations are re-faulted depends on the process's history, and ratios swung
   by 20-30% from run to run.
@@ -59,7 +59,7 @@ WORDS = [f"w{i}" for i in range(200)]
 
 
 def _transformers():
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     import transformers
@@ -264,7 +264,7 @@ def _net(backbone, kind):
     from torch import nn
 
     from sktransfer.freezing import TransferNet
-    from sktransfer.training.batches import runs_channels_last, set_layout
+    from sktransfer.runtime.device import runs_channels_last, set_layout
 
     blocks = [m for _, m in backbone.blocks]
     names = [n for n, _ in backbone.blocks]
@@ -317,7 +317,7 @@ def _best_times(library, reference, rounds):
 def _measure(label, backbone, own, kind, n, batch, rounds):
     import torch
 
-    from sktransfer.training.batches import run_blocks
+    from sktransfer.runtime.runners import run_blocks
 
     batches = (_image_batches if kind == "image" else _text_batches)(backbone, n, batch)
     net, channels_last = _net(backbone, kind)
@@ -362,7 +362,7 @@ def _measure(label, backbone, own, kind, n, batch, rounds):
 
 
 def run(quick: bool) -> list[Result]:
-    from sktransfer.training.heap import tune_heap
+    from sktransfer.runtime.allocator import tune_heap
 
     tune_heap()  # as sktransfer's own CPU batches do first; process-wide, so for both sides
     size = SIZES[quick]

@@ -102,7 +102,7 @@ def _tiny_model(X_tr, y_tr, tmp):
     import torch
 
     import sktransfer
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     from transformers import AutoTokenizer, BertConfig, BertModel

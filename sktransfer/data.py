@@ -5,7 +5,8 @@ Everything here is cheap to validate up front (:func:`check_images`,
 pixels), so datasets stay small and picklable for ``DataLoader`` workers.
 Error messages always name the offending sample index (and path).
 
-This is the module to import from; the code lives in one file per concept:
+This is the public module to import from (the library itself imports from where each name
+lives); the code lives in one file per concept:
 :mod:`sktransfer.inputs.images` (image adapters and :func:`load_image_folder`),
 :mod:`sktransfer.inputs.texts` (text adapters), :mod:`sktransfer.cache.keys`
 (the feature cache's content keys) and :mod:`sktransfer.inputs.containers` (what image and

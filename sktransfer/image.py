@@ -16,10 +16,10 @@ from sktransfer._estimator.classifier import CLASSIFIER_CONSTRAINTS, PretrainedC
 from sktransfer._estimator.docs import documented
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
-from sktransfer.data import ImageDataset, check_images
 from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
+from sktransfer.inputs.images import ImageDataset, check_images
 from sktransfer.inputs.pixels import StackPixels
-from sktransfer.training.batches import ArrayDataset
+from sktransfer.runtime.batches import ArrayDataset
 
 _EMBEDDER_CONSTRAINTS = {
     "backbone": "no_validation",

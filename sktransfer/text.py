@@ -13,7 +13,7 @@ from sktransfer._estimator.classifier import CLASSIFIER_CONSTRAINTS, PretrainedC
 from sktransfer._estimator.docs import documented
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
-from sktransfer.data import TextDataset, check_texts, make_text_collate
+from sktransfer.inputs.texts import TextDataset, check_texts, make_text_collate
 
 _TEXT_CONSTRAINTS = {
     "backbone": "no_validation",

@@ -107,7 +107,7 @@ def texts():
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A 2-layer random BERT with a real WordPiece tokenizer saved to a directory."""
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -8,8 +8,8 @@ import torch
 from PIL import Image, ImageOps
 
 from sktransfer import PretrainedImageClassifier
-from sktransfer.backbones._base import ImagePreprocessing
 from sktransfer.inputs.augment import RandomResizedCrop, make_augment, tta_views
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 
 def _image(seed=0, size=(20, 14)):

@@ -21,8 +21,8 @@ from torch import nn
 
 import sktransfer
 from sktransfer import PretrainedTextClassifier
-from sktransfer.backbones._base import Backbone, TextState, warn_if_unsplit
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.base import Backbone, TextState, warn_if_unsplit
+from sktransfer.backbones.compat import ensure_transformers_importable
 from sktransfer.backbones.huggingface import backbone_from_hf_model, load_huggingface
 from sktransfer.backbones.registry import list_sources, resolve_backbone
 

@@ -11,7 +11,7 @@ import torch
 
 import sktransfer
 from sktransfer import ImageEmbedder, PretrainedImageClassifier
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.compat import ensure_transformers_importable
 from sktransfer.backbones.hf_vision import (
     load_hf_vision,
     preprocessing_from_config,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import sktransfer
-from sktransfer.backbones._base import TextState
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.base import TextState
+from sktransfer.backbones.compat import ensure_transformers_importable
 from sktransfer.backbones.huggingface import TextPool, backbone_from_hf_model, load_huggingface
 
 ensure_transformers_importable()
@@ -227,7 +227,7 @@ def test_bad_pooling_rejected(bert_dir):
 def test_transformers_import_in_fresh_process():
     root = str(Path(sktransfer.__file__).resolve().parents[1])
     code = (
-        "from sktransfer.backbones._compat import ensure_transformers_importable as e\n"
+        "from sktransfer.backbones.compat import ensure_transformers_importable as e\n"
         "e(); e()\n"
         "from transformers import BertModel\n"
         "import torchvision.models\n"

@@ -8,7 +8,7 @@ import urllib.error
 import pytest
 import torch
 
-from sktransfer.backbones import _compat
+from sktransfer.backbones import compat as _compat
 from sktransfer.backbones.torchvision import (
     TORCHVISION_MODELS,
     backbone_from_torchvision_module,

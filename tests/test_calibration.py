@@ -20,8 +20,9 @@ from torch import nn
 
 from sktransfer import ImageEmbedder, PretrainedImageClassifier, cache_info
 from sktransfer.cache import config_context
-from sktransfer.training import calibrate, microbatch
-from sktransfer.training.calibrate import REPS, Calibration, architecture_key, candidates
+from sktransfer.runtime import batch_tuning as calibrate
+from sktransfer.runtime import microbatch
+from sktransfer.runtime.batch_tuning import REPS, Calibration, architecture_key, candidates
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from sktransfer.backbones._base import ImagePreprocessing, TextPreprocessing
 from sktransfer.data import (
     ImageDataset,
     TextDataset,
@@ -22,6 +21,7 @@ from sktransfer.data import (
     preprocess_image,
     sample_keys,
 )
+from sktransfer.inputs.preprocessing import ImagePreprocessing, TextPreprocessing
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -338,7 +338,8 @@ def _mixed_images():
 def test_uint8_pixels_normalised_on_the_device_equal_the_float_path(channels_last):
     """uint8 batches + normalisation after the device copy give bit-identical input."""
     from sktransfer.inputs.pixels import PixelBatch, StackPixels
-    from sktransfer.training.batches import Collate, to_device
+    from sktransfer.runtime.batches import Collate
+    from sktransfer.runtime.device import to_device
 
     prep = ImagePreprocessing(image_size=16, resize_size=18, mean=MEAN, std=STD)
     items = check_images(_mixed_images())
@@ -359,7 +360,8 @@ def test_uint8_pixels_normalised_on_the_device_equal_the_float_path(channels_las
 
 def test_pixel_batches_come_through_worker_processes_and_pickle():
     from sktransfer.inputs.pixels import PixelBatch, StackPixels
-    from sktransfer.training.batches import Collate, to_device
+    from sktransfer.runtime.batches import Collate
+    from sktransfer.runtime.device import to_device
 
     prep = ImagePreprocessing(image_size=12)
     items = check_images(_mixed_images())

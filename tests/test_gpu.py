@@ -41,7 +41,7 @@ def test_gpu_features_match_cpu_features(cnn, digits_small):
 
 def test_pinned_uint8_batches_are_normalised_on_the_gpu():
     from sktransfer.inputs.pixels import PixelBatch
-    from sktransfer.training.batches import to_device
+    from sktransfer.runtime.device import to_device
 
     pixels = torch.randint(0, 256, (5, 3, 9, 7), dtype=torch.uint8)
     batch = PixelBatch(pixels, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).pin_memory()

@@ -24,8 +24,8 @@ from sktransfer import (
 )
 from sktransfer.cache import config_context
 from sktransfer.inputs.texts import TextCollate
-from sktransfer.training import microbatch
-from sktransfer.training.microbatch import inference_batch_size, length_order, restore_order
+from sktransfer.runtime import microbatch
+from sktransfer.runtime.microbatch import inference_batch_size, length_order, restore_order
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 

@@ -24,7 +24,7 @@ from sktransfer.io import pickling, safe_format
 
 def _torchvision_ok():
     try:
-        from sktransfer.backbones._compat import import_torchvision
+        from sktransfer.backbones.compat import import_torchvision
 
         import_torchvision()
         return True

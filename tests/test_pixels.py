@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from sktransfer.backbones._base import ImagePreprocessing
 from sktransfer.data import ImageDataset, check_images, load_rgb, preprocess_image
 from sktransfer.inputs import images as images_module
 from sktransfer.inputs.pixels import PixelBatch, StackPixels
-from sktransfer.training import heap
-from sktransfer.training.batches import Collate, to_device
+from sktransfer.inputs.preprocessing import ImagePreprocessing
+from sktransfer.runtime import allocator as heap
+from sktransfer.runtime.batches import Collate
+from sktransfer.runtime.device import to_device
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -148,19 +149,21 @@ def test_a_tuned_heap_keeps_freed_activations_mapped():
     assert not tuned  # the opt-out leaves glibc's own (trimming) thresholds
 
 
-def test_a_cpu_image_batch_tunes_the_heap_once(monkeypatch):
+def test_the_first_batch_moved_to_the_cpu_tunes_the_heap_once(monkeypatch):
     monkeypatch.setitem(heap._STATE, "done", False)
     pixels = torch.zeros((1, 3, 4, 4), dtype=torch.uint8)
-    PixelBatch(pixels, MEAN, STD).to("cpu")
+    to_device(PixelBatch(pixels, MEAN, STD), "cpu")
     assert heap._STATE["done"]
     assert heap.tune_heap() == (_GLIBC and os.environ.get(heap.ENV, "1") != "0")
 
 
-def test_a_text_batch_tunes_the_heap_when_there_is_no_gpu(tiny_bert_dir, monkeypatch):
+def test_a_text_batch_moved_to_the_cpu_tunes_the_heap(tiny_bert_dir, monkeypatch):
     from sktransfer import TextEmbedder
     from sktransfer.inputs.texts import TextCollate
 
     prep = TextEmbedder(tiny_bert_dir).fit(["a"]).preprocessing_
     monkeypatch.setitem(heap._STATE, "done", False)
-    TextCollate(prep)([("a text", 0), ("another", 0)])
-    assert heap._STATE["done"] != torch.cuda.is_available()
+    x, _ = TextCollate(prep)([("a text", 0), ("another", 0)])
+    assert not heap._STATE["done"]  # collation (maybe in a worker process) tunes nothing
+    to_device(x, "cpu")  # the process that runs the forward does
+    assert heap._STATE["done"]

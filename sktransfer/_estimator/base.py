@@ -39,18 +39,17 @@ from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
 from sktransfer.io.pickling import PicklableModulesMixin
-from sktransfer.runtime.rng import borrowed_generators
-from sktransfer.training.batches import (
-    Collate,
-    LabeledDataset,
+from sktransfer.runtime.batch_tuning import inference_loader
+from sktransfer.runtime.batches import Collate, LabeledDataset
+from sktransfer.runtime.device import (
     cudnn_autotune,
-    predict_logits,
     resolve_device,
     resolve_precision,
     runs_channels_last,
     set_layout,
 )
-from sktransfer.training.calibrate import inference_loader
+from sktransfer.runtime.rng import borrowed_generators
+from sktransfer.runtime.runners import predict_logits
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
 from sktransfer.training.lora import add_lora, check_adapter, count_trainable, merge_lora
 from sktransfer.training.regularization import L2SP
@@ -152,9 +151,9 @@ class PretrainedEstimatorBase(
 
     def _loader(self, dataset, kind, prep, device, collate=None):
         """An inference loader: micro-batches of ``inference_batch_size`` (``None``: the
-        device's size, :func:`~sktransfer.training.microbatch.inference_batch_size`,
+        device's size, :func:`~sktransfer.runtime.microbatch.inference_batch_size`,
         balanced over the dataset, calibrated per backbone for CPU images,
-        :mod:`sktransfer.training.calibrate`), not the training ``batch_size``."""
+        :mod:`sktransfer.runtime.batch_tuning`), not the training ``batch_size``."""
         collate = Collate(self._collate(kind, prep)) if collate is None else collate
         return inference_loader(dataset, self.inference_batch_size, kind, device, prep, collate,
                                 num_workers=self.num_workers)  # fmt: skip

@@ -106,8 +106,8 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         cached activations, predictions). ``None``: chosen for the device (CPU:
         a batch whose activations stay in cache, 4 images at 224 px, then
         calibrated per backbone on the first batches; CUDA: the largest that
-        fits); see :mod:`sktransfer.training.microbatch` and
-        :mod:`sktransfer.training.calibrate`. Outputs do not depend on it beyond
+        fits); see :mod:`sktransfer.runtime.microbatch` and
+        :mod:`sktransfer.runtime.batch_tuning`. Outputs do not depend on it beyond
         float rounding, and cached features are reused across sizes.
         """,
     ),

@@ -15,14 +15,10 @@ from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.cache.keys import block_namespace, sample_keys
 from sktransfer.freezing import TransferNet
 from sktransfer.io.pickling import PicklableModulesMixin
-from sktransfer.training.batches import (
-    Collate,
-    resolve_device,
-    run_blocks,
-    runs_channels_last,
-    set_layout,
-)
-from sktransfer.training.calibrate import inference_loader
+from sktransfer.runtime.batch_tuning import inference_loader
+from sktransfer.runtime.batches import Collate
+from sktransfer.runtime.device import resolve_device, runs_channels_last, set_layout
+from sktransfer.runtime.runners import run_blocks
 
 
 def _on(tensor, device) -> bool:

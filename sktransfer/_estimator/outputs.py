@@ -3,7 +3,7 @@
 Frozen features (the whole backbone, pooled) and the activations at a frozen boundary
 (partial fine-tuning) are both "the outputs of blocks ``[:stop]``": looked up per sample in
 :mod:`sktransfer.cache`, and only the misses run the backbone, in inference micro-batches
-(:mod:`sktransfer.training.microbatch`; texts longest first, outputs in input order).
+(:mod:`sktransfer.runtime.microbatch`; texts longest first, outputs in input order).
 
 The feature size of a user module (unknown until it runs) is found by a one-sample probe
 forward, remembered per module digest: a search over one module pays it once.
@@ -18,8 +18,9 @@ from torch.nn.parameter import is_lazy
 from sktransfer.cache import count_forwards, get_config, lookup
 from sktransfer.cache.keys import block_namespace, digest, sample_keys
 from sktransfer.cache.lru import LRU
-from sktransfer.training.batches import PadTokens, RowsDataset, run_blocks
-from sktransfer.training.microbatch import length_order, restore_order
+from sktransfer.runtime.batches import PadTokens, RowsDataset
+from sktransfer.runtime.microbatch import length_order, restore_order
+from sktransfer.runtime.runners import run_blocks
 
 _PROBED = LRU(1024)  # digest of (blocks + pool, preprocessing, input kind and width) -> dim
 _PROBED_LOCK = threading.Lock()

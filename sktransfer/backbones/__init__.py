@@ -1,12 +1,6 @@
 """Backbone registry and resolution (one leaf module per source)."""
 
-from sktransfer.backbones._base import (
-    Backbone,
-    ImagePreprocessing,
-    TextPreprocessing,
-    TextState,
-    warn_if_unsplit,
-)
+from sktransfer.backbones.base import Backbone, TextState, warn_if_unsplit
 from sktransfer.backbones.registry import (
     BackboneInfo,
     list_backbones,
@@ -14,6 +8,7 @@ from sktransfer.backbones.registry import (
     register_backbone,
     resolve_backbone,
 )
+from sktransfer.inputs.preprocessing import ImagePreprocessing, TextPreprocessing
 
 __all__ = [
     "Backbone",

@@ -5,7 +5,7 @@ the attention mask, a relative-position bias or bucket table, rotary embeddings.
 into blocks, each layer block would recompute them. :func:`once_per_forward` keeps the
 last value of each such computation for as long as the batch's 0/1 token ``mask``
 tensor lives (it flows unchanged through every block of one forward, in the
-:class:`~sktransfer.backbones._base.TextState`), so the blocks compute it once, as the
+:class:`~sktransfer.backbones.base.TextState`), so the blocks compute it once, as the
 model does.
 
 Safety: a value is reused only when it provably equals a recomputation.

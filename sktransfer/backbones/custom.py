@@ -13,7 +13,8 @@ import sys
 
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, ImagePreprocessing
+from sktransfer.backbones.base import Backbone
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 
 class AutoPool(nn.Module):

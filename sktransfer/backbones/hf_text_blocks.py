@@ -1,7 +1,7 @@
 """Block splits of text encoders beyond BERT-class: DeBERTa (v1, v2/v3), MPNet, ModernBERT.
 
 Each family is split into ``embeddings`` and ``layer.0`` .. ``layer.N-1`` that pass a
-:class:`~sktransfer.backbones._base.TextState` along, as the BERT split does. Chained,
+:class:`~sktransfer.backbones.base.TextState` along, as the BERT split does. Chained,
 the blocks compute what the model's own ``forward`` computes (checked against
 transformers 5), so ``freeze_depth`` can stop anywhere between two layers.
 
@@ -34,8 +34,8 @@ import inspect
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import TextState
 from sktransfer.backbones._forward_memo import once_per_forward
+from sktransfer.backbones.base import TextState
 
 __all__ = ["FAMILIES", "layer_mask", "split_text_encoder"]
 

@@ -14,8 +14,8 @@ import tempfile
 
 import torch
 
-from sktransfer.backbones._base import Backbone
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.base import Backbone
+from sktransfer.backbones.compat import ensure_transformers_importable
 
 __all__ = ["HF_CONFIG", "TOKENIZER_DIR", "TOKENIZER_SUFFIXES", "rebuild_huggingface"]
 

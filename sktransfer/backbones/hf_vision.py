@@ -33,8 +33,8 @@ import os
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.base import Backbone
+from sktransfer.backbones.compat import ensure_transformers_importable
 from sktransfer.backbones.hf_vision_families import (
     FAMILY_CLASSES,
     MODEL_TYPES,

@@ -10,7 +10,7 @@ pixels: resize the shorter side to ``shortest_edge / crop_pct``, centre-crop
 
 from __future__ import annotations
 
-from sktransfer.backbones._base import ImagePreprocessing
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 __all__ = ["preprocessing_from_config"]
 

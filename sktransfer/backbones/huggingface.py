@@ -26,11 +26,12 @@ import os
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, TextPreprocessing, TextState
-from sktransfer.backbones._compat import ensure_transformers_importable
+from sktransfer.backbones.base import Backbone, TextState
+from sktransfer.backbones.compat import ensure_transformers_importable
 from sktransfer.backbones.hf_st_layout import POOLINGS, sentence_transformers_defaults
 from sktransfer.backbones.hf_text_blocks import FAMILIES, layer_mask, split_text_encoder
 from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
+from sktransfer.inputs.preprocessing import TextPreprocessing
 
 __all__ = ["TextPool", "backbone_from_hf_model", "load_huggingface"]
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, ImagePreprocessing
+from sktransfer.backbones.base import Backbone
 from sktransfer.backbones.registry import BackboneSource, register_backbone, register_source
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 inputs.
 _LITE_MEAN = (127.0 / 255.0,) * 3

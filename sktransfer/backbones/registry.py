@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone
+from sktransfer.backbones.base import Backbone
 from sktransfer.cache.lru import LRU
 
 DEFAULTS = {"image": "efficientnet_lite0", "text": "all-MiniLM-L6-v2"}

@@ -36,9 +36,10 @@ import os
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, ImagePreprocessing
-from sktransfer.backbones._compat import import_torchvision
+from sktransfer.backbones.base import Backbone
+from sktransfer.backbones.compat import import_torchvision
 from sktransfer.backbones.registry import BackboneSource, register_source
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 __all__ = ["PREFIX", "backbone_from_timm_module", "is_timm_module", "load_timm", "rebuild_timm"]
 

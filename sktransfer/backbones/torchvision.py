@@ -14,7 +14,7 @@ Supported families and their blocks (input -> output):
   embedding, dropout), ``encoder_layer_0`` ..; pool = final LayerNorm + class token.
 
 The classification head is dropped: ``pool`` returns what the head would read.
-torchvision is imported lazily (see :mod:`sktransfer.backbones._compat`). On import
+torchvision is imported lazily (see :mod:`sktransfer.backbones.compat`). On import
 this leaf registers every name in :data:`TORCHVISION_MODELS` and the ``"torchvision"``
 source, which rebuilds a saved architecture for the safe format.
 """
@@ -29,8 +29,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from sktransfer.backbones._base import Backbone, ImagePreprocessing
-from sktransfer.backbones._compat import import_torchvision
+from sktransfer.backbones.base import Backbone
+from sktransfer.backbones.compat import import_torchvision
 from sktransfer.backbones.registry import (
     BackboneSource,
     is_registered,
@@ -40,6 +40,7 @@ from sktransfer.backbones.registry import (
 from sktransfer.backbones.state_dicts import looks_like_path as _looks_like_path
 from sktransfer.backbones.state_dicts import preview as _preview
 from sktransfer.backbones.state_dicts import read_state_dict as _read_state_dict
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 __all__ = ["TORCHVISION_MODELS", "backbone_from_torchvision_module", "load_torchvision"]
 

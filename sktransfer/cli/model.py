@@ -50,7 +50,7 @@ def load_model(path, device=None, quantize=None, *, allow_pickle=False):
         what = "not found" if not os.path.exists(path) else "not a regular file"
         raise UsageError(f"model file {what}: {path}")
     if device is not None:
-        from sktransfer.training.batches import resolve_device
+        from sktransfer.runtime.device import resolve_device
 
         try:
             resolve_device(device)

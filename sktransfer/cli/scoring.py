@@ -100,8 +100,8 @@ def call_size(est, requested):
     """Items per model call: ``requested``, rounded up to whole micro-batches when the
     model's inference micro-batch is automatic (256 images at 64 px: 294, six forwards of
     49, rather than five and a slow one of 11)."""
-    from sktransfer.training.batches import resolve_device
-    from sktransfer.training.microbatch import inference_batch_size
+    from sktransfer.runtime.device import resolve_device
+    from sktransfer.runtime.microbatch import inference_batch_size
 
     try:
         if est.get_params().get("inference_batch_size", 0) is not None:
@@ -224,7 +224,7 @@ def _open_regular(path, guard):
 def _decode_image(path, guard):
     from PIL import Image
 
-    from sktransfer.data import load_rgb
+    from sktransfer.inputs.images import load_rgb
 
     try:
         with _open_regular(path, guard) as fh, Image.open(fh) as im:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from sktransfer.backbones._base import ImagePreprocessing
 from sktransfer.inputs.containers import _as_targets, _to_list
 from sktransfer.inputs.crops import array_pixels, as_uint8, crop_box, pixels_tensor, resample_filter
+from sktransfer.inputs.preprocessing import ImagePreprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -3,7 +3,7 @@
 Inside the estimators an image dataset yields the resized, cropped pixels as uint8
 (``ImageDataset(..., normalize=False)``) and :class:`StackPixels` collates them into
 a :class:`PixelBatch`. The float conversion and the mean/std normalisation run in
-:func:`sktransfer.training.batches.to_device`, after the copy to the device. So a quarter of
+:func:`sktransfer.runtime.device.to_device`, after the copy to the device. So a quarter of
 the bytes cross the DataLoader workers' shared memory, the pinned-memory copy and
 the host-to-device transfer, and the workers do no per-pixel float arithmetic.
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import default_collate
-
-from sktransfer.training.heap import tune_heap_for
 
 
 def _floats(v) -> tuple:
@@ -55,7 +53,6 @@ class PixelBatch:
         """The normalised float32 batch on ``device`` (channels-last when asked, else
         contiguous NCHW)."""
         cl = torch.channels_last
-        tune_heap_for(torch.device(device))  # CPU forwards: keep activation pages mapped
         x = self.pixels.to(device, non_blocking=True)
         n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
         if x.dim() != 4 or not _per_channel(self.mean, c) or not _per_channel(self.std, c):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sktransfer.backbones._base import TextPreprocessing
 from sktransfer.inputs.containers import _as_targets, _to_list
-from sktransfer.training.heap import tune_heap_unless_cuda
+from sktransfer.inputs.preprocessing import TextPreprocessing
 
 
 def check_texts(X):
@@ -129,7 +128,6 @@ class TextCollate:
         self.prep = prep
 
     def __call__(self, batch):
-        tune_heap_unless_cuda()  # CPU forwards: keep activation pages mapped
         texts, targets = zip(*batch)
         enc = self.prep.tokenizer(
             [clip_for_tokenizer(t, self.prep.tokenizer, self.prep.max_length) for t in texts],

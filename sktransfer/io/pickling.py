@@ -49,9 +49,9 @@ def _rebuild(cls):
     Pickle calls this before it unpickles the estimator's state, which may hold
     transformers tokenizers or torchvision modules; in a fresh process (a joblib
     file, a Dask worker) their imports would otherwise hit the CPU-torch /
-    CUDA-torchvision mismatch that :mod:`sktransfer.backbones._compat` works around.
+    CUDA-torchvision mismatch that :mod:`sktransfer.backbones.compat` works around.
     """
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     return cls.__new__(cls)

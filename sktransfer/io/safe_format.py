@@ -269,7 +269,7 @@ def load(path, device=None, quantize=None):
     with malformed(path):
         est = _rebuild(path, meta, members)
     if device is not None:
-        from sktransfer.training.batches import resolve_device
+        from sktransfer.runtime.device import resolve_device
 
         resolve_device(device)  # fail early on a device this machine lacks
         est.set_params(device=device)

@@ -37,7 +37,9 @@ from torch import nn
 
 from sktransfer._estimator.outputs import run_in_length_order
 from sktransfer._estimator.params import check_finite_rows, check_finite_weights
-from sktransfer.training.batches import Collate, autocast, run_blocks, to_device
+from sktransfer.runtime.batches import Collate
+from sktransfer.runtime.device import autocast, to_device
+from sktransfer.runtime.runners import run_blocks
 from sktransfer.training.loop import NonFiniteLossError, TrainConfig, param_groups
 from sktransfer.training.lora import add_lora, count_trainable, merge_lora
 from sktransfer.training.schedules import make_scheduler

@@ -24,7 +24,7 @@ from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
-from sktransfer.training.batches import autocast, to_device
+from sktransfer.runtime.device import autocast, to_device
 from sktransfer.training.loaders import training_loader
 from sktransfer.training.schedules import BatchLRScheduler, lr_range_test
 

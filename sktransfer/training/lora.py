@@ -36,12 +36,12 @@ _LORA_PARAM = "lora_"  # peft's prefix of every adapter parameter name
 
 def require_peft():
     """``peft``, or ImportError with the install hint (peft imports transformers, made
-    importable first: :mod:`sktransfer.backbones._compat`)."""
+    importable first: :mod:`sktransfer.backbones.compat`)."""
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
         raise ImportError(_PEFT_HINT)
-    from sktransfer.backbones._compat import ensure_transformers_importable
+    from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     import peft

@@ -377,7 +377,7 @@ def test_any_edit_loads_a_working_model_or_is_refused_naming_the_path(files, tmp
 # --------------------------------------------------------------------------- image model
 def _torchvision_ok():
     try:
-        from sktransfer.backbones._compat import import_torchvision
+        from sktransfer.backbones.compat import import_torchvision
 
         import_torchvision()
         return True

@@ -11,7 +11,7 @@ without gradients depends on the device, not on the optimisation.
   a pixel budget, ``4 x 224 x 224`` pixels per batch (4 images at 224 px, 49 at 64 px),
   clamped to ``[1, 64]``, and balanced over the items of a call (:func:`balanced`). When
   the size is automatic, the image loaders then calibrate it per backbone and image size
-  around the rule's (:mod:`sktransfer.training.calibrate`). Texts run 32 per batch
+  around the rule's (:mod:`sktransfer.runtime.batch_tuning`). Texts run 32 per batch
   (sorted by length, see below; flat between 16 and 64 for MiniLM-L6), vectors 256.
 * CUDA: the largest batch that fits, by a simple rule: ``256 x 224 x 224`` pixels per batch
   (clamped to ``[1, 1024]``), 256 texts, 1024 vectors.

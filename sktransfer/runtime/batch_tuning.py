@@ -1,6 +1,6 @@
 """Per-backbone calibration of the CPU image micro-batch, on the first real batches.
 
-The CPU rule of :mod:`sktransfer.training.microbatch` is one pixel budget (4 images at
+The CPU rule of :mod:`sktransfer.runtime.microbatch` is one pixel budget (4 images at
 224 px), and no single budget suits every network: measured one thread at 224 px
 (``benchmarks/bench_inference.py``), EfficientNet-Lite0's raw loop is fastest at batch 1-4
 and ResNet-18's at 8 (5% above 4). So when an image micro-batch is automatic on the CPU,
@@ -49,7 +49,7 @@ import weakref
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from sktransfer.training.microbatch import IMAGE_BOUNDS, balanced, inference_batch_size
+from sktransfer.runtime.microbatch import IMAGE_BOUNDS, balanced, inference_batch_size
 
 #: candidate sizes: the rule's size times these factors, clamped to the CPU bounds
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -200,7 +200,7 @@ def _own():
 
 def inference_loader(dataset, requested, kind, device, prep, collate, num_workers=0):
     """A loader of inference micro-batches: ``requested`` images/texts per batch when
-    forced, else the device's rule (:func:`~sktransfer.training.microbatch.inference_batch_size`),
+    forced, else the device's rule (:func:`~sktransfer.runtime.microbatch.inference_batch_size`),
     calibrated for CPU images (see the module doc) once a timed loop binds it."""
     dev = torch.device(device)
     pin = dev.type == "cuda"

@@ -22,10 +22,12 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from sktransfer.inputs.preprocessing import ImagePreprocessing, TextPreprocessing
 
 
 class TextState(NamedTuple):
@@ -33,28 +35,6 @@ class TextState(NamedTuple):
 
     hidden: torch.Tensor  # (n, seq, d)
     attention_mask: torch.Tensor  # (n, seq), 1 = real token
-
-
-@dataclass
-class ImagePreprocessing:
-    """How raw images become the tensor block 0 expects."""
-
-    image_size: int = 224
-    resize_size: int | None = None  # shorter side before the centre crop; None = image_size
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-
-
-@dataclass
-class TextPreprocessing:
-    """How raw strings become block 0's dict of tensors."""
-
-    tokenizer: Any  # a transformers tokenizer (callable: texts -> BatchEncoding)
-    max_length: int = 256
-    pooling: str = "mean"  # "mean" | "cls"
-    normalize: bool = False  # L2-normalise pooled features (sentence-transformers style)
-    max_positions: int | None = None  # the model's position limit (max_length may not exceed it)
 
 
 @dataclass
