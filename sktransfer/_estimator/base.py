@@ -98,7 +98,11 @@ class PretrainedEstimatorBase(
     def _target(self):
         """The fitted estimator's target piece (``target_type_``)."""
         name = getattr(self, "target_type_", self._targets[-1].name)
-        return next(t for t in self._targets if t.name == name)()
+        for target in self._targets:
+            if target.name == name:
+                return target()
+        known = ", ".join(repr(t.name) for t in self._targets)
+        raise ValueError(f"target_type_ is {name!r}; a {type(self).__name__} knows {known}")
 
     def _reset(self):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
