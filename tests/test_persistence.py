@@ -17,9 +17,10 @@ from sklearn.utils.validation import check_is_fitted
 
 import sktransfer
 from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
+from sktransfer._estimator import pickling
 from sktransfer.deploy import is_quantized
 from sktransfer.io import archive as _archive
-from sktransfer.io import pickling, safe_format
+from sktransfer.io import safe_format
 
 
 def _torchvision_ok():
@@ -120,7 +121,7 @@ def test_joblib_text_model_loads_in_fresh_process(bert_clf, tmp_path):
 def test_pickle_from_newer_version_names_both(bert_clf, monkeypatch):
     clf, _ = bert_clf
     blob = pickle.dumps(clf)
-    monkeypatch.setattr(pickling, "_version", lambda: "0.0.1")
+    monkeypatch.setattr(pickling, "sktransfer_version", lambda: "0.0.1")
     with pytest.raises(RuntimeError, match=r"sktransfer 0\.1\.\d.*installed 0\.0\.1"):
         pickle.loads(blob)
 
@@ -403,3 +404,20 @@ def test_json_helpers_roundtrip():
     assert back["c"] == [None, True]
     with pytest.raises(TypeError, match="cannot be saved"):
         _archive._to_json({"f": io.BytesIO()}, "v")
+
+
+def test_a_joblib_file_written_before_the_package_moves_still_loads():
+    """tests/data/cnn_classifier_22d6b52.joblib: a frozen classifier on a tiny CNN pickled by
+    sktransfer at commit 22d6b52, before io/pickling.py and backbones/_base.py moved; pickle
+    finds _rebuild and ImagePreprocessing under their old module paths."""
+    import warnings
+
+    import joblib
+
+    data = os.path.join(os.path.dirname(__file__), "data")
+    X = np.random.RandomState(0).randint(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (another minor version: a warning, not an error)
+        est = joblib.load(os.path.join(data, "cnn_classifier_22d6b52.joblib"))
+    expected = np.load(os.path.join(data, "cnn_classifier_22d6b52_proba.npy"))
+    np.testing.assert_allclose(est.predict_proba(X), expected, rtol=1e-5, atol=1e-6)

@@ -32,13 +32,13 @@ from sktransfer._estimator.params import (
     check_finite_weights,
     check_weights,
 )
+from sktransfer._estimator.pickling import PicklableModulesMixin
 from sktransfer._estimator.split import validation_split
 from sktransfer._estimator.state import FitState
 from sktransfer._estimator.targets import training_weights
 from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet, resolve_freeze_depth
-from sktransfer.io.pickling import PicklableModulesMixin
 from sktransfer.runtime.batch_tuning import inference_loader
 from sktransfer.runtime.batches import Collate, LabeledDataset
 from sktransfer.runtime.device import (

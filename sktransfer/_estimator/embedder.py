@@ -10,11 +10,11 @@ from torch import nn
 
 from sktransfer._estimator.outputs import remember_dim, remembered_dim, run_in_length_order
 from sktransfer._estimator.ownership import OwnedModuleMixin
+from sktransfer._estimator.pickling import PicklableModulesMixin
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
 from sktransfer.cache.keys import block_namespace, sample_keys
 from sktransfer.freezing import TransferNet
-from sktransfer.io.pickling import PicklableModulesMixin
 from sktransfer.runtime.batch_tuning import inference_loader
 from sktransfer.runtime.batches import Collate
 from sktransfer.runtime.device import resolve_device, runs_channels_last, set_layout

@@ -188,7 +188,7 @@ def _split_blocks(model) -> tuple[list[tuple[str, nn.Module]], str | None]:
     return blocks, None
 
 
-def _position_limit(config) -> int | None:
+def position_limit(config) -> int | None:
     limit = getattr(config, "max_position_embeddings", None)
     if not isinstance(limit, int) or limit <= 0:
         return None
@@ -254,7 +254,7 @@ def backbone_from_hf_model(
         preprocessing=TextPreprocessing(
             tokenizer=tokenizer,
             max_length=int(max_length),
-            max_positions=_position_limit(model.config),
+            max_positions=position_limit(model.config),
             pooling=pooling,
             normalize=bool(normalize),
         ),
@@ -359,7 +359,7 @@ def load_huggingface(name_or_path, pooling=None, max_length=None, normalize=None
         candidates = [
             tokenizer.model_max_length,
             st["max_seq_length"],
-            _position_limit(model.config),
+            position_limit(model.config),
         ]
         max_length = min(
             [_MAX_LENGTH_CAP] + [int(c) for c in candidates if isinstance(c, int) and c > 0]

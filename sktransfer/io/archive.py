@@ -28,8 +28,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from sktransfer._estimator.pickling import check_version, sktransfer_version
 from sktransfer.io.atomic import atomic_write
-from sktransfer.io.pickling import _version, check_version
 
 FORMAT_NAME = "sktransfer-model"
 FORMAT_VERSION = 1
@@ -331,7 +331,7 @@ def _parse_manifest(path, manifest):
     if fmt > FORMAT_VERSION:
         raise _Refused(
             f"{path!r} uses sktransfer file format {fmt} (written by "
-            f"sktransfer {saved}); the installed sktransfer {_version()} reads format "
+            f"sktransfer {saved}); the installed sktransfer {sktransfer_version()} reads format "
             f"{FORMAT_VERSION} at most. Upgrade sktransfer to load it"
         )
     check_version(saved)

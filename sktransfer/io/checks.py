@@ -183,12 +183,12 @@ def check_text_preprocessing(prep) -> None:
 
 def check_text_length(net, max_length) -> None:
     """``max_length`` within the position embeddings of the rebuilt network (if it has any)."""
-    from sktransfer.backbones.huggingface import _position_limit
+    from sktransfer.backbones.huggingface import position_limit
 
     for module in net.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "max_position_embeddings"):
-            limit = _position_limit(config)
+            limit = position_limit(config)
             if limit is not None and max_length > limit:
                 raise ValueError(
                     f"preprocessing max_length {max_length} exceeds the {limit} positions of "

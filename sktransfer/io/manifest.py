@@ -13,9 +13,9 @@ import contextlib
 import importlib
 import os
 
+from sktransfer._estimator.pickling import sktransfer_version
 from sktransfer.io import checks, fitted
 from sktransfer.io.archive import _from_json
-from sktransfer.io.pickling import _version
 
 _CLASSES = {
     "PretrainedImageClassifier": "sktransfer.image",
@@ -90,8 +90,8 @@ def construct(path, meta):
         est = cls(**params)
     except TypeError as exc:
         raise ValueError(
-            f"the saved {cls_name} parameters do not fit sktransfer {_version()} (saved with "
-            f"{meta['versions'].get('sktransfer')}): {exc}"
+            f"the saved {cls_name} parameters do not fit sktransfer {sktransfer_version()} "
+            f"(saved with {meta['versions'].get('sktransfer')}): {exc}"
         ) from exc
     checks.validate_params(est)
     return est, attrs, prep

@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from sktransfer._estimator.pickling import sktransfer_version
 from sktransfer.io import adapters, checks, fitted
 from sktransfer.io.archive import (
     FORMAT_NAME,
@@ -30,7 +31,6 @@ from sktransfer.io.archive import (
 )
 from sktransfer.io.hf_members import _JOBLIB_HINT, text_members
 from sktransfer.io.manifest import _CLASSES, check_manifest, construct, malformed
-from sktransfer.io.pickling import _version
 from sktransfer.io.rebuild import _build_net, _tensor_digest
 
 _SPECIAL_ATTRS = ("module_", "preprocessing_", adapters.ATTR)
@@ -220,7 +220,7 @@ def _is_reference(source, store_backbone):
 def _library_versions():
     from importlib import metadata
 
-    out = {"sktransfer": _version(), "torch": torch.__version__}
+    out = {"sktransfer": sktransfer_version(), "torch": torch.__version__}
     for name in ("transformers", "safetensors", "numpy", "scikit-learn"):
         try:
             out[name] = metadata.version(name)
