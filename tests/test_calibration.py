@@ -109,8 +109,7 @@ def test_calibration_finds_the_fastest_batch_and_remembers_it():
     with config_context(cache=False):
         out = emb.transform(X)
     assert sorted(seen[: REPS * 5]) == sorted(candidates(4) * REPS)  # each tried REPS times
-    assert sum(seen) == len(X) + 1 and seen[REPS * 5 :] == [16] * 4
-    assert set(calibrate.chosen_sizes().values()) == {16}
+    assert sum(seen) == len(X) + 1 and seen[REPS * 5 :] == [16] * 4  # 16 chosen
     seen.clear()
     with config_context(cache=False):
         again = emb.transform(X[:60])
@@ -127,12 +126,15 @@ def test_a_small_best_batch_and_the_cache_across_sizes():
     seen = _sizes(module)
     emb = ImageEmbedder(module, image_size=SIDE).fit(X[:2])
     out = emb.transform(X)
-    assert set(calibrate.chosen_sizes().values()) == {1}
     assert seen[-20:] == [1] * 20
     forwards = cache_info()["backbone_forwards"]
     again = emb.set_params(batch_size=64).transform(X)  # cached across sizes
     assert cache_info()["backbone_forwards"] == forwards
     np.testing.assert_array_equal(again, out)
+    seen.clear()
+    with config_context(cache=False):
+        emb.set_params(batch_size=None).transform(X[:6])
+    assert seen == [1] * 6  # 1 chosen, and remembered
 
 
 def test_trials_span_small_calls():
@@ -142,10 +144,14 @@ def test_trials_span_small_calls():
     with config_context(cache=False):
         for i in range(8):  # calls of 12, as a CLI's: the 16-image trials do not fit
             emb.transform(_images(12, seed=i))
-        assert max(seen) <= 12 and list(calibrate.chosen_sizes().values()) == [None]
+        assert max(seen) <= 12 and 16 not in seen
+        seen.clear()
         for i in range(3):  # undecided until 16 is timed: the rule's size meanwhile
             emb.transform(_images(40, seed=i))
-    assert list(calibrate.chosen_sizes().values()) == [16]
+        assert seen.count(16) == REPS and seen[:4] == [16, 16, 4, 4]  # undecided: the rule's
+        seen.clear()
+        emb.transform(_images(64, seed=9))
+    assert seen == [16] * 4  # decided: 16
 
 
 def test_forced_or_disabled_sizes_run_no_trials(monkeypatch):
@@ -156,13 +162,12 @@ def test_forced_or_disabled_sizes_run_no_trials(monkeypatch):
         emb = ImageEmbedder(module, image_size=SIDE, batch_size=9).fit(X[:2])
         seen.clear()
         emb.transform(X)
-        assert set(seen[:-1]) == {9} and calibrate.chosen_sizes() == {}
+        assert set(seen[:-1]) == {9}  # no trials
         monkeypatch.setenv(calibrate.ENV, "0")
         emb = ImageEmbedder(module, image_size=SIDE).fit(X[:2])
         seen.clear()
         emb.transform(X)
-    assert seen == [4] * 25  # the rule's size
-    assert calibrate.chosen_sizes() == {}
+    assert seen == [4] * 25  # the rule's size, no trials
 
 
 def test_frozen_fit_and_predict_share_one_calibration(digits_small):
@@ -172,8 +177,8 @@ def test_frozen_fit_and_predict_share_one_calibration(digits_small):
     clf = PretrainedImageClassifier(module, image_size=SIDE, random_state=0)
     with config_context(cache=False):
         proba = clf.fit(X, y).predict_proba(X)
-        assert calibrate.chosen_sizes() == {next(iter(calibrate.chosen_sizes())): 8}
-        assert seen[-30:] == [8] * 30  # predict: 240 images in batches of 8
+        assert seen.count(16) == REPS  # one set of trials, the fit's
+        assert seen[-30:] == [8] * 30  # predict: 240 images in batches of 8, chosen in the fit
         ref = clone(clf).set_params(inference_batch_size=5).fit(X, y).predict_proba(X)
     assert_batch_invariant(proba, ref)
 
@@ -181,16 +186,17 @@ def test_frozen_fit_and_predict_share_one_calibration(digits_small):
 def test_a_fine_tuned_predict_calibrates_its_head_run(digits_small):
     X, y = digits_small
     module = _net(Delay(fast=16))
+    seen = _sizes(module)
     clf = PretrainedImageClassifier(
         module, image_size=SIDE, freeze_depth=0, max_epochs=1, early_stopping=False,
         random_state=0,
     )  # fmt: skip
     with config_context(cache=False):
         clf.fit(X[:40], y[:40])
-        before = set(calibrate.chosen_sizes())
+        seen.clear()
         proba = clf.predict_proba(X)
-        added = set(calibrate.chosen_sizes()) - before
-        assert len(added) == 1 and calibrate.chosen_sizes()[added.pop()] == 16
+        assert sorted(seen[: REPS * 5]) == sorted(candidates(4) * REPS)  # its own trials
+        assert seen[REPS * 5 :] == [15] * 7 + [14] * 3  # then 16, balanced over 147
         ref = clf.set_params(inference_batch_size=3).predict_proba(X)
     np.testing.assert_allclose(proba, ref, rtol=1e-5, atol=1e-6)
 
@@ -202,8 +208,10 @@ def test_one_calibration_per_architecture_in_a_search(digits_small):
     assert architecture_key(_wrap(a), 0, 2) != architecture_key(_wrap(a))
     X, y = digits_small
     clf = PretrainedImageClassifier(_net(Delay(fast=16)), image_size=SIDE)
-    GridSearchCV(clf, {"C": [0.1, 1.0]}, cv=2).fit(X, y)
-    assert len(calibrate.chosen_sizes()) == 1  # 4 fits and their predictions: one calibration
+    seen = _sizes(clf.backbone)
+    with config_context(cache=False):  # (else the first fit's features serve them all)
+        GridSearchCV(clf, {"C": [0.1, 1.0]}, cv=2).fit(X, y)
+    assert seen.count(1) == REPS  # 4 fits and their predictions: one set of trials
 
 
 def _wrap(module):
@@ -213,12 +221,21 @@ def _wrap(module):
     return TransferNet(blocks, [str(i) for i in range(len(blocks))], nn.Identity(), nn.Linear(1, 1))
 
 
-def test_text_and_cuda_are_not_calibrated(tiny_bert_dir):
+def test_text_and_cuda_are_not_calibrated(tiny_bert_dir, monkeypatch):
     from sktransfer import TextEmbedder
 
+    created = []  # the rule's size of each calibration the library starts
+
+    def spy(rule):
+        created.append(rule)
+        return Calibration(rule)
+
+    monkeypatch.setattr(calibrate, "Calibration", spy)
     texts = [f"text number {i}" for i in range(100)]
     TextEmbedder(tiny_bert_dir).fit(texts).transform(texts)
-    assert calibrate.chosen_sizes() == {}
+    assert created == []
+    ImageEmbedder(_net(Delay(per_image=0)), image_size=SIDE).fit(_images(2))
+    assert created == [4]  # (an image run does start one)
     loader = calibrate.inference_loader(list(range(10)), None, "image", "cpu", None, None)
     assert isinstance(loader.batch_sampler, calibrate.CalibratingBatches)
 

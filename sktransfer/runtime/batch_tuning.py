@@ -245,9 +245,3 @@ def reset() -> None:
     """Forget every calibration (tests; a process whose machine load changed)."""
     with _LOCK:
         _CALIBRATIONS.clear()
-
-
-def chosen_sizes() -> dict[tuple, int | None]:
-    """``{key: size or None while trials run}`` of this process' calibrations."""
-    with _LOCK:
-        return {k: c.best for k, c in _CALIBRATIONS.items()}
