@@ -42,6 +42,9 @@ _IMAGE_CONSTRAINTS = {  # the estimators with a head: also augmentation and Batc
 class _ImageInput:
     """Image input handling shared by the classifier, the regressor and the embedder."""
 
+    # the embedder takes neither (it never trains, and has no test-time views)
+    augment = None
+    tta = None
     _modality = "image"
 
     def _weights_param(self):
@@ -76,12 +79,11 @@ class _ImageInput:
             return ArrayDataset(items)
         transform = view
         if training:
-            transform = make_augment(getattr(self, "augment", None), prep)
+            transform = make_augment(self.augment, prep)
         return ImageDataset(items, prep, transform=transform, normalize=False, index=index)
 
     def _tta_views(self, kind):
-        n = getattr(self, "tta", None)
-        return tta_views(n) if kind == "image" and n else []
+        return tta_views(self.tta) if kind == "image" and self.tta else []
 
     def _collate(self, kind, prep):
         # uint8 pixels through workers, pinned memory and the copy; normalised on the device

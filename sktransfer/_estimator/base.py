@@ -19,44 +19,37 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from sktransfer._estimator.fit_paths import FitPathsMixin
 from sktransfer._estimator.outputs import (
     BlockOutputsMixin,
     has_lazy,
-    remember_dim,
     run_in_length_order,
 )
 from sktransfer._estimator.ownership import OwnedModuleMixin
 from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
-    check_finite_weights,
     check_weights,
 )
 from sktransfer._estimator.pickling import PicklableModulesMixin
-from sktransfer._estimator.split import validation_split
 from sktransfer._estimator.state import FitState
-from sktransfer._estimator.targets import training_weights
 from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
-from sktransfer.freezing import TransferNet, resolve_freeze_depth
+from sktransfer.freezing import resolve_freeze_depth
 from sktransfer.runtime.batch_tuning import inference_loader
-from sktransfer.runtime.batches import Collate, LabeledDataset
+from sktransfer.runtime.batches import Collate
 from sktransfer.runtime.device import (
     cudnn_autotune,
     resolve_device,
     resolve_precision,
     runs_channels_last,
-    set_layout,
 )
 from sktransfer.runtime.rng import borrowed_generators
 from sktransfer.runtime.runners import predict_logits
-from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
-from sktransfer.training.lora import add_lora, check_adapter, count_trainable, merge_lora
-from sktransfer.training.regularization import L2SP
 
 
 class PretrainedEstimatorBase(
-    OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, BaseEstimator
+    FitPathsMixin, OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, BaseEstimator
 ):
     """Fit/predict skeleton shared by every image and text estimator with a head."""
 
@@ -231,124 +224,6 @@ class PretrainedEstimatorBase(
         for key, value in info.items():
             setattr(self, key, value)
         return self
-
-    def _new_net(self, state):
-        """The backbone's blocks and pool in a :class:`TransferNet`, all frozen, on the device."""
-        backbone, device = state.backbone, state.device
-        names = [n for n, _ in backbone.blocks]
-        blocks = [m for _, m in backbone.blocks]
-        net = TransferNet(blocks, names, backbone.pool, nn.Identity(), n_frozen=len(blocks))
-        net.train_bn = bool(getattr(self, "train_bn", True))
-        net.shares_template = backbone.shared
-        if not net.shares_template:  # (the template: on the CPU, channels-last, never changed)
-            net.to(device)
-            set_layout(net, channels_last=self._runtime(device, state.kind)[1])
-        if has_lazy(net):  # a user module with lazy layers: materialise them, then refreeze
-            self._feature_dim(net, state.items, state.kind, state.prep, device)
-            net.set_frozen(len(blocks))
-        return net
-
-    def _fit_net(self, state):
-        """``(net, history, info)``: the frozen head solved exactly, then (unless frozen)
-        the unfrozen blocks fine-tuned from it (``objective="contrastive"``: SetFit-style
-        pairs, then the exact head, :mod:`sktransfer.training.contrastive`). With
-        ``adapter="lora"`` the unfrozen blocks train LoRA adapters, merged at the end
-        (:mod:`sktransfer.training.lora`)."""
-        check_adapter(self, state.n_frozen, state.n_blocks)
-        if getattr(self, "objective", "cross_entropy") == "contrastive":
-            from sktransfer.training.contrastive import fit_contrastive
-
-            return fit_contrastive(self, state)
-        net, values, sw = self._new_net(state), state.y.values, state.sample_weight
-        n_blocks = state.n_blocks
-        # fine-tuning: split first, so that neither the probe head nor the training ever sees
-        # the validation samples that early stopping and history_ are measured on
-        state.split = None if state.frozen else self._split(state.y, state.seed)
-        if state.frozen or self.head_init == "probe":
-            rows = self._outputs(net, state.items, state.kind, state.prep, state.device,
-                                 stop=n_blocks, desc="fit: features")  # fmt: skip
-            feats = np.stack(rows)
-            check_finite_rows(feats, "the backbone's output")
-            if state.backbone.feature_dim is None:  # a user module: its size is known now
-                remember_dim(net, state.prep, state.kind, state.items, feats.shape[1])
-            idx = np.arange(len(values)) if state.frozen else state.split[0]
-            head, info = state.target.solve_head(
-                self, feats[idx], values[idx], sw[idx], state.y.n_outputs
-            )
-        else:
-            dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
-            if dim is None:  # a user module: probed once per module digest
-                dim = self._feature_dim(net, state.items, state.kind, state.prep, state.device)
-            torch.manual_seed(state.seed)
-            head, info = nn.Linear(dim, state.y.n_outputs), None
-        net.head = head.to(state.device)
-        if state.frozen:
-            history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
-            lr = None if self.lr == "auto" else self.lr
-            return net, history, {"lr_": lr, "n_trainable_params_": count_trainable(net)}
-        net.set_frozen(state.n_frozen)
-        lora = None
-        if getattr(self, "adapter", None) == "lora":
-            channels_last = self._runtime(state.device, state.kind)[1]
-            lora = add_lora(net, self, state.n_frozen, channels_last=channels_last)
-        history, info = self._fine_tune(net, state)
-        check_finite_weights(net)
-        info = {**info, "n_trainable_params_": count_trainable(net)}
-        if lora is not None:
-            info["lora_adapters_"] = merge_lora(net, lora, state.n_frozen)
-        net.eval()
-        return net, history, info
-
-    def _fine_tune(self, net, state):
-        """Optional head-only epochs, then the configured blocks; ``lr="auto"`` first.
-
-        Each phase trains on cached activations at its own frozen boundary (the
-        head-only phase on the cached pooled features); the model ends with the
-        final boundary ``state.n_frozen``.
-        """
-        items, kind, prep, device = state.items, state.kind, state.prep, state.device
-        values, sw = state.y.values, training_weights(state.sample_weight)
-        train_idx, valid_idx = state.split
-        n_blocks = len(net.blocks)
-
-        def data(boundary):
-            start = boundary if self._use_boundary_cache(boundary) else 0
-            sub = self._suffix_dataset
-            train = sub(net, items, train_idx, kind, prep, device, start, training=True,
-                        desc=f"fit: train activations (block {start})")  # fmt: skip
-            train = LabeledDataset(train, values[train_idx], sw[train_idx])
-            valid = None
-            if valid_idx is not None:
-                valid = sub(net, items, valid_idx, kind, prep, device, start,
-                            desc=f"fit: validation activations (block {start})")  # fmt: skip
-                valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
-            return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
-
-        precision, channels_last = self._runtime(device, kind)
-        l2sp = None
-        if self.l2sp_alpha > 0:  # anchor: the weights at fit start (pretrained / source)
-            params = (p for m in (*net.blocks, net.pool) for p in m.parameters())
-            backbone = [p for p in params if p.requires_grad]  # the final trainable set
-            l2sp = L2SP(backbone, [net.head.weight], self.l2sp_alpha, self.l2sp_beta)
-        cfg = TrainConfig(
-            lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
-            optimizer=self.optimizer, weight_decay=self.weight_decay, device=device,
-            seed=state.seed, target=state.target, early_stopping=self.early_stopping,
-            n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
-            lr_schedule=self.lr_schedule, layer_decay=self.layer_decay, l2sp=l2sp,
-            precision=precision, channels_last=channels_last, num_workers=self.num_workers,
-            compile=self.compile,
-        )  # fmt: skip
-        return run_phases(
-            net, data, cfg, n_frozen=state.n_frozen, head_epochs=self.unfreeze_schedule,
-            auto_lr=self.lr == "auto", train=fine_tune,
-        )  # fmt: skip
-
-    def _split(self, encoded, seed):
-        """Train/validation split of the encoded ``y`` (:func:`.split.validation_split`)."""
-        return validation_split(
-            encoded, seed, early_stopping=self.early_stopping, fraction=self.validation_fraction
-        )
 
     # ------------------------------------------------------------------ predict
     def _items(self, X):

@@ -63,8 +63,10 @@ def run_in_length_order(items, kind, prep, run):
 class BlockOutputsMixin:
     """Needs the estimator's ``_runtime``, ``_make_dataset``, ``_collate`` and ``_loader``."""
 
+    augment = None  # image estimators take it as a parameter (texts are never augmented)
+
     def _use_boundary_cache(self, n_frozen):
-        return n_frozen > 0 and get_config()["cache"] and getattr(self, "augment", None) is None
+        return n_frozen > 0 and get_config()["cache"] and self.augment is None
 
     def _outputs(
         self, net, items, kind, prep, device, *, stop, use_cache=True, index=None, desc="features"

@@ -51,6 +51,8 @@ def to_device(x, device, channels_last=False):
     tune_heap_for(torch.device(device))  # CPU forwards: keep activation pages mapped (once)
     if isinstance(x, PixelBatch):
         return x.to(device, channels_last)
+    if hasattr(x, "to_device"):  # a batch type that knows its parts (training pairs)
+        return x.to_device(device, channels_last)
     if isinstance(x, dict):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
     if isinstance(x, TextState):

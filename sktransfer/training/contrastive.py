@@ -1,7 +1,10 @@
-"""SetFit-style contrastive fine-tuning of a text encoder, then the exact logistic head.
+"""SetFit-style contrastive training of a text encoder: the pairs, their loss, their batches.
 
-``PretrainedTextClassifier(objective="contrastive")`` routes its fit here
-(:func:`fit_contrastive`, called from the skeleton's ``_fit_net``):
+``PretrainedTextClassifier(objective="contrastive")``'s fit path
+(:meth:`sktransfer._estimator.fit_paths.FitPathsMixin._fit_contrastive`) runs these steps;
+the training itself is the one fine-tuning loop (:func:`sktransfer.training.loop.fine_tune`:
+callbacks, schedule, the non-finite check, Ctrl-C, ``history_``, progress), over a dataset
+of pairs (:func:`train_pairs`):
 
 1. sentence pairs are drawn from the labelled set as SetFit does (``num_iterations``
    rounds; in each, every sample gets one partner of its own class, label 1, and one of
@@ -23,68 +26,19 @@ partner sharing each label, one sharing none) and ends with the one-vs-rest head
 
 ``freeze_depth="all"`` leaves nothing to train and raises (the frozen probe is
 ``objective="cross_entropy"``'s frozen mode). Each step encodes every distinct sentence
-of its pairs once.
+of its pairs once (:class:`PairCollate`).
 """
 
 from __future__ import annotations
 
-import math
-import time
+import dataclasses
 
 import numpy as np
 import torch
 from torch import nn
 
-from sktransfer._estimator.outputs import run_in_length_order
-from sktransfer._estimator.params import check_finite_rows, check_finite_weights
-from sktransfer.runtime.batches import Collate
-from sktransfer.runtime.device import autocast, to_device
-from sktransfer.runtime.runners import run_blocks
-from sktransfer.training.loop import NonFiniteLossError, TrainConfig, param_groups
-from sktransfer.training.lora import add_lora, count_trainable, merge_lora
-from sktransfer.training.schedules import make_scheduler
-
-_UNSUPPORTED = (  # (parameter, its neutral value): knobs of the cross-entropy loop only
-    ("unfreeze_schedule", None),
-    ("l2sp_alpha", 0.0),
-)
-
-
-def check_contrastive(est, state) -> None:
-    """The inputs ``objective="contrastive"`` cannot use: ValueError, before any forward."""
-    if state.target.name not in ("single_label", "multi_label"):
-        raise ValueError(
-            "objective='contrastive' needs single-label y or a multi-label indicator "
-            f"matrix; got a {state.target.name.replace('_', '-')} target"
-        )
-    if state.frozen:
-        raise ValueError(
-            "objective='contrastive' trains encoder blocks, but freeze_depth='all' freezes "
-            "them all: pass an int freeze_depth (e.g. -1, 0), or objective='cross_entropy' "
-            "for the frozen probe"
-        )
-    if est.lr == "auto":
-        raise ValueError("lr='auto' is not supported with objective='contrastive'; pass a float")
-    for name, neutral in _UNSUPPORTED:
-        if getattr(est, name, neutral) != neutral:
-            raise ValueError(f"{name} is not supported with objective='contrastive'")
-    labels = state.y.values
-    if labels.ndim == 2:  # multi-label: checked by the pairs it yields (fit_contrastive)
-        return
-    counts = np.bincount(labels, minlength=state.y.n_outputs)
-    single = np.flatnonzero(counts < 2)
-    if len(single):
-        c = int(single[0])
-        i = int(np.flatnonzero(labels == c)[0])
-        raise ValueError(
-            f"class {_label(state, c)!r} has one example (sample {i}): "
-            "objective='contrastive' needs at least 2 per class for a positive pair"
-        )
-
-
-def _label(state, c):
-    classes = state.y.attrs.get("classes_")
-    return classes[c] if classes is not None else c
+from sktransfer.runtime.device import to_device
+from sktransfer.training.loop import fine_tune
 
 
 def sentence_pairs(labels, num_iterations, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +46,7 @@ def sentence_pairs(labels, num_iterations, seed) -> tuple[np.ndarray, np.ndarray
 
     For each of ``num_iterations`` rounds and each sample ``i`` (in order): a random other
     sample of ``i``'s class (label 1) and a random sample of another class (label 0).
-    Every class needs at least 2 samples (:func:`check_contrastive`).
+    Every class needs at least 2 samples (the contrastive fit path checks).
 
     A 2-D ``labels`` (a multi-label indicator matrix) follows SetFit's multi-label
     generation: for each label ``j`` of sample ``i``, a random other sample that has ``j``
@@ -144,127 +98,116 @@ def cosine_similarity_loss(u, v, targets, weights):
     return ((cos - targets) ** 2 * weights).sum() / weights.sum().clamp_min(1e-30)  # all 0: 0
 
 
-def fit_contrastive(est, state):
-    """``(net, history, info)`` for ``objective="contrastive"`` (see the module docstring)."""
-    check_contrastive(est, state)
-    net = est._new_net(state)
-    items, kind, prep, device = state.items, state.kind, state.prep, state.device
-    n_blocks, n_frozen = state.n_blocks, state.n_frozen
-    labels, sw = state.y.values, state.sample_weight
-    state.split = None  # SetFit trains on every pair: no validation split
-    net.set_frozen(n_frozen)
-    start = n_frozen if est._use_boundary_cache(n_frozen) else 0
-    n = len(items)
-    data = est._suffix_dataset(
-        net, items, range(n), kind, prep, device, start, training=True,
-        desc=f"fit: train activations (block {start})",
-    )  # fmt: skip
-    inner = est._suffix_collate(kind, prep, start, n_blocks)
-    precision, channels_last = est._runtime(device, kind)
-    lora = None  # adapter="lora": the adapters train, merged before the head is fitted
-    if getattr(est, "adapter", None) == "lora":
-        lora = add_lora(net, est, n_frozen, channels_last=channels_last)
-    pairs, targets = sentence_pairs(labels, int(est.num_iterations), state.seed)
-    pair_w = (sw[pairs[:, 0]] * sw[pairs[:, 1]]).astype(np.float32)
-    keep = pair_w > 0  # pairs with a zero-weight sentence teach nothing
-    pairs, targets, pair_w = pairs[keep], targets[keep], pair_w[keep]
-    if not len(pairs):
-        why = (
-            "y gives none (a positive pair needs two samples sharing a label, a negative "
-            "one a sample sharing none)"
-            if len(keep) == 0
-            else "each has a sample of sample_weight 0"
-        )
-        raise ValueError(f"objective='contrastive' found no sentence pairs: {why}")
+class PairSimilarity(nn.Module):
+    """``cos(u, v)`` of each pair's two pooled embeddings, from a batch of distinct sentences.
 
-    cfg = TrainConfig(
-        lr=est.lr, max_epochs=est.max_epochs, batch_size=est.batch_size,
-        optimizer=est.optimizer, weight_decay=est.weight_decay, device=device,
-        seed=state.seed, target=state.target, layer_decay=est.layer_decay,
-    )  # fmt: skip
-    net.head = nn.Identity()  # training sees the pooled embeddings
-    optimizer = cfg.optimizer_class(param_groups(net, cfg.lr, cfg), lr=cfg.lr)
-    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    scheduler = make_scheduler(optimizer, est.lr_schedule, steps_per_epoch * cfg.max_epochs)
-    gen = torch.Generator()
-    gen.manual_seed(state.seed)
-    torch.manual_seed(state.seed)  # dropout: the same whether the prefix was cached or not
-    history = []
-    net.train()
+    Wraps a :class:`~sktransfer.freezing.TransferNet` whose head is unused: the input is a
+    :class:`PairBatch`, its sentences at block ``net.input_block``. The training
+    loop sees ``net``'s blocks, pool and head as its own (parameter groups, freezing)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    @property
+    def blocks(self):
+        return self.net.blocks
+
+    @property
+    def pool(self):
+        return self.net.pool
+
+    @property
+    def head(self):
+        return self.net.head
+
+    def forward(self, x):
+        sentences, inverse = x.sentences, x.inverse
+        emb = self.net.features(sentences, start=self.net.input_block)
+        return nn.functional.cosine_similarity(
+            emb[inverse[:, 0]].float(), emb[inverse[:, 1]].float(), dim=1
+        )
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Pair ``k``: ``(its two sentence indices, (pair label, pair weight))``."""
+
+    def __init__(self, pairs, targets, weights):
+        self.pairs, self.targets, self.weights = pairs, targets, weights
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, k):
+        return self.pairs[k], (self.targets[k], self.weights[k])
+
+
+class PairBatch:
+    """A batch of pairs: its distinct sentences (collated) and ``inverse`` ``(m, 2)``, the
+    rows of each pair's two sentences. Its length is the number of pairs."""
+
+    def __init__(self, sentences, inverse):
+        self.sentences, self.inverse = sentences, inverse
+
+    def __len__(self):
+        return len(self.inverse)
+
+    def to_device(self, device, channels_last=False):
+        return PairBatch(
+            to_device(self.sentences, device, channels_last), to_device(self.inverse, device)
+        )
+
+
+class PairCollate:
+    """A batch of pairs -> ``((distinct sentences, inverse), (labels, weights))``: every
+    distinct sentence of the batch is collated (``inner``) and encoded once."""
+
+    def __init__(self, sentences, inner):
+        self.sentences, self.inner = sentences, inner
+
+    def __call__(self, batch):
+        pairs = np.stack([p for p, _ in batch])
+        uniq, inverse = np.unique(pairs, return_inverse=True)
+        x = self.inner([self.sentences[int(i)] for i in uniq])[0]
+        inverse = torch.from_numpy(inverse.reshape(-1, 2))
+        targets = torch.tensor([t for _, (t, _) in batch], dtype=torch.float32)
+        weights = torch.tensor([w for _, (_, w) in batch], dtype=torch.float32)
+        return PairBatch(x, inverse), (targets, weights)
+
+
+class PairObjective:
+    """The loop's target piece for pairs: SetFit's ``CosineSimilarityLoss`` (no validation
+    metric: SetFit trains on every pair)."""
+
+    name = "pairs"
+    metric = "valid_pair_loss"
+
+    def loss(self, outputs, targets, weights):
+        return ((outputs - targets) ** 2 * weights).sum() / weights.sum().clamp_min(1e-30)
+
+    def score(self, outputs, targets):  # pragma: no cover - no validation set
+        return float(-((outputs - targets) ** 2).mean())
+
+
+def train_pairs(net, sentences, inner, pairs, targets, weights, cfg, *, start):
+    """Train ``net``'s unfrozen blocks on the pairs with the one fine-tuning loop; returns
+    its per-epoch history (``phase="contrastive"``, ``n_pairs``).
+
+    ``sentences``: the samples (at block ``start``) the pairs index; ``inner`` collates a
+    list of them. The pairs are shuffled each epoch by the fit's seeded generator; the
+    loader's worker seed comes from a generator of its own, so the dropout masks (torch's
+    global generator, seeded here) are those of the same fit without a DataLoader.
+    """
+    net.input_block = start
+    torch.manual_seed(cfg.seed)  # dropout: the same whether the prefix was cached or not
     try:
-        for epoch in range(1, cfg.max_epochs + 1):
-            t0 = time.perf_counter()
-            order = torch.randperm(len(pairs), generator=gen).numpy()
-            losses, sizes = [], []
-            for b in range(0, len(order), cfg.batch_size):
-                batch = order[b : b + cfg.batch_size]
-                uniq, inverse = np.unique(pairs[batch], return_inverse=True)
-                inverse = torch.from_numpy(inverse.reshape(-1, 2))
-                x = inner([data[int(i)] for i in uniq])[0]  # (start < n_blocks: never None)
-                with autocast(device, precision):
-                    emb = net.features(to_device(x, device, channels_last), start=start)
-                inv = inverse.to(device)
-                loss = cosine_similarity_loss(
-                    emb[inv[:, 0]], emb[inv[:, 1]],
-                    torch.from_numpy(targets[batch]).to(device),
-                    torch.from_numpy(pair_w[batch]).to(device),
-                )  # fmt: skip
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                lr = float(optimizer.param_groups[0]["lr"])  # (this step's rate)
-                if scheduler is not None:
-                    scheduler.step()
-                losses.append(loss.detach())
-                sizes.append(len(batch))
-            values = torch.stack(losses).float().cpu().numpy()
-            train_loss = float(np.average(values, weights=sizes))
-            if not np.all(np.isfinite(values)):
-                raise NonFiniteLossError(
-                    f"contrastive fine-tuning diverged: the train loss of epoch {epoch} is "
-                    f"{train_loss}; the estimator is left unfitted. Try a lower lr "
-                    f"(this run used lr={cfg.lr:g})."
-                )
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "lr": lr,
-                    "dur": time.perf_counter() - t0,
-                    "phase": "contrastive",
-                    "n_pairs": int(len(pairs)),
-                }
-            )
-            if est.verbose:
-                print(f"contrastive epoch {epoch}: train_loss={train_loss:.4g}")
+        history = fine_tune(
+            PairSimilarity(net), PairDataset(pairs, targets, weights), None,
+            PairCollate(sentences, inner), dataclasses.replace(cfg, target=PairObjective()),
+            phase="contrastive", own_worker_seed=True,
+        )  # fmt: skip
     finally:
-        net.eval()
-    fitted = {"lr_": float(cfg.lr), "n_trainable_params_": count_trainable(net)}  # (+ head)
-    if lora is not None:
-        fitted["lora_adapters_"] = merge_lora(net, lora, n_frozen)
-
-    # the exact head on the new embeddings of every sample (uncached: new weights)
-    def run(order):
-        subset = est._suffix_dataset(net, items, order, kind, prep, device, start)
-        loader = est._loader(subset, kind, prep, device, collate=Collate(inner))
-        return run_blocks(
-            net, loader, device, start=start, precision=precision, channels_last=channels_last
-        )
-
-    feats = np.stack(run_in_length_order(items, kind, prep, run))
-    check_finite_rows(feats, "the fine-tuned encoder's output")
-    head, info = state.target.solve_head(est, feats, labels, sw, state.y.n_outputs)
-    net.head = head.to(device)
-    fitted["n_trainable_params_"] += sum(p.numel() for p in head.parameters())
-    history.append(
-        {
-            "epoch": cfg.max_epochs + 1,
-            "train_loss": float(info["train_loss"]),
-            "n_iter": info["n_iter"],
-            "phase": "head",
-        }
-    )
-    net.set_frozen(n_frozen)
-    check_finite_weights(net)
-    net.eval()
-    return net, history, fitted
+        net.input_block = 0
+    for row in history:
+        row["n_pairs"] = int(len(pairs))
+    return history

@@ -42,11 +42,16 @@ class NoSingletonBatches(Sampler):
         return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
 
 
-def training_loader(dataset, batch_size=1, shuffle=True, generator=None, **kwargs):
-    """A ``DataLoader`` over :class:`NoSingletonBatches` (skorch's ``iterator_train``)."""
+def training_loader(dataset, batch_size=1, shuffle=True, generator=None, worker_seeds=None,
+                    **kwargs):  # fmt: skip
+    """A ``DataLoader`` over :class:`NoSingletonBatches` (skorch's ``iterator_train``).
+
+    ``generator`` shuffles; ``worker_seeds`` (default: ``generator``) gives each pass its
+    worker seed, drawn before the pass's permutation."""
     if shuffle:
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
     batches = NoSingletonBatches(sampler, batch_size)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, **kwargs)
+    seeds = generator if worker_seeds is None else worker_seeds
+    return DataLoader(dataset, batch_sampler=batches, generator=seeds, **kwargs)

@@ -295,11 +295,17 @@ def history_records(history, metric, best_epoch=None, epoch_offset=0, phase=None
     return out
 
 
-def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offset=0, phase=None):
+def fine_tune(
+    net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offset=0, phase=None,
+    own_worker_seed=False,
+):  # fmt: skip
     """Train ``net``'s unfrozen part with skorch; returns the per-epoch history.
 
     With a validation set and ``cfg.early_stopping`` the best epoch (lowest
     validation loss) is restored at the end and flagged ``best`` in the history.
+    ``own_worker_seed``: the training loader draws its worker seed from a generator of its
+    own, not from the one that shuffles (the contrastive path's order is then the seeded
+    permutation itself).
     """
     callbacks = [
         ("valid_metric", ValidMetric(cfg.target)),
@@ -326,6 +332,7 @@ def fine_tune(net, train_ds, valid_ds, collate, cfg: TrainConfig, *, epoch_offse
         max_epochs=cfg.max_epochs,
         batch_size=cfg.batch_size,
         iterator_train=training_loader,
+        iterator_train__worker_seeds=torch.Generator() if own_worker_seed else None,
         iterator_train__shuffle=True,
         iterator_train__generator=gen,
         iterator_train__collate_fn=collate,

@@ -115,9 +115,9 @@ def lora_targets(blocks: dict) -> list[str]:
     return names
 
 
-def check_adapter(est, n_frozen, n_blocks) -> None:
+def check_adapter(adapter, n_frozen, n_blocks) -> None:
     """The settings ``adapter="lora"`` cannot use: a clear ValueError before any forward."""
-    if getattr(est, "adapter", None) is None:
+    if adapter is None:
         return
     if n_frozen >= n_blocks:
         raise ValueError(
@@ -127,7 +127,7 @@ def check_adapter(est, n_frozen, n_blocks) -> None:
     require_peft()
 
 
-def add_lora(net, est, n_frozen, *, channels_last=False) -> dict:
+def add_lora(net, n_frozen, *, rank, alpha, dropout, channels_last=False) -> dict:
     """Inject LoRA adapters into ``net.blocks[n_frozen:]`` (in place); returns the config.
 
     Only adapter parameters stay trainable in those blocks (``net.adapter_only``); the
@@ -143,9 +143,9 @@ def add_lora(net, est, n_frozen, *, channels_last=False) -> dict:
             "nn.MultiheadAttention); unfreeze more blocks or use adapter=None"
         )
     config = {
-        "r": int(est.lora_rank),
-        "lora_alpha": float(est.lora_alpha),
-        "lora_dropout": float(est.lora_dropout),
+        "r": int(rank),
+        "lora_alpha": float(alpha),
+        "lora_dropout": float(dropout),
         "target_modules": [f"blocks.{t}" for t in targets],
     }
     net.__dict__["lora_tuner"] = _inject(peft, net, config)  # (not a registered submodule)

@@ -83,7 +83,7 @@ class MultiLabel(Target):
                 f"y[{i}, {j}] is {value!r}; a 2-D y is a multi-label indicator matrix and "
                 "must hold only 0 and 1 (one column per label)"
             )
-        if getattr(est, "class_weight", None) is not None:
+        if est.class_weight is not None:
             raise ValueError(
                 "class_weight is not supported for multi-label y (an indicator matrix); "
                 "use sample_weight to weigh samples"

@@ -28,7 +28,7 @@ class SingleLabel(Target):
             )
         idx = encoder.transform(y).astype(np.int64)
         weights = None
-        if getattr(est, "class_weight", None) is not None:
+        if est.class_weight is not None:
             check_class_weight(est.class_weight)
             weights = compute_class_weight(est.class_weight, classes=classes, y=y)[idx]
         return Encoded(idx, len(classes), {"classes_": classes}, stratify=idx, weights=weights)
