@@ -166,15 +166,6 @@ class _Refused(ValueError):
     """A file :func:`_read` refuses; raised as is (its message names the path and member)."""
 
 
-def is_sktransfer_file(path) -> bool:
-    """Whether ``path`` looks like a file written by :func:`sktransfer.save` (not verified)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return MANIFEST in zf.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
 @contextmanager
 def _zip_errors(path, member=None):
     """Turn whatever a damaged zip raises into a ``ValueError`` naming ``path`` and ``member``."""
