@@ -8,17 +8,15 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from sktransfer._estimator.outputs import remember_dim, remembered_dim, run_in_length_order
+from sktransfer._estimator.outputs import BlockOutputsMixin
 from sktransfer._estimator.ownership import OwnedModuleMixin
 from sktransfer._estimator.pickling import PicklableModulesMixin
 from sktransfer.backbones import resolve_backbone
-from sktransfer.cache import check_cache_dir, count_forwards, get_config, lookup
-from sktransfer.cache.keys import block_namespace, sample_keys
+from sktransfer.cache import check_cache_dir, get_config
 from sktransfer.freezing import TransferNet
 from sktransfer.runtime.batch_tuning import inference_loader
 from sktransfer.runtime.batches import Collate
 from sktransfer.runtime.device import resolve_device, runs_channels_last, set_layout
-from sktransfer.runtime.runners import run_blocks
 
 
 def _on(tensor, device) -> bool:
@@ -27,23 +25,37 @@ def _on(tensor, device) -> bool:
     return where.type == device.type and device.index in (None, where.index)
 
 
-class EmbedderBase(OwnedModuleMixin, PicklableModulesMixin, TransformerMixin, BaseEstimator):
+class EmbedderBase(
+    OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, TransformerMixin, BaseEstimator
+):
     """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
 
-    ``fit`` only loads the backbone; nothing is learned from ``X``.
+    ``fit`` only loads the backbone; nothing is learned from ``X``. ``transform`` reads the
+    block outputs through the one cache path of every estimator
+    (:class:`~sktransfer._estimator.outputs.BlockOutputsMixin`): the same namespace as a
+    frozen classifier's features, so either one's pass serves the other.
     """
 
     _modality = None
+    verbose = 0  # embedders take no verbose parameter: no progress bars
 
     def _weights_param(self):
         return "default"
+
+    def _runtime(self, device, kind):
+        """fp32 and the classifiers' layout: one cache entry for both."""
+        return "fp32", runs_channels_last(kind, device)
+
+    def _loader(self, dataset, kind, prep, device, collate=None):
+        collate = Collate(self._collate(kind, prep)) if collate is None else collate
+        return inference_loader(dataset, self.batch_size, kind, device, prep, collate)
 
     def fit(self, X, y=None):
         """Load the backbone (``X`` is validated, not learned from)."""
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
             delattr(self, attr)  # a failed fit leaves an unfitted embedder
         self._validate_params()
-        resolve_device(self.device)  # an unknown device fails before any work
+        device = resolve_device(self.device)  # an unknown device fails before any work
         if get_config()["cache"]:
             check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
@@ -66,13 +78,12 @@ class EmbedderBase(OwnedModuleMixin, PicklableModulesMixin, TransformerMixin, Ba
         try:
             vars(self).update(fitted)
             if self.n_features_out_ is None:  # a user module: one uncached forward tells
-                # (and materialises lazy modules before any digest of their weights);
-                # remembered per module digest, so a search over one module pays it once
-                dim = remembered_dim(net, prep, kind, items)
-                if dim is None:
-                    dim = self._features(items[:1], kind, use_cache=False).shape[1]
-                    remember_dim(net, prep, kind, items, dim)
-                self.n_features_out_ = dim
+                # (and materialises lazy modules before any digest of their weights)
+                # lazy layers initialise from the global generator's current state, which
+                # stays where it was (an embedder has no random_state: as scikit-learn's None)
+                net = self._net_on(device, kind)
+                with torch.random.fork_rng(devices=[]):
+                    self.n_features_out_ = self._feature_dim(net, items, kind, prep, device)
         except BaseException:
             for attr in fitted:
                 vars(self).pop(attr, None)
@@ -87,38 +98,18 @@ class EmbedderBase(OwnedModuleMixin, PicklableModulesMixin, TransformerMixin, Ba
         """
         check_is_fitted(self)
         items, kind = self._check_X(X, fitting=False)
-        return self._features(items, kind)
-
-    def _features(self, items, kind, use_cache=True):
         device = resolve_device(self.device)
-        net, prep = self._net(), self.preprocessing_
+        net = self._net_on(device, kind)
+        rows = self._outputs(net, items, kind, self.preprocessing_, device, stop=len(net.blocks))
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+    def _net_on(self, device, kind):
+        """The network on ``device``, in the layout ``kind`` runs in."""
+        net = self._net()
         if any(not _on(p, device) for p in net.parameters()):
             net = self.module_ = net.to(device)  # (else skip .to()'s walk of every submodule)
-        channels_last = runs_channels_last(kind, device)  # as the classifiers: one cache entry
-        set_layout(net, channels_last)
-
-        def compute(idx):
-            def run(order):  # texts longest first; rows back in input order
-                sub = [idx[p] for p in order]
-                dataset = self._make_dataset(
-                    [items[i] for i in sub], kind, prep, training=False, index=sub
-                )
-                collate = Collate(self._collate(kind, prep))
-                loader = inference_loader(dataset, self.batch_size, kind, device, prep, collate)
-                with torch.random.fork_rng(devices=[]):
-                    return run_blocks(net, loader, device, channels_last=channels_last)
-
-            if use_cache:  # (uncached: the one-sample shape probe, not extraction)
-                count_forwards(len(idx))
-            return run_in_length_order([items[i] for i in idx], kind, prep, run)
-
-        if not use_cache or not get_config()["cache"]:  # (no weight or sample hashing either)
-            rows = compute(list(range(len(items))))
-            return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
-        namespace = block_namespace(net, len(net.blocks), prep, kind, channels_last=channels_last)
-        keys = sample_keys(items, "text" if kind == "text" else "image")
-        rows = lookup(namespace, keys, compute, cache_dir=self.cache_dir)
-        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+        set_layout(net, self._runtime(device, kind)[1])
+        return net
 
     def get_feature_names_out(self, input_features=None):
         """``<prefix>0 .. <prefix>{d-1}``; the prefix names the modality."""
