@@ -121,7 +121,8 @@ def _restore(path, how, seed, tmp):
         with tarfile.open(archive, "w") as tar:
             tar.add(other, arcname=os.path.basename(path))
         with tarfile.open(archive) as tar:
-            tar.extractall(os.path.dirname(path), filter="fully_trusted")
+            trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(os.path.dirname(path), **trusted)  # (mtime restored either way)
     os.utime(path, ns=(st0.st_atime_ns, st0.st_mtime_ns))
     st1 = os.stat(path)
     assert (st1.st_size, st1.st_mtime_ns) == (st0.st_size, st0.st_mtime_ns)
