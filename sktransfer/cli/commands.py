@@ -288,22 +288,13 @@ def _add_predict(sub):
     p.set_defaults(func=_cmd_predict)
 
 
-def build_parser():
-    from sktransfer import __version__
-
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(
-        prog="sktransfer",
-        description="Pretrained image and text networks as sklearn estimators.",
-        epilog=EXIT_HELP,
-        formatter_class=raw,
-    )
-    parser.add_argument("--version", action="version", version=f"sktransfer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_predict(sub)
+def _add_backbones(sub):
     b = sub.add_parser("backbones", help="list the available backbones")
     b.add_argument("--modality", choices=["image", "text"])
     b.set_defaults(func=_cmd_backbones)
+
+
+def _add_demo(sub):
     d = sub.add_parser("demo", help="a short offline demonstration")
     d.add_argument("-v", "--verbose", action="count", default=1)
     d.add_argument("-q", "--quiet", dest="verbose", action="store_const", const=0)
@@ -315,6 +306,22 @@ def build_parser():
         "overwritten",
     )
     d.set_defaults(func=_cmd_demo)
+
+
+def build_parser():
+    """The ``sktransfer`` parser: one sub-parser per command, each added by its helper."""
+    from sktransfer import __version__
+
+    parser = _Parser(
+        prog="sktransfer",
+        description="Pretrained image and text networks as sklearn estimators.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sktransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_predict, _add_backbones, _add_demo):
+        add(sub)
     return parser
 
 
