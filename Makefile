@@ -50,6 +50,7 @@ bench: $(STAMP)  # Fashion-MNIST also needs: apt-get install -y dataset-fashion-
 
 lint: $(STAMP)
 	$(BIN)/ruff check sktransfer tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

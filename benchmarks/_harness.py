@@ -325,7 +325,7 @@ def _jsonable(obj: Any) -> Any:
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically and durably (the library's temp-file + rename), 0644:
     results are meant to be read by anyone."""
-    from sktransfer.io.atomic import atomic_write
+    from sktransfer.fs.atomic import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, durable=True, mode=0o644) as fh:

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -569,17 +570,20 @@ def test_text_dataset():
 # --------------------------------------------------------------------------- sample_keys
 
 
-def test_sample_keys_paths_change_on_rewrite(tmp_path):
+def test_sample_keys_files_are_keyed_by_their_bytes(tmp_path):
     p = _save(Image.new("RGB", (4, 4), "red"), tmp_path / "a.png")
     k1 = sample_keys([p])[0]
-    assert k1.startswith("path:" + os.path.abspath(p) + ":")
+    assert k1.startswith("file:") and len(k1) == len("file:") + 40
     assert sample_keys([Path(p)]) == [k1]
     st = os.stat(p)
-    assert k1 == f"path:{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}"
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert sample_keys([p]) == [k1]  # same bytes: the mtime does not matter
+    _save(Image.new("RGB", (4, 4), "blue"), p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # new bytes under the old mtime
     k2 = sample_keys([p])[0]
-    assert k2 != k1
-    assert sample_keys([p]) == [k2]
+    assert k2 != k1 and sample_keys([p]) == [k2]
+    copy = shutil.copy(p, tmp_path / "b.png")
+    assert sample_keys([copy]) == [k2]  # a key names content, not a path
 
 
 def test_sample_keys_arrays_pil_texts():

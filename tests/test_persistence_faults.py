@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 import sktransfer
 from sktransfer import PretrainedTextClassifier
+from sktransfer.fs import atomic as _atomic
 from sktransfer.io import archive as _archive
-from sktransfer.io import atomic as _atomic
 from sktransfer.io import safe_format
 
 BOMB = 64 << 20  # inflated bytes of the test bombs (64 KiB compressed)

@@ -139,6 +139,18 @@ def config_context(**options):
         _CONFIG.update(old)
 
 
+#: ``(clear, stats)`` of the memos that layers above keep (the probe-head memo of
+#: :mod:`sktransfer.training.heads`): emptied by :func:`clear_cache`, counted by
+#: :func:`cache_info`. The cache imports nothing above it; they register here.
+_MEMOS: list = []
+
+
+def register_memo(clear, stats) -> None:
+    """Have :func:`clear_cache` call ``clear()`` and :func:`cache_info` report ``stats()``
+    (a dict of counters) for a memo kept outside the cache."""
+    _MEMOS.append((clear, stats))
+
+
 def cache_info() -> dict:
     """Counters since the last :func:`clear_cache`.
 
@@ -147,12 +159,12 @@ def cache_info() -> dict:
     in-memory tier; ``head_solves``/``head_hits`` count probe-head fits solved and
     taken from the head memo (:mod:`sktransfer.training.heads`).
     """
-    from sktransfer.training import heads
-
     with _LOCK:
         info = {**_STATS, "evictions": _MEMORY.evictions, "entries": len(_MEMORY),
                 "bytes": _MEMORY.size}  # fmt: skip
-    return {**info, **heads.STATS}
+    for _, stats in _MEMOS:
+        info.update(stats())
+    return info
 
 
 def clear_cache(*, disk=False, cache_dir=None) -> None:
@@ -163,9 +175,8 @@ def clear_cache(*, disk=False, cache_dir=None) -> None:
     writer's temp file is kept. Best effort, never raises. Any disk tier that an
     ``OSError`` turned off is tried again from now on.
     """
-    from sktransfer.training import heads
-
-    heads.clear_memo()
+    for clear, _ in _MEMOS:
+        clear()
     with _LOCK:
         _MEMORY.clear()
         _MEMORY.evictions = 0

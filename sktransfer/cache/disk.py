@@ -13,7 +13,7 @@ product matches the payload's length. A file failing anything is removed and its
 recomputed: :func:`read` never raises. Entries of the first format (``SKTC1``, whose
 checksum left the header out) fail the magic and are recomputed the same way.
 
-Writes go through :func:`sktransfer.io.atomic.atomic_write`: a temp file that its
+Writes go through :func:`sktransfer.fs.atomic.atomic_write`: a temp file that its
 writer holds locked (``flock``) until the rename, so readers see the old entry or the
 whole new one. Temp files whose lock is free belong to writers that were killed: they
 are removed by :func:`clear` (``clear_cache(disk=True)``) and, once per process and
@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from sktransfer.io.atomic import atomic_write, remove_stale_temps_under
+from sktransfer.fs.atomic import atomic_write, remove_stale_temps_under
 
 MAGIC = b"SKTC2\n"
 SUFFIX = ".sktc"

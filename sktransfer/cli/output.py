@@ -128,7 +128,7 @@ def open_output(path):
     Unwritable targets raise :class:`UsageError` here, before any work: the
     temporary file is created first. A device or FIFO is written in place.
     """
-    from sktransfer.io.atomic import atomic_write
+    from sktransfer.fs.atomic import atomic_write
 
     if path in (None, STDIN):
         sink = Sink(_stdout_binary(), "standard output")

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from sktransfer._estimator.pickling import check_version, sktransfer_version
-from sktransfer.io.atomic import atomic_write
+from sktransfer.fs.atomic import atomic_write
 
 FORMAT_NAME = "sktransfer-model"
 FORMAT_VERSION = 1

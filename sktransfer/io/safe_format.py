@@ -93,7 +93,7 @@ def save(est, path, *, store_backbone="embed"):
         file at ``path`` untouched. Temp files that killed saves of ``path`` left
         beside it (``.<name>.<pid>@<host>.<random>.tmp``) are removed first when
         no writer holds their lock (a live save in another process or container
-        keeps its own; see :mod:`sktransfer.io.atomic`).
+        keeps its own; see :mod:`sktransfer.fs.atomic`).
     store_backbone : {"embed", "reference"}, default="embed"
         ``"embed"``: all weights in the file (self-contained). ``"reference"``
         (packaged backbones with default weights only): tensors equal to the

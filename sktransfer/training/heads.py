@@ -33,6 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from sktransfer.cache import register_memo
 from sktransfer.cache.lru import LRU
 
 SINGLE_THREAD_FLOPS = 5e7  # n * d * k up to which the solver uses one BLAS thread
@@ -53,6 +54,9 @@ def clear_memo() -> None:
         _BASES.clear()
         for k in STATS:
             STATS[k] = 0
+
+
+register_memo(clear_memo, lambda: dict(STATS))  # clear_cache empties it, cache_info counts
 
 
 def _digest(*parts, params=()) -> bytes:

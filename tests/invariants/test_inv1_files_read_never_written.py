@@ -203,7 +203,7 @@ def test_sigterm_from_outside_keeps_old_output(text_model, texts, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_next_run_removes_the_temp_file_of_a_killed_writer(text_model, tmp_path, capsys):
     """A SIGKILLed writer cannot clean up; the next ``-o`` run of that file does."""
-    from sktransfer.io.atomic import atomic_write
+    from sktransfer.fs.atomic import atomic_write
 
     out = tmp_path / "out.csv"
     out.write_text("old,content\n")

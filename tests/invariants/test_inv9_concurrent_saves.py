@@ -3,7 +3,7 @@
 A save never removes the temp file of a live writer, whatever its name says
 about its pid and host (another PID namespace, another container on a shared
 volume), and a killed writer's temp file is removed by the next save. The rule
-is a file lock, see :mod:`sktransfer.io.atomic`.
+is a file lock, see :mod:`sktransfer.fs.atomic`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sktransfer.io import atomic
+from sktransfer.fs import atomic
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -31,7 +31,7 @@ fcntl = pytest.importorskip("fcntl")
 _WRITER = textwrap.dedent(
     """
     import os, sys
-    from sktransfer.io import atomic
+    from sktransfer.fs import atomic
 
     target, pid, host = sys.argv[1:4]
     if pid:
