@@ -2,27 +2,16 @@
 
 ``backbone=<dir>`` for an image estimator, where ``<dir>`` was written by
 ``save_pretrained`` (or is a hub id already in the local Hugging Face cache), is this
-source's when its ``config.json`` names a vision ``model_type``:
+source's when its ``config.json`` names a vision ``model_type``. The split into blocks
+is by family: ViT, DINOv2 and CLIP vision in :mod:`sktransfer.backbones.hf_vision_tokens`,
+SigLIP vision, ConvNeXt (V1, V2) and Swin in :mod:`sktransfer.backbones.hf_vision_families`;
+the chained blocks equal the model's own forward. ``pooling`` picks the CLS token, the
+mean of the patch tokens or SigLIP's attention head, where the family has it.
 
-* ``vit`` (``ViTModel``), ``dinov2`` (``Dinov2Model``): blocks ``embeddings``,
-  ``layer.0`` .. ``layer.N-1``; pool = the final ``layernorm``, then the CLS token
-  (the model's own ``pooler_output`` for DINOv2; ViT's extra dense+tanh pooler is
-  dropped, as ``last_hidden_state[:, 0]`` is what a linear probe reads).
-* ``clip_vision_model`` / ``clip`` (``CLIPVisionModel``, the image tower of a CLIP
-  directory): blocks ``embeddings`` (patch embedding + ``pre_layrnorm``), ``layer.0``
-  ..; pool = ``post_layernorm`` of the CLS token (the model's ``pooler_output``).
-
-SigLIP vision, ConvNeXt (V1, V2) and Swin are split by
-:mod:`sktransfer.backbones.hf_vision_families`, chosen by ``model_type``.
-
-``pooling="mean"`` instead averages the patch tokens (the CLS token left out). Every
-layer is called as the model's own ``forward`` calls it in transformers 5
-(``layer(hidden_states, attention_mask=None)``), so the chained blocks equal
-``model(pixel_values)``. Preprocessing comes from ``preprocessor_config.json`` (size,
-crop size, ``image_mean``/``image_std``, ``resample``), else the config's
-``image_size`` and the ImageNet mean/std. The saved ``source`` holds the model config
-as plain JSON, so :func:`sktransfer.load` rebuilds the architecture without reading
-any file a model names.
+Preprocessing comes from ``preprocessor_config.json`` (size, crop size,
+``image_mean``/``image_std``, ``resample``), else the config's ``image_size`` and the
+ImageNet mean/std. The saved ``source`` holds the model config as plain JSON, so
+:func:`sktransfer.load` rebuilds the architecture without reading any file a model names.
 """
 
 from __future__ import annotations
@@ -31,7 +20,6 @@ import json
 import os
 
 import torch
-from torch import nn
 
 from sktransfer.backbones.base import Backbone
 from sktransfer.backbones.compat import ensure_transformers_importable
@@ -48,6 +36,15 @@ from sktransfer.backbones.hf_vision_prep import (
     default_preprocessing,
     preprocessing_from_config,
 )
+
+# (HFVision* lived here before hf_vision_tokens: joblib files pickled then name them here)
+from sktransfer.backbones.hf_vision_tokens import (  # noqa: F401
+    HFVisionEmbeddings,
+    HFVisionLayer,
+    HFVisionPool,
+    check_token_pooling,
+    split_tokens,
+)
 from sktransfer.backbones.registry import BackboneSource, looks_like_hub_id, register_source
 
 __all__ = [
@@ -59,7 +56,6 @@ __all__ = [
 
 KIND = "hf_vision"
 POOLINGS = ("cls", "mean", "head")  # "head": SigLIP's attention pooling
-_TOKEN_POOLINGS = ("cls", "mean")  # ViT, DINOv2, CLIP
 # config model_type -> family; "clip" is a whole CLIP directory (its vision tower is used);
 # SigLIP, ConvNeXt and Swin are split in hf_vision_families
 _FAMILIES = {"vit": "vit", "dinov2": "dinov2", "clip_vision_model": "clip", "clip": "clip"}
@@ -82,93 +78,14 @@ def _classes(family):
     return getattr(transformers, config_name), getattr(transformers, model_name)
 
 
-class HFVisionEmbeddings(nn.Module):
-    """Block 0: ``(n, 3, H, W)`` pixels -> ``(n, 1 + patches, d)`` tokens.
-
-    Parameters
-    ----------
-    embeddings : torch.nn.Module
-        The model's ``embeddings`` (shared, not copied).
-    pre_norm : torch.nn.Module, optional
-        CLIP's ``pre_layrnorm``.
-    image_size : int
-        The size the position embeddings were trained for; other sizes interpolate them
-        (DINOv2 always does so itself).
-    interpolate : bool
-        Whether ``embeddings`` takes ``interpolate_pos_encoding`` (ViT, CLIP).
-    """
-
-    def __init__(self, embeddings, pre_norm=None, image_size=224, interpolate=True):
-        super().__init__()
-        self.embeddings = embeddings
-        self.pre_norm = pre_norm
-        self.image_size = int(image_size)
-        self.interpolate = bool(interpolate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first = next(self.embeddings.parameters())
-        if x.dtype != first.dtype:
-            x = x.to(first.dtype)
-        kwargs = {}
-        if self.interpolate and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            kwargs["interpolate_pos_encoding"] = True
-        x = self.embeddings(x, **kwargs)  # any layout: the patch conv follows it
-        return self.pre_norm(x) if self.pre_norm is not None else x
-
-
-class HFVisionLayer(nn.Module):
-    """One encoder layer, ``(n, t, d) -> (n, t, d)``, called as the model calls it."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.layer(hidden, None)  # image models build no mask (create_bidirectional_mask)
-        return out[0] if isinstance(out, tuple) else out
-
-
-class HFVisionPool(nn.Module):
-    """``(n, t, d) -> (n, d)``: the final norm and the CLS token (or the patch-token mean).
-
-    Parameters
-    ----------
-    norm : torch.nn.Module
-        ViT/DINOv2's ``layernorm`` (applied to every token first) or CLIP's
-        ``post_layernorm`` (applied to the pooled vector).
-    pooling : {"cls", "mean"}
-    norm_first : bool
-        True: normalise the tokens, then pool (ViT, DINOv2); False: pool, then normalise (CLIP).
-    """
-
-    def __init__(self, norm: nn.Module, pooling: str = "cls", norm_first: bool = True):
-        super().__init__()
-        _check_pooling(pooling, "vit")
-        self.norm = norm
-        self.pooling = pooling
-        self.norm_first = bool(norm_first)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.norm_first:
-            hidden = self.norm(hidden)
-        pooled = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(1)
-        return pooled if self.norm_first else self.norm(pooled)
-
-    def extra_repr(self) -> str:
-        return f"pooling={self.pooling!r}, norm_first={self.norm_first}"
-
-
 def _check_pooling(pooling, family=None, config=None):
     """Pooling names this family has (None: any family's); ValueError otherwise."""
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}")
     if family in FAMILY_CLASSES:
         check_pooling(family, config, pooling)
-    elif family is not None and pooling not in _TOKEN_POOLINGS:
-        raise ValueError(
-            f"pooling={pooling!r} is not available for a {family} vision encoder: "
-            f"use one of {_TOKEN_POOLINGS}"
-        )
+    elif family is not None:
+        check_token_pooling(pooling, family)
 
 
 def _pooling_for(family, config, pooling):
@@ -183,21 +100,7 @@ def _split(model, family, pooling):
     image_size = config_image_size(model.config)
     if family in FAMILY_CLASSES:
         return split_family(model, family, pooling, image_size)
-    if family == "vit":
-        layers = model.layers if hasattr(model, "layers") else model.encoder.layer
-        embed = HFVisionEmbeddings(model.embeddings, None, image_size, interpolate=True)
-        pool = HFVisionPool(model.layernorm, pooling, norm_first=True)
-    elif family == "dinov2":
-        layers = model.encoder.layer
-        embed = HFVisionEmbeddings(model.embeddings, None, image_size, interpolate=False)
-        pool = HFVisionPool(model.layernorm, pooling, norm_first=True)
-    else:
-        layers = model.encoder.layers
-        embed = HFVisionEmbeddings(model.embeddings, model.pre_layrnorm, image_size, True)
-        pool = HFVisionPool(model.post_layernorm, pooling, norm_first=False)
-    blocks = [("embeddings", embed)]
-    blocks += [(f"layer.{i}", HFVisionLayer(layer)) for i, layer in enumerate(layers)]
-    return blocks, pool
+    return split_tokens(model, family, pooling, image_size)
 
 
 def _family_of(model) -> str | None:

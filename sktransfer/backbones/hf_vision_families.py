@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sktransfer.backbones.hf_vision_tokens import HFVisionEmbeddings, HFVisionLayer
+
 __all__ = [
     "FAMILY_CLASSES",
     "FAMILY_POOLINGS",
@@ -217,8 +219,6 @@ def split_family(model, family: str, pooling: str, image_size: int):
     """
     check_pooling(family, model.config, pooling)
     if family == "siglip":
-        from sktransfer.backbones.hf_vision import HFVisionEmbeddings, HFVisionLayer
-
         embed = HFVisionEmbeddings(model.embeddings, None, image_size, interpolate=True)
         blocks = [("embeddings", embed)]
         blocks += [(f"layer.{i}", HFVisionLayer(m)) for i, m in enumerate(model.encoder.layers)]
