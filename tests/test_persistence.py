@@ -340,7 +340,7 @@ def test_embedder_roundtrip(tiny_bert_dir, texts, tmp_path):
 
 # --------------------------------------------------------------------------- faults
 def test_interrupted_fit_is_never_half_fitted(bert_clf, tiny_bert_dir, texts, monkeypatch):
-    import sktransfer._estimator.base as base
+    import sktransfer._estimator.fit_paths as base
 
     clf = PretrainedTextClassifier(tiny_bert_dir, freeze_depth=1, max_epochs=1, random_state=0)
     clf.fit(*texts)
@@ -382,7 +382,7 @@ def test_packaged_reference_detects_changed_weights(texts, tmp_path, monkeypatch
     sktransfer.save(clf, path, store_backbone="reference")
     assert os.path.getsize(path) < 100_000
     _assert_same_model(clf, sktransfer.load(path), X[40:60])
-    real = safe_format._build_net
+    real = safe_format.build_net
 
     def changed(*args, **kwargs):
         net, tok = real(*args, **kwargs)
@@ -390,14 +390,14 @@ def test_packaged_reference_detects_changed_weights(texts, tmp_path, monkeypatch
             next(net.blocks[0].parameters()).add_(1.0)
         return net, tok
 
-    monkeypatch.setattr(safe_format, "_build_net", changed)
+    monkeypatch.setattr(safe_format, "build_net", changed)
     with pytest.raises(ValueError, match="packaged weights.*differ"):
         sktransfer.load(path)
 
 
 def test_json_helpers_roundtrip():
     value = {"a": (1, 2.5, "x"), "b": np.array([[1, 2]], dtype=np.int16), "c": [None, True]}
-    back = _archive._from_json(json.loads(json.dumps(_archive._to_json(value, "v"))))
+    back = _archive.from_json(json.loads(json.dumps(_archive._to_json(value, "v"))))
     assert back["a"] == (1, 2.5, "x")
     assert back["b"].dtype == np.int16 and back["b"].shape == (1, 2)
     assert back["c"] == [None, True]

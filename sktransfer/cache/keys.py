@@ -60,7 +60,7 @@ def sample_keys(items, kind="image", index=None):
         is never stored. File keys are :class:`FileKey` objects (``str``).
     """
     # imported here: inputs/ imports backbones/, whose registry imports the cache
-    from sktransfer.inputs.images import _bad_type, _closed_error, _is_closed
+    from sktransfer.inputs.images import bad_type, closed_error, is_closed
 
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
@@ -80,11 +80,11 @@ def sample_keys(items, kind="image", index=None):
             a = np.ascontiguousarray(item)
             keys.append("arr:" + digest(a.shape, a.dtype.str, memoryview(a).cast("B")))
         elif isinstance(item, Image.Image):
-            if _is_closed(item):
-                raise _closed_error(i)
+            if is_closed(item):
+                raise closed_error(i)
             keys.append("pil:" + digest(item.mode, item.size, *_pil_extras(item), item.tobytes()))
         else:
-            raise _bad_type(item, i)
+            raise bad_type(item, i)
     return keys
 
 

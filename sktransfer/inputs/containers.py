@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 
-def _to_list(X, what):
+def to_list(X, what):
     """Turn a container (list, tuple, Series, DataFrame column, iterable) into a list."""
     if isinstance(X, (str, bytes, os.PathLike)):
         name = type(X).__name__
@@ -29,7 +29,7 @@ def _to_list(X, what):
     raise TypeError(f"Expected a list of {what}, got {type(X).__name__}.")
 
 
-def _as_targets(y, n):
+def as_targets(y, n):
     if y is None:
         return None
     if hasattr(y, "to_numpy"):

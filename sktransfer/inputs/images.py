@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from sktransfer.inputs.containers import _as_targets, _to_list
+from sktransfer.inputs.containers import as_targets, to_list
 from sktransfer.inputs.crops import array_pixels, as_uint8, crop_box, pixels_tensor, resample_filter
 from sktransfer.inputs.preprocessing import ImagePreprocessing
 
@@ -67,17 +67,17 @@ def _check_pixels(a, i):
     return a
 
 
-def _is_closed(im):
+def is_closed(im):
     """``Image.close()`` leaves a deferred "Operation on closed image" error in place of
     the pixel core; any use of the image then raises it."""
     return type(getattr(im, "_im", None)).__name__ == "DeferredError"
 
 
-def _closed_error(i):
+def closed_error(i):
     return ValueError(f"Sample {i}: the PIL image is closed (Image.close() was called on it).")
 
 
-def _bad_type(item, i):
+def bad_type(item, i):
     name = type(item).__name__
     return TypeError(f"Sample {i}: unsupported image type {name}; expected {_ALLOWED}.")
 
@@ -123,7 +123,7 @@ def check_images(X):
         if X.ndim >= 1 and len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
         return _check_batch(X)
-    items = _to_list(X, "images (paths, PIL images or arrays)")
+    items = to_list(X, "images (paths, PIL images or arrays)")
     if not items:
         raise ValueError("X is empty: at least one image is required.")
     out = []
@@ -137,11 +137,11 @@ def check_images(X):
         elif isinstance(item, np.ndarray):
             out.append(_check_pixels(item, i))
         elif isinstance(item, Image.Image):
-            if _is_closed(item):
-                raise _closed_error(i)
+            if is_closed(item):
+                raise closed_error(i)
             out.append(item)
         else:
-            raise _bad_type(item, i)
+            raise bad_type(item, i)
     return out
 
 
@@ -242,8 +242,8 @@ def load_rgb(item, index=None):
             msg = f"{where}: cannot read image file {path!r}: {exc}"
             raise ValueError(msg) from exc
     if isinstance(item, Image.Image):
-        if _is_closed(item):
-            raise _closed_error("?" if index is None else index)
+        if is_closed(item):
+            raise closed_error("?" if index is None else index)
         try:
             return _to_rgb(_upright(item))
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -251,7 +251,7 @@ def load_rgb(item, index=None):
     if isinstance(item, np.ndarray):
         _check_pixels(item, "?" if index is None else index)
         return _array_to_pil(item)
-    raise _bad_type(item, "?" if index is None else index)
+    raise bad_type(item, "?" if index is None else index)
 
 
 def preprocess_image(img, prep: ImagePreprocessing, normalize: bool = True):
@@ -311,7 +311,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, items, prep, y=None, transform=None, normalize=True, index=None):
         self.items = list(items)
         self.prep = prep
-        self.y = _as_targets(y, len(self.items))
+        self.y = as_targets(y, len(self.items))
         self.transform = transform
         self.normalize = normalize
         self.index = None if index is None else [int(i) for i in index]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sktransfer.inputs.containers import _as_targets, _to_list
+from sktransfer.inputs.containers import as_targets, to_list
 from sktransfer.inputs.preprocessing import TextPreprocessing
 
 
@@ -34,7 +34,7 @@ def check_texts(X):
         If ``X`` is empty or has more than one column, or a text is not valid
         Unicode (a lone surrogate, e.g. from ``errors="surrogateescape"``; index named).
     """
-    items = _to_list(X, "strings")
+    items = to_list(X, "strings")
     if not items:
         raise ValueError("X is empty: at least one text is required.")
     out = []
@@ -76,7 +76,7 @@ class TextDataset(torch.utils.data.Dataset):
 
     def __init__(self, texts, y=None):
         self.texts = list(texts)
-        self.y = _as_targets(y, len(self.texts))
+        self.y = as_targets(y, len(self.texts))
 
     def __len__(self):
         return len(self.texts)

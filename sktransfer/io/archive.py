@@ -66,9 +66,9 @@ def _to_json(value, where):
     raise TypeError(f"{where} is a {type(value).__name__}, which cannot be saved as plain data")
 
 
-def _from_json(value):
+def from_json(value):
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [from_json(v) for v in value]
     if isinstance(value, dict):
         if "__ndarray__" in value:
             items = value["__ndarray__"]
@@ -78,8 +78,8 @@ def _from_json(value):
                 raise ValueError(f"refusing a saved array of dtype {dtype} and length {len(items)}")
             return _exact_array(items, dtype, value["shape"])
         if "__tuple__" in value:
-            return tuple(_from_json(v) for v in value["__tuple__"])
-        return {k: _from_json(v) for k, v in value.items()}
+            return tuple(from_json(v) for v in value["__tuple__"])
+        return {k: from_json(v) for k, v in value.items()}
     return value
 
 

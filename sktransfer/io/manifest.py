@@ -15,7 +15,7 @@ import os
 
 from sktransfer._estimator.pickling import sktransfer_version
 from sktransfer.io import checks, fitted
-from sktransfer.io.archive import _from_json
+from sktransfer.io.archive import from_json
 
 _CLASSES = {
     "PretrainedImageClassifier": "sktransfer.image",
@@ -82,10 +82,10 @@ def construct(path, meta):
     if cls_name not in _CLASSES:
         raise ValueError(f"{os.fspath(path)!r} holds an unknown estimator class {cls_name!r}")
     cls = getattr(importlib.import_module(_CLASSES[cls_name]), cls_name)
-    attrs = {k: _from_json(v) for k, v in meta["attributes"].items()}
-    prep = _from_json(meta["preprocessing"])
+    attrs = {k: from_json(v) for k, v in meta["attributes"].items()}
+    prep = from_json(meta["preprocessing"])
     check_manifest(cls, meta, attrs, prep)
-    params = checks.checked_params(cls, _from_json(meta["params"]), repr(os.fspath(path)))
+    params = checks.checked_params(cls, from_json(meta["params"]), repr(os.fspath(path)))
     try:
         est = cls(**params)
     except TypeError as exc:

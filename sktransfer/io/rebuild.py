@@ -10,10 +10,10 @@ import hashlib
 import torch
 from torch import nn
 
-from sktransfer.io.archive import WEIGHTS, _from_json
+from sktransfer.io.archive import WEIGHTS, from_json
 
 
-def _tensor_digest(state: dict, keys) -> str:
+def tensor_digest(state: dict, keys) -> str:
     h = hashlib.sha256()
     for k in sorted(keys):
         t = state[k].detach().cpu().contiguous()
@@ -22,7 +22,7 @@ def _tensor_digest(state: dict, keys) -> str:
     return h.hexdigest()
 
 
-def _build_net(meta, source, members, state, info=None):
+def build_net(meta, source, members, state, info=None):
     """``(TransferNet, tokenizer or None)``: the architecture, with reference or random weights.
 
     ``info`` (a dict), when given, receives the rebuilt backbone's ``feature_dim``.
@@ -45,7 +45,7 @@ def _build_net(meta, source, members, state, info=None):
         arch = {
             **meta["arch"],
             "weight_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-            "preprocessing": _from_json(meta["preprocessing"]),
+            "preprocessing": from_json(meta["preprocessing"]),
         }
         data = {k: v for k, v in members.items() if k != WEIGHTS}
         backbone = rebuild_backbone(source, arch, members=data)

@@ -25,13 +25,13 @@ from sktransfer.io.archive import (
     FORMAT_VERSION,
     WEIGHTS,
     _atomic_write,
-    _from_json,
     _read,
     _to_json,
+    from_json,
 )
 from sktransfer.io.hf_members import _JOBLIB_HINT, text_members
 from sktransfer.io.manifest import _CLASSES, check_manifest, construct, malformed
-from sktransfer.io.rebuild import _build_net, _tensor_digest
+from sktransfer.io.rebuild import build_net, tensor_digest
 
 _SPECIAL_ATTRS = ("module_", "preprocessing_", adapters.ATTR)
 
@@ -179,7 +179,7 @@ def _referenced(est, meta, source, members, state, lora):
             "store_backbone='reference' needs a packaged backbone with its default weights; "
             f"this model's backbone is {source}. Use store_backbone='embed'"
         )
-    ref_net = _build_net(meta, source, members, state)[0]
+    ref_net = build_net(meta, source, members, state)[0]
     if lora is not None:  # the reference: the packaged weights + the merged adapters
         adapters.merge_into(ref_net, {**lora, "tensors": est.lora_adapters_["tensors"]})
     ref_state = ref_net.state_dict()
@@ -192,16 +192,16 @@ def _referenced(est, meta, source, members, state, lora):
         and ref_state[k].dtype == v.dtype
         and torch.equal(ref_state[k], v)
     ]
-    meta["referenced"] = {"keys": sorted(same), "sha256": _tensor_digest(state, same)}
+    meta["referenced"] = {"keys": sorted(same), "sha256": tensor_digest(state, same)}
     return {k: v for k, v in state.items() if k not in set(same)}
 
 
 def _check_before_writing(est, meta):
     """The load-time checks on what save is about to write: never a file load refuses."""
     try:
-        checks.validate_params(type(est)(**_from_json(meta["params"])))
-        attrs = {k: _from_json(v) for k, v in meta["attributes"].items()}
-        check_manifest(type(est), meta, attrs, _from_json(meta["preprocessing"]))
+        checks.validate_params(type(est)(**from_json(meta["params"])))
+        attrs = {k: from_json(v) for k, v in meta["attributes"].items()}
+        check_manifest(type(est), meta, attrs, from_json(meta["preprocessing"]))
     except ValueError as exc:
         raise ValueError(
             f"cannot save this {type(est).__name__}: sktransfer.load would refuse the file "
@@ -291,17 +291,17 @@ def _rebuild(path, meta, members):
         state = st_load(members[WEIGHTS])
     except SafetensorError as exc:
         raise ValueError(f"{os.fspath(path)!r}: unreadable {WEIGHTS} ({exc})") from exc
-    source = _from_json(meta["backbone_source"])
+    source = from_json(meta["backbone_source"])
     lora, state = adapters.from_file(meta, state)
     info = {}
-    net, tokenizer = _build_net(meta, source, members, state, info=info)
+    net, tokenizer = build_net(meta, source, members, state, info=info)
     checks.check_weights({**state, **(lora or {}).get("tensors", {})}, net)
     if meta["store_backbone"] == "reference":
         if lora is not None:  # re-merged into the packaged weights, checked by the digest
             adapters.merge_into(net, lora)
         ref_keys = meta["referenced"]["keys"]
         full = net.state_dict()
-        if _tensor_digest(full, ref_keys) != meta["referenced"]["sha256"]:
+        if tensor_digest(full, ref_keys) != meta["referenced"]["sha256"]:
             raise ValueError(
                 f"the packaged weights of {source.get('name')!r} differ from those the model "
                 "was saved with (was the weights package upgraded?); re-save with "
