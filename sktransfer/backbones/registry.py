@@ -285,10 +285,15 @@ def resolve_backbone(spec, modality, *, weights="default", share=False) -> Backb
 _TEMPLATES = LRU(3)  # the last loaded backbones
 
 
+def _stat_key(st):
+    """What tells a rewritten file from the one loaded before: ``cp -p``, ``tar x`` and
+    ``rsync -t`` restore the mtime, but no copy tool can set the ctime (nor the inode)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _weights_key(weights):
     if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
-        st = os.stat(weights)
-        return (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
+        return (os.path.abspath(weights), _stat_key(os.stat(weights)))
     return weights
 
 
@@ -302,9 +307,11 @@ def _dir_key(path):
     if not os.path.isdir(path):
         return ("hub", path)
     stats = []
-    for name in sorted(os.listdir(path)):
-        st = os.stat(os.path.join(path, name))
-        stats.append((name, st.st_size, st.st_mtime_ns))
+    for where, dirs, files in os.walk(path):  # every file, subfolders' too
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(where, name)
+            stats.append((os.path.relpath(full, path), _stat_key(os.stat(full))))
     return ("dir", path, tuple(stats))
 
 

@@ -132,3 +132,24 @@ def test_reading_module_of_a_fine_tuned_estimator_does_not_copy(data):
     X, y = data
     est = _clf(freeze_depth=-1, max_epochs=1).fit(X, y)
     assert est.module_ is est.module_  # its own network already: no copy per access
+
+
+def test_weights_replaced_under_a_restored_mtime_are_loaded_again(tmp_path):
+    """The registry keeps loaded backbones by their weights file: a file copied over with
+    ``cp -p`` (same size and mtime, new bytes) must not be served from the old load."""
+    import os
+    import shutil
+
+    from sktransfer.backbones.registry import _weights_key
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"0" * 64)
+    b.write_bytes(b"1" * 64)
+    target = tmp_path / "weights.pt"
+    shutil.copy2(a, target)
+    before = _weights_key(str(target))
+    st = os.stat(target)
+    shutil.copy2(b, target)  # cp -p: the bytes change, size and mtime are restored
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(target).st_mtime_ns == st.st_mtime_ns
+    assert _weights_key(str(target)) != before
