@@ -48,6 +48,11 @@ class TransferNet(nn.Module):
     already is the pooled feature vector (the cached output of the whole backbone).
     """
 
+    # set by the fit paths: only LoRA adapters train in the unfrozen blocks; BatchNorm
+    # layers of trained blocks update their running statistics (image train_bn)
+    adapter_only = False
+    train_bn = True
+
     def __init__(self, blocks, block_names, pool, head, n_frozen=0):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -63,7 +68,7 @@ class TransferNet(nn.Module):
         """Freeze blocks ``[:n_frozen]``; the rest train (with ``adapter_only``, a LoRA
         fit: only their adapter parameters, and the pool stays frozen)."""
         self.n_frozen = int(n_frozen)
-        adapter_only = getattr(self, "adapter_only", False)
+        adapter_only = self.adapter_only
         for i, block in enumerate(self.blocks):
             frozen = i < self.n_frozen
             for name, p in block.named_parameters():
@@ -82,7 +87,7 @@ class TransferNet(nn.Module):
             block.eval()
         if self.n_frozen >= len(self.blocks):
             self.pool.eval()
-        if mode and not getattr(self, "train_bn", True):
+        if mode and not self.train_bn:
             # fine-tuned blocks keep their pretrained BatchNorm statistics (their
             # affine parameters still learn): small batches of a new domain would
             # otherwise drag the running statistics away from what the weights expect
@@ -114,14 +119,3 @@ class TransferNet(nn.Module):
     def forward(self, x, start: int | None = None):
         start = self.input_block if start is None else start
         return self.head(self.features(x, start=start))
-
-
-def bn_state(module: nn.Module) -> dict:
-    """Copies of every BatchNorm buffer (running mean/var, batches tracked)."""
-    return {
-        f"{name}.{b}": getattr(m, b).detach().clone()
-        for name, m in module.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for b in ("running_mean", "running_var", "num_batches_tracked")
-        if getattr(m, b, None) is not None
-    }

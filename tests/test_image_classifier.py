@@ -11,7 +11,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from sktransfer import ImageEmbedder, PretrainedImageClassifier
-from sktransfer.freezing import bn_state
+
+
+def bn_state(module):
+    """Copies of ``module``'s buffers: in these CNNs, the BatchNorm running statistics."""
+    return {name: b.detach().clone() for name, b in module.named_buffers()}
 
 
 def _clf(cnn, **kw):
