@@ -383,15 +383,15 @@ class ImageEmbedder(_ImageInput, EmbedderBase):
         self,
         backbone=None,
         *,
-        weights="default",
-        image_size=None,
         batch_size=None,
         device="auto",
         cache_dir=None,
+        weights="default",
+        image_size=None,
     ):
         self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
         self.batch_size = batch_size
         self.device = device
         self.cache_dir = cache_dir
+        self.weights = weights
+        self.image_size = image_size

@@ -288,15 +288,15 @@ class TextEmbedder(_TextInput, EmbedderBase):
         self,
         backbone=None,
         *,
-        max_length=None,
-        pooling=None,
         batch_size=None,
         device="auto",
         cache_dir=None,
+        max_length=None,
+        pooling=None,
     ):
         self.backbone = backbone
-        self.max_length = max_length
-        self.pooling = pooling
         self.batch_size = batch_size
         self.device = device
         self.cache_dir = cache_dir
+        self.max_length = max_length
+        self.pooling = pooling
