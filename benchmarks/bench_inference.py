@@ -126,7 +126,7 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
     fns["ImageEmbedder, rule"] = _uncalibrated(lambda: emb.transform(images))
     with config_context(cache=False):
         times = time_interleaved(fns, repeats=rounds, warmup=1, timer=TIMER)
-    chosen = sorted(set(calibrate.chosen_sizes().values()), key=str)
+        chosen = _sizes_seen(emb, lambda: emb.transform(images))  # after the trials
     note = (
         f"{side} px arrays, centre-cropped to {crop}; raw vs embedder features: |diff| <= {gap:.0e}"
         f"; calibrated micro-batch {chosen} (the first calls run the trials)"
@@ -137,6 +137,17 @@ def _image_rows(key, label, spec, weights, n, rounds, batches):
                notes=f"{label}: ImageEmbedder calibrated / at the rule's size "
                f"(SKTRANSFER_BATCH_CALIBRATION=0), same run"),
     ]  # fmt: skip
+
+
+def _sizes_seen(emb, call) -> list[int]:
+    """The micro-batch sizes ``emb``'s first block receives during ``call()``."""
+    sizes = []
+    hook = emb._net().blocks[0].register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    try:
+        call()
+    finally:
+        hook.remove()
+    return sorted(set(sizes))
 
 
 def _uncalibrated(fn):
