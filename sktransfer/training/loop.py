@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, PrintLog, ProgressBar
+from skorch.callbacks import ProgressBar
 from skorch.dataset import get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
 
 from sktransfer.runtime.device import autocast, to_device
+from sktransfer.training.callbacks import EpochTable, StopEarly, StopTraining, ValidMetric
 from sktransfer.training.loaders import training_loader
 from sktransfer.training.schedules import BatchLRScheduler, lr_range_test
 
@@ -39,68 +40,6 @@ class _Interrupted(BaseException):
     """A ``KeyboardInterrupt`` carried past skorch, whose ``partial_fit`` swallows it."""
 
 
-class _StopTraining(Exception):
-    """Early stopping's end of training (skorch signals it with ``KeyboardInterrupt``)."""
-
-
-class StopEarly(EarlyStopping):
-    """skorch's :class:`~skorch.callbacks.EarlyStopping`, ending the loop with its own
-    exception so that a user's Ctrl-C is never mistaken for it."""
-
-    def on_epoch_end(self, net, **kwargs):
-        try:
-            super().on_epoch_end(net, **kwargs)
-        except KeyboardInterrupt:
-            if self.misses_ == self.patience:
-                raise _StopTraining() from None
-            raise
-
-
-# --------------------------------------------------------------------------- fine-tuning
-class EpochTable(PrintLog):
-    """skorch's epoch table with numbers a reader can read: 4 significant digits (a
-    learning rate of 3e-05 is not ``0.0000``) and no ANSI colour codes unless stdout is a
-    terminal (a log file or a notebook capture stays clean)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("floatfmt", ".4g")
-        super().__init__(*args, **kwargs)
-
-    def format_row(self, row, key, color):
-        if not _stdout_is_terminal():
-            color = ""
-        text = super().format_row(row, key, color)
-        return text.replace("\x1b[0m", "") if not color and isinstance(text, str) else text
-
-
-def _stdout_is_terminal():
-    import sys
-
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class ValidMetric(Callback):
-    """Per-epoch validation metric of the fit's target (``valid_acc``, ``valid_r2``, ...),
-    from the validation batches' outputs, kept on the device until the epoch ends."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def on_epoch_begin(self, net, **kwargs):
-        self.outputs_, self.targets_ = [], []
-
-    def on_batch_end(self, net, batch=None, training=None, y_pred=None, **kwargs):
-        if training or y_pred is None:
-            return
-        self.outputs_.append(y_pred.detach())
-        self.targets_.append(batch[1][0].to(y_pred.device, non_blocking=True))
-
-    def on_epoch_end(self, net, **kwargs):
-        if self.outputs_:
-            outputs, targets = torch.cat(self.outputs_).float(), torch.cat(self.targets_)
-            net.history.record(self.target.metric, self.target.score(outputs, targets))
-        self.outputs_, self.targets_ = [], []
 
 
 @dataclasses.dataclass
@@ -191,7 +130,7 @@ class TransferNeuralNet(NeuralNet):
         half-trained net). :func:`fine_tune` turns it back into ``KeyboardInterrupt``."""
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
-        except _StopTraining:
+        except StopTraining:
             return self
         except KeyboardInterrupt as exc:
             raise _Interrupted() from exc
