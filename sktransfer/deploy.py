@@ -41,7 +41,7 @@ def _quiet():
 
 def is_quantized(est) -> bool:
     """Whether ``est``'s network holds dynamically quantised layers."""
-    module = getattr(est, "module_", None)
+    module = vars(est).get("module_")  # the stored network: reading it copies nothing
     return module is not None and any(_is_quantized_module(m) for m in module.modules())
 
 

@@ -58,3 +58,9 @@ class OwnedModuleMixin:
         if getattr(net, "handed_out", False):
             forget_digest(net)
         return net
+
+
+def read_network(est):
+    """``est``'s fitted network without handing it out: no private copy, no digest reset.
+    For library code that reads it and never changes it (saving, exporting)."""
+    return est.__dict__["module_"]

@@ -196,8 +196,7 @@ def position_limit(config) -> int | None:
 
 
 def _out_of_resources(exc) -> bool:
-    """Whether ``exc`` (or what caused it) is the machine running out of memory or
-    threads, which no model file is to blame for."""
+    """Whether ``exc`` (or its cause) is the machine out of memory or threads: no file's fault."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

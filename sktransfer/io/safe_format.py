@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from sktransfer._estimator.ownership import read_network
 from sktransfer._estimator.pickling import sktransfer_version
 from sktransfer.io import adapters, checks, fitted
 from sktransfer.io.archive import (
@@ -80,6 +81,27 @@ def _weights_state(module) -> dict:
     return out
 
 
+def _meta(est, net, params, store_backbone) -> dict:
+    """The manifest's plain part: format, versions, class, parameters, fitted attributes."""
+    attrs = {}
+    for key, value in vars(est).items():
+        if key.endswith("_") and not key.startswith("_") and key not in _SPECIAL_ATTRS:
+            attrs[key] = _to_json(value, f"fitted attribute {key}")
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "versions": _library_versions(),
+        "estimator": type(est).__name__,
+        "params": params,
+        "attributes": attrs,
+        "modality": est._modality,
+        "store_backbone": store_backbone,
+        "n_frozen": int(net.n_frozen),
+        "block_names": list(net.block_names),
+        "arch": {},
+    }
+
+
 def save(est, path, *, store_backbone="embed"):
     """Save a fitted sktransfer estimator to one file that loads without pickle.
 
@@ -123,34 +145,19 @@ def save(est, path, *, store_backbone="embed"):
     if store_backbone not in ("embed", "reference"):
         raise ValueError(f"store_backbone must be 'embed' or 'reference', got {store_backbone!r}")
     params, source = _check_savable(est)
-    state = _weights_state(est.module_)
+    net = read_network(est)  # (reading est.module_ would copy a shared frozen backbone)
+    state = _weights_state(net)
     lora, lora_tensors = adapters.to_file(est)
-    attrs = {}
-    for key, value in vars(est).items():
-        if key.endswith("_") and not key.startswith("_") and key not in _SPECIAL_ATTRS:
-            attrs[key] = _to_json(value, f"fitted attribute {key}")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "versions": _library_versions(),
-        "estimator": type(est).__name__,
-        "params": params,
-        "attributes": attrs,
-        "modality": est._modality,
-        "store_backbone": store_backbone,
-        "n_frozen": int(est.module_.n_frozen),
-        "block_names": list(est.module_.block_names),
-        "arch": {},
-    }
+    meta = _meta(est, net, params, store_backbone)
     members, prep = {}, est.preprocessing_
     meta["preprocessing"] = _preprocessing_json(prep)
     meta["backbone_source"] = _to_json(source, "backbone_source_")
     _check_before_writing(est, meta)
     if getattr(prep, "tokenizer", None) is not None and not _is_reference(source, store_backbone):
-        text, arch = text_members(est.module_, prep.tokenizer)  # the config and tokenizer files
+        text, arch = text_members(net, prep.tokenizer)  # the config and tokenizer files
         members.update(text)
         meta["arch"].update(arch)
-    first = est.module_.blocks[0] if len(est.module_.blocks) else None
+    first = net.blocks[0] if len(net.blocks) else None
     if source.get("kind") == "torchvision" and hasattr(first, "image_size"):
         meta["arch"]["image_size"] = int(first.image_size)  # ViT: set by the weights
     if store_backbone == "reference":

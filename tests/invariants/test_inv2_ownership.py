@@ -153,3 +153,17 @@ def test_weights_replaced_under_a_restored_mtime_are_loaded_again(tmp_path):
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(target).st_mtime_ns == st.st_mtime_ns
     assert _weights_key(str(target)) != before
+
+
+def test_saving_or_exporting_reads_the_network_without_copying_it(data, tmp_path):
+    """Library code that only reads the network (sktransfer.save) does not hand it out:
+    no private copy, and the weight digest keeps its memo."""
+    import sktransfer
+
+    X, y = data
+    a = _clf().fit(X, y)
+    shared = vars(a)["module_"]
+    sktransfer.save(a, tmp_path / "a.skt")
+    assert vars(a)["module_"] is shared and not getattr(shared, "handed_out", False)
+    template = resolve_backbone(NAME, "image", share=True)
+    assert shared.blocks[0] is template.blocks[0][1]
