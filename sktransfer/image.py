@@ -19,7 +19,7 @@ from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedReg
 from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
 from sktransfer.inputs.images import ImageDataset, check_images
 from sktransfer.inputs.pixels import StackPixels
-from sktransfer.runtime.batches import ArrayDataset
+from sktransfer.runtime.batches import RowsDataset
 
 _EMBEDDER_CONSTRAINTS = {
     "backbone": "no_validation",
@@ -76,7 +76,7 @@ class _ImageInput:
 
     def _make_dataset(self, items, kind, prep, *, training, view=None, index=None):
         if kind == "vector":
-            return ArrayDataset(items)
+            return RowsDataset(items)
         transform = view
         if training:
             transform = make_augment(self.augment, prep)

@@ -27,7 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sktransfer.backbones.hf_vision_tokens import HFVisionEmbeddings, HFVisionLayer
+from sktransfer.backbones.hf_vision_tokens import (
+    HFVisionEmbeddings,
+    HFVisionLayer,
+    in_weights_dtype,
+)
 
 __all__ = [
     "FAMILY_CLASSES",
@@ -158,9 +162,7 @@ class SwinEmbeddingsBlock(nn.Module):
         self.image_size = int(image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first = next(self.embeddings.parameters())
-        if x.dtype != first.dtype:
-            x = x.to(first.dtype)
+        x = in_weights_dtype(self.embeddings, x)
         kwargs = {}
         resized = tuple(x.shape[-2:]) != (self.image_size, self.image_size)
         if resized and self.embeddings.position_embeddings is not None:

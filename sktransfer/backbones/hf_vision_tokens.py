@@ -44,6 +44,12 @@ def check_token_pooling(pooling, family: str) -> None:
         )
 
 
+
+def in_weights_dtype(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s weights (pixel batches arrive as float32)."""
+    first = next(module.parameters())
+    return x if x.dtype == first.dtype else x.to(first.dtype)
+
 class HFVisionEmbeddings(nn.Module):
     """Block 0: ``(n, 3, H, W)`` pixels -> ``(n, 1 + patches, d)`` tokens.
 
@@ -68,9 +74,7 @@ class HFVisionEmbeddings(nn.Module):
         self.interpolate = bool(interpolate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first = next(self.embeddings.parameters())
-        if x.dtype != first.dtype:
-            x = x.to(first.dtype)
+        x = in_weights_dtype(self.embeddings, x)
         kwargs = {}
         if self.interpolate and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             kwargs["interpolate_pos_encoding"] = True

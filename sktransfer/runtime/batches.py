@@ -48,7 +48,8 @@ class Collate:
 
 
 class RowsDataset(Dataset):
-    """Cached per-sample block outputs as a dataset: ``(tensor, 0)``."""
+    """Per-sample rows as a dataset of float32 tensors, ``(tensor, 0)``: cached block outputs
+    (shared with the cache, so each tensor is a copy) or a user's numeric vectors."""
 
     def __init__(self, rows):
         self.rows = rows
@@ -57,7 +58,7 @@ class RowsDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
-        return torch.tensor(self.rows[i], dtype=torch.float32), 0  # a copy: rows are shared
+        return torch.tensor(np.asarray(self.rows[i]), dtype=torch.float32), 0
 
 
 class PadTokens:
@@ -73,18 +74,3 @@ class PadTokens:
             hidden[i, : r.shape[0]] = r
             mask[i, : r.shape[0]] = 1
         return TextState(hidden, mask), torch.zeros(n)
-
-
-class ArrayDataset(Dataset):
-    """Rows of a 2-D float array (the numeric-vector input of a user module)."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return torch.as_tensor(np.asarray(self.rows[i], dtype=np.float32)), 0
-
-
