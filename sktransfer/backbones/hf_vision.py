@@ -174,9 +174,9 @@ def _directory(spec: str) -> str | None:
     if os.path.isdir(spec):
         return spec
     if looks_like_hub_id(spec):
-        from sktransfer.backbones.huggingface import _hub_snapshot
+        from sktransfer.backbones.huggingface import hub_snapshot
 
-        return _hub_snapshot(spec)
+        return hub_snapshot(spec)
     return None
 
 
@@ -231,10 +231,10 @@ def load_hf_vision(name_or_path, weights="default", pooling: str | None = None) 
     if weights not in ("default", None):
         raise ValueError(f"weights must be 'default' or None for {spec!r}, got {weights!r}")
     config_cls, model_cls = _classes(family)
-    from sktransfer.backbones.huggingface import _no_progress_bar
+    from sktransfer.backbones.huggingface import no_progress_bar
 
     try:
-        with _no_progress_bar():
+        with no_progress_bar():
             if weights is None:
                 model = model_cls(config_cls.from_pretrained(directory))
             else:

@@ -263,7 +263,7 @@ def backbone_from_hf_model(
 
 
 @contextlib.contextmanager
-def _no_progress_bar():
+def no_progress_bar():
     """Silence transformers' "Loading weights" bar while loading (restored after)."""
     from transformers.utils import logging as hf_logging
 
@@ -277,7 +277,7 @@ def _no_progress_bar():
             hf_logging.enable_progress_bar()
 
 
-def _hub_snapshot(repo_id: str) -> str | None:
+def hub_snapshot(repo_id: str) -> str | None:
     """The local snapshot directory of a cached hub repository, or None."""
     try:
         from huggingface_hub import snapshot_download
@@ -333,9 +333,9 @@ def load_huggingface(name_or_path, pooling=None, max_length=None, normalize=None
     from transformers import AutoModel, AutoTokenizer
 
     spec = os.fspath(name_or_path)
-    directory = spec if os.path.isdir(spec) else _hub_snapshot(spec)
+    directory = spec if os.path.isdir(spec) else hub_snapshot(spec)
     try:
-        with _no_progress_bar():
+        with no_progress_bar():
             tokenizer, model, st = _load(AutoTokenizer, AutoModel, spec, directory)
     except Exception as exc:
         if _out_of_resources(exc):  # not the directory's fault: say what ran out

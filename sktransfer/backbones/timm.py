@@ -215,7 +215,8 @@ def load_timm(spec: str, weights="default") -> Backbone:
 
 
 def _load_file(model, path: str) -> None:
-    from sktransfer.backbones.torchvision import _preview, _read_state_dict
+    from sktransfer.backbones.state_dicts import preview as _preview
+    from sktransfer.backbones.state_dicts import read_state_dict as _read_state_dict
 
     state = _read_state_dict(path)
     head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
