@@ -188,9 +188,16 @@ class PretrainedEstimatorBase(
         sw = check_weights(sample_weight, len(items))
         encoded = target.encode(self, y, len(items), sw)
         if encoded.weights is not None:
-            sw = sw * encoded.weights
-            if not sw.sum() > 0:
+            with np.errstate(over="ignore"):  # (refused below, by name)
+                sw = sw * encoded.weights
+                total = sw.sum()
+            if not total > 0:
                 raise ValueError("sample_weight times class_weight is 0 for every sample")
+            if not np.isfinite(total):
+                raise ValueError(
+                    "sample_weight times class_weight sums to inf in float64; divide the "
+                    "weights by a common factor"
+                )
         backbone = self._resolve_backbone(share=self._shares_template(device))
         warn_if_unsplit(backbone, self.freeze_depth)
         state = FitState(

@@ -102,3 +102,11 @@ def test_sample_weights_of_any_size_give_finite_probabilities_or_a_clear_refusal
             return
         proba = clf.predict_proba(_images(4, seed=4))
     assert np.isfinite(proba).all()
+
+
+def test_class_weights_times_sample_weights_beyond_float64_are_refused():
+    X, y = _images(20), np.arange(20) % 2
+    clf = PretrainedImageClassifier(make_cnn(), image_size=SIDE, class_weight={0: 1e300, 1: 1.0})
+    with pytest.raises(ValueError, match="class_weight sums to inf"):
+        clf.fit(X, y, sample_weight=np.full(20, 1e300))
+    assert not hasattr(clf, "classes_")
