@@ -1,9 +1,10 @@
 """Every key, digest and namespace of the feature cache, in one place.
 
 * :func:`digest`: BLAKE2b-160 over parts (bytes as given, anything else as text).
-* :func:`sample_keys`: same content, same key. Files, arrays, PIL images and texts are
-  keyed by a digest of their bytes (a file's is remembered per path while its stat
-  signature, inode and ctime included, is unchanged). Public as
+* :func:`sample_keys`: same content, same key. Files, encoded images, arrays, PIL images
+  and texts are keyed by a digest of their bytes (a file's is remembered per path while
+  its stat signature, inode and ctime included, is unchanged; encoded bytes share the key
+  of a file holding them). Public as
   :func:`sktransfer.data.sample_keys`.
 * :func:`module_digest` / :func:`stamp_digest`: a module's weights, memoised on the
   module until a tensor changes; :func:`prep_identity`: the preprocessing.
@@ -53,14 +54,17 @@ def sample_keys(items, kind="image", index=None):
     -------
     keys : list of str
         ``"file:<blake2b>"`` for files (of their bytes: the path does not matter, a
-        rewritten file is a new key whatever its mtime says), ``"arr:<blake2b>"`` for
+        rewritten file is a new key whatever its mtime says) and for encoded images
+        (``bytes``, ``bytearray``, ``memoryview``, binary file objects: the same key as
+        a file holding those bytes, so both share one cache entry; a file object is read
+        as :func:`check_images` reads it, and left where it was), ``"arr:<blake2b>"`` for
         arrays, ``"pil:<blake2b>"`` for PIL images (pixels, palette, transparency and
         EXIF orientation: all that decoding uses), ``"txt:<blake2b>"`` for texts. A
         file that is not a regular file (a FIFO, a device) gets a key of its own that
         is never stored. File keys are :class:`FileKey` objects (``str``).
     """
     # imported here: inputs/ imports backbones/, whose registry imports the cache
-    from sktransfer.inputs.images import bad_type, closed_error, is_closed
+    from sktransfer.inputs.images import bad_type, closed_error, is_closed, is_encoded, read_encoded
 
     if kind not in ("image", "text"):
         raise ValueError(f"kind must be 'image' or 'text', got {kind!r}.")
@@ -83,9 +87,17 @@ def sample_keys(items, kind="image", index=None):
             if is_closed(item):
                 raise closed_error(i)
             keys.append("pil:" + digest(item.mode, item.size, *_pil_extras(item), item.tobytes()))
+        elif is_encoded(item):
+            keys.append(encoded_key(read_encoded(item, i)))
         else:
             raise bad_type(item, i)
     return keys
+
+
+def encoded_key(data) -> str:
+    """The key of encoded image bytes: the key of a file holding them (:func:`_hash_file`),
+    since decoding a file and decoding its bytes give the same pixels."""
+    return "file:" + hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
 def _pil_extras(im) -> tuple:

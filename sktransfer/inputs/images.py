@@ -1,19 +1,21 @@
-"""Image input adapters: paths, PIL images and arrays -> RGB images -> tensors.
+"""Image input adapters: paths, encoded bytes, PIL images and arrays -> RGB -> tensors.
 
 :func:`check_images` validates cheaply up front (files are checked to exist, not
-decoded); :class:`ImageDataset` holds paths, not pixels, and decodes with
-:func:`load_rgb` and :func:`preprocess_image` in ``__getitem__``, so datasets
-stay small and picklable for ``DataLoader`` workers. Any PIL mode becomes RGB
-properly (16-bit scaled, alpha composited on white), and an EXIF orientation tag
-is applied (a phone photo is seen upright, as viewers show it). Also
-:func:`load_image_folder` for a class-per-subfolder layout. Error messages name
-the offending sample index (and path). Import these from :mod:`sktransfer.data`.
-"""
+decoded; encoded bytes and binary file objects are read once into ``bytes``, not
+decoded: :mod:`sktransfer.inputs.encoded`); :class:`ImageDataset` holds paths and
+bytes, not pixels, and decodes with :func:`load_rgb` and :func:`preprocess_image` in
+``__getitem__``, so datasets stay small and picklable for ``DataLoader`` workers. Files
+and bytes decode alike (the decompression-bomb limit; truncation and corruption are
+errors). Any PIL mode becomes RGB properly (16-bit scaled, alpha composited on
+white), and an EXIF orientation tag is applied (a phone photo is seen upright, as
+viewers show it). Also :func:`load_image_folder` for a class-per-subfolder layout. Error
+messages name the offending sample index (and path). Import these from
+:mod:`sktransfer.data`."""
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +23,14 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from sktransfer.inputs.containers import as_targets, to_list
 from sktransfer.inputs.crops import array_pixels, as_uint8, crop_box, pixels_tensor, resample_filter
+from sktransfer.inputs.encoded import describe, is_encoded, read_encoded
+from sktransfer.inputs.folders import IMAGE_EXTENSIONS, load_image_folder  # noqa: F401 (public here)
 from sktransfer.inputs.preprocessing import ImagePreprocessing
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-_ALLOWED = "a str/Path, a PIL.Image.Image or a numpy array"
+_ALLOWED = (
+    "a str/Path, encoded image bytes (bytes, bytearray, memoryview, a binary file object), "
+    "a PIL.Image.Image or a numpy array"
+)
 
 
 def _check_layout(dtype, shape, i, lead=0):
@@ -100,30 +105,44 @@ def check_images(X):
     Parameters
     ----------
     X : list, tuple, numpy array or pandas Series
-        File paths (str or Path), ``PIL.Image.Image`` objects or numpy arrays of
-        shape (H, W) or (H, W, C) with C in {1, 3, 4}, dtype uint8 or float in
-        [0, 1]; sizes may differ. A numeric array of shape (N, H, W) or
+        File paths (str or Path), encoded images (the bytes of an image file as
+        ``bytes``, ``bytearray`` or ``memoryview``, or a binary file object such as
+        ``open(p, "rb")`` or ``io.BytesIO``), ``PIL.Image.Image`` objects or numpy
+        arrays of shape (H, W) or (H, W, C) with C in {1, 3, 4}, dtype uint8 or float
+        in [0, 1]; sizes may differ. A numeric array of shape (N, H, W) or
         (N, H, W, C) is split into per-sample views without copying.
 
     Returns
     -------
     items : list
-        One ``str`` path, ``PIL.Image.Image`` or ``numpy.ndarray`` per sample.
-        Files are only checked to exist, not decoded.
+        One ``str`` path, ``bytes``, ``PIL.Image.Image`` or ``numpy.ndarray`` per
+        sample. Files are only checked to exist, not decoded. Encoded images become
+        ``bytes``, not decoded: a file object is read from its position to its end
+        and sought back there (:func:`sktransfer.inputs.encoded.read_encoded`).
 
     Raises
     ------
     TypeError
-        If ``X`` is a single string, or a sample has an unsupported type or dtype.
+        If ``X`` is a single string or a numpy bytes array (dtype ``S``: numpy drops
+        trailing NUL bytes), or a sample has an unsupported type or dtype, is a
+        text-mode file or a path given as bytes.
     ValueError
-        If ``X`` is empty, a path is not an existing file, or an array has the
-        wrong shape or out-of-range values. The message names the sample index.
+        If ``X`` is empty, a path is not an existing file, encoded content is empty
+        or unreadable, or an array has the wrong shape or out-of-range values. The
+        message names the sample index.
     """
+    if isinstance(X, np.ndarray) and X.dtype.kind == "S":
+        raise TypeError(
+            f"X is a numpy array of dtype {X.dtype}, which drops each item's trailing NUL "
+            "bytes (corrupting encoded images); pass a list or an object array of bytes."
+        )
     if isinstance(X, np.ndarray) and X.dtype.kind in "biufc":
         if X.ndim >= 1 and len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
         return _check_batch(X)
-    items = to_list(X, "images (paths, PIL images or arrays)")
+    if is_encoded(X):  # (not its lines, nor its bytes as numbers; no repr of megabytes)
+        raise TypeError(f"Expected a list of images, got one {type(X).__name__}; pass [X].")
+    items = to_list(X, "images (paths, bytes, PIL images or arrays)")
     if not items:
         raise ValueError("X is empty: at least one image is required.")
     out = []
@@ -140,6 +159,8 @@ def check_images(X):
             if is_closed(item):
                 raise closed_error(i)
             out.append(item)
+        elif is_encoded(item):
+            out.append(read_encoded(item, i))
         else:
             raise bad_type(item, i)
     return out
@@ -197,11 +218,33 @@ def _upright(im):
     return ImageOps.exif_transpose(im) if orientation not in (1, None) else im
 
 
-def _pixel_limit_message(path, exc):
+def _pixel_limit_message(what, exc):
     return (
-        f"cannot read image file {path!r}: {exc} To read images this large on purpose, "
+        f"cannot read {what}: {exc} To read images this large on purpose, "
         "raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None for trusted files)."
     )
+
+
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+
+
+def _decode(source, what, where):
+    """Open, decode and turn upright ``source`` (a path or a binary stream); any failure,
+    a decompression bomb included, is a ValueError naming ``where`` and ``what``."""
+    try:
+        with Image.open(source) as im:
+            im.load()  # decode now; leaving `with` closes only the file
+            return _to_rgb(_upright(im))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{where}: {_pixel_limit_message(what, exc)}") from exc
+    except UnidentifiedImageError as exc:
+        if isinstance(source, (str, os.PathLike)):
+            raise ValueError(f"{where}: cannot read {what}: {exc}") from exc
+        msg = f"{where}: cannot read {what}: not an image format PIL can identify."
+        raise ValueError(msg) from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt image may fail in any decoder
+        why = exc if isinstance(exc, _READ_ERRORS) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{where}: cannot read {what}: {why}") from exc
 
 
 def load_rgb(item, index=None):
@@ -209,9 +252,11 @@ def load_rgb(item, index=None):
 
     Parameters
     ----------
-    item : str, Path, PIL.Image.Image or numpy.ndarray
-        A file path, an image in any PIL mode, or a uint8 / float [0, 1] array of
-        shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
+    item : str, Path, bytes-like, binary file object, PIL.Image.Image or numpy.ndarray
+        A file path, an encoded image (``bytes``, ``bytearray``, ``memoryview``, or a
+        binary file object, read as :func:`check_images` reads it), an image in any PIL
+        mode, or a uint8 / float [0, 1] array of shape (H, W), (H, W, 1), (H, W, 3) or
+        (H, W, 4).
     index : int, optional
         The sample index, used in error messages.
 
@@ -225,22 +270,15 @@ def load_rgb(item, index=None):
     Raises
     ------
     ValueError
-        If a file cannot be read or decoded, is larger than PIL's decompression-bomb
-        limit (``PIL.Image.MAX_IMAGE_PIXELS``), or a PIL image is closed; the message
-        names index and path.
+        If a file or encoded image cannot be read or decoded (truncated, corrupt, not
+        an image), is larger than PIL's decompression-bomb limit
+        (``PIL.Image.MAX_IMAGE_PIXELS``), or a PIL image is closed; the message names
+        index and path (or size and first bytes). Files and bytes decode alike.
     """
     where = "Image" if index is None else f"Sample {index}"
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
-        try:
-            with Image.open(path) as im:
-                im.load()  # decode now; leaving `with` closes only the file
-                return _to_rgb(_upright(im))
-        except Image.DecompressionBombError as exc:
-            raise ValueError(f"{where}: {_pixel_limit_message(path, exc)}") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-            msg = f"{where}: cannot read image file {path!r}: {exc}"
-            raise ValueError(msg) from exc
+        return _decode(path, f"image file {path!r}", where)
     if isinstance(item, Image.Image):
         if is_closed(item):
             raise closed_error("?" if index is None else index)
@@ -251,6 +289,9 @@ def load_rgb(item, index=None):
     if isinstance(item, np.ndarray):
         _check_pixels(item, "?" if index is None else index)
         return _array_to_pil(item)
+    if is_encoded(item):
+        data = read_encoded(item, "?" if index is None else index)
+        return _decode(io.BytesIO(data), describe(data), where)
     raise bad_type(item, "?" if index is None else index)
 
 
@@ -333,43 +374,3 @@ class ImageDataset(torch.utils.data.Dataset):
             img = self.transform(img)
         x = preprocess_image(img, self.prep, self.normalize)
         return x, (0 if self.y is None else self.y[i])
-
-
-def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
-    """List images in a class-per-subfolder layout (``root/<label>/**/<file>``).
-
-    Parameters
-    ----------
-    root : str or Path
-        The folder holding one subfolder per class.
-    extensions : tuple of str
-        File extensions to keep (case-insensitive).
-
-    Returns
-    -------
-    paths : list of str
-        Image paths, sorted by class then relative path.
-    labels : list of str
-        The class folder name of each path.
-    """
-    root_p = Path(root)
-    if not root_p.is_dir():
-        raise ValueError(f"Image folder {str(root)!r} does not exist or is no folder.")
-    if isinstance(extensions, str):
-        extensions = (extensions,)
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    classes = sorted(d for d in root_p.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ValueError(f"No class subfolders found in {str(root)!r}.")
-    paths, labels = [], []
-    for d in classes:
-        files = sorted(
-            (p for p in d.rglob("*") if p.suffix.lower() in exts and p.is_file()),
-            key=lambda p: p.relative_to(d).as_posix(),
-        )
-        paths.extend(str(p) for p in files)
-        labels.extend([d.name] * len(files))
-    if not paths:
-        msg = f"No image files ({sorted(exts)}) in the class folders of {str(root)!r}."
-        raise ValueError(msg)
-    return paths, labels
