@@ -17,7 +17,7 @@ from sktransfer._estimator.docs import documented
 from sktransfer._estimator.embedder import EmbedderBase
 from sktransfer._estimator.regressor import REGRESSOR_CONSTRAINTS, PretrainedRegressorBase
 from sktransfer.inputs.augment import PRESETS, make_augment, tta_views
-from sktransfer.inputs.images import ImageDataset, check_images
+from sktransfer.inputs.images import ImageDataset, check_images, is_encoded
 from sktransfer.inputs.pixels import StackPixels
 from sktransfer.runtime.batches import RowsDataset
 
@@ -55,15 +55,17 @@ class _ImageInput:
             return False
         if sparse.issparse(X) or hasattr(X, "iloc") and getattr(X, "ndim", 1) == 2:
             return True
-        if isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, os.PathLike)):
-            return False
+        if isinstance(X, (list, tuple)) and X and (
+            isinstance(X[0], (str, os.PathLike)) or is_encoded(X[0])
+        ):
+            return False  # paths or encoded images
         try:
             arr = np.asarray(X)
         except (TypeError, ValueError):
             return False
         if arr.ndim == 2:  # (n_samples, n_features): never a batch of images
             return True
-        return arr.ndim == 1 and len(arr) > 0 and arr.dtype != object
+        return arr.ndim == 1 and len(arr) > 0 and arr.dtype.kind not in "OSU"
 
     def _check_X(self, X, *, fitting):
         fitted_kind = None if fitting else getattr(self, "input_kind_", None)

@@ -207,10 +207,6 @@ def test_datasets_of_bytes_pickle_for_workers(encoded):
     assert np.array_equal(again[2][0].numpy(), ds[2][0].numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs image.py: _ImageInput._is_vector_input treats a list of bytes as vectors",
-)
 def test_bytes_with_a_module_backbone(digits):
     X, y = digits
     clf = PretrainedImageClassifier(make_cnn(), image_size=SIDE, random_state=0)

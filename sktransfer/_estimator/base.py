@@ -162,7 +162,8 @@ class PretrainedEstimatorBase(
         Parameters
         ----------
         X : list, array, Series or single-column DataFrame
-            Images — file paths, PIL images, uint8 or [0, 1] float arrays of any size
+            Images — file paths, encoded images (bytes, bytearray, memoryview, binary
+            file objects), PIL images, uint8 or [0, 1] float arrays of any size
             (:func:`sktransfer.data.check_images`) — or texts (``str``). With a
             ``torch.nn.Module`` image backbone, a 2-D numeric array is passed to it as
             vectors.

@@ -39,6 +39,12 @@ def check_texts(X):
         raise ValueError("X is empty: at least one text is required.")
     out = []
     for i, t in enumerate(items):
+        if isinstance(t, (bytes, bytearray, memoryview)):  # (not its repr: maybe megabytes)
+            raise TypeError(
+                f"Sample {i}: expected a str, got {type(t).__name__} "
+                f"({memoryview(t).nbytes} bytes); decode texts first (b.decode('utf-8')); "
+                "encoded images go to an image estimator."
+            )
         if not isinstance(t, str):
             missing = t is None or (isinstance(t, float) and np.isnan(t))
             hint = " (a missing value; fill or drop it)" if missing else ""
