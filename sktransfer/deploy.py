@@ -142,7 +142,7 @@ def _hf_configs(net):
 
 def _example(est, net):
     """``(graph, example inputs, input names, dynamic axes)`` for ``est``."""
-    prep = est.preprocessing_
+    prep = vars(est)["preprocessing_"]  # read, not handed out (no tokenizer copy)
     output = _output(est)[1]
     if est._modality == "image":
         size = int(prep.image_size)
@@ -234,7 +234,7 @@ def _add_metadata(model, est):
 
     from sktransfer import __version__
 
-    prep = est.preprocessing_
+    prep = vars(est)["preprocessing_"]  # read, not handed out (no tokenizer copy)
     fields = {f.name: getattr(prep, f.name) for f in dataclasses.fields(prep)}
     fields.pop("tokenizer", None)
     meta = {

@@ -15,6 +15,7 @@ import pytest
 
 import sktransfer
 from sktransfer import PretrainedTextClassifier
+from sktransfer._estimator.ownership import read_preprocessing
 from sktransfer.io import archive as _archive
 
 
@@ -106,8 +107,9 @@ def test_frozen_text_model_loads_bit_identical(tiny_bert_dir, texts, tmp_path):
     for _ in range(2):  # every load gets the same cache namespace
         sktransfer.save(clf, tmp_path / "m.skt")
         loaded = sktransfer.load(tmp_path / "m.skt")
-        tok = loaded.preprocessing_.tokenizer
-        assert tok.name_or_path == clf.preprocessing_.tokenizer.name_or_path
+        # (read without handing them out: a handed-out tokenizer is keyed by its state)
+        tok = read_preprocessing(loaded).tokenizer
+        assert tok.name_or_path == read_preprocessing(clf).tokenizer.name_or_path
         np.testing.assert_array_equal(loaded.predict_proba(probe), expected)
 
 

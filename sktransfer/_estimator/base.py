@@ -25,7 +25,7 @@ from sktransfer._estimator.outputs import (
     has_lazy,
     run_in_length_order,
 )
-from sktransfer._estimator.ownership import OwnedModuleMixin
+from sktransfer._estimator.ownership import OwnedModuleMixin, OwnedPreprocessingMixin
 from sktransfer._estimator.params import (
     COMMON_CONSTRAINTS,
     check_finite_rows,
@@ -49,7 +49,12 @@ from sktransfer.runtime.runners import predict_logits
 
 
 class PretrainedEstimatorBase(
-    FitPathsMixin, OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, BaseEstimator
+    FitPathsMixin,
+    OwnedModuleMixin,
+    OwnedPreprocessingMixin,
+    BlockOutputsMixin,
+    PicklableModulesMixin,
+    BaseEstimator,
 ):
     """Fit/predict skeleton shared by every image and text estimator with a head."""
 
@@ -138,7 +143,7 @@ class PretrainedEstimatorBase(
             blocks=list(zip(net.block_names, net.blocks)),
             pool=net.pool,
             feature_dim=self.n_features_out_,
-            preprocessing=copy.deepcopy(self.preprocessing_),
+            preprocessing=copy.deepcopy(self._prep()),
             source={"kind": "estimator", "name": self.backbone_name_},
         )
 
@@ -243,7 +248,7 @@ class PretrainedEstimatorBase(
 
     def _logits(self, items, kind, view=None):
         device = resolve_device(self.device)
-        net, prep = self._module_on(device), self.preprocessing_
+        net, prep = self._module_on(device), self._prep()
         precision, channels_last = self._runtime(device, kind)
         k = net.n_frozen if view is None and self._use_boundary_cache(net.n_frozen) else 0
         if view is None and net.n_frozen == len(net.blocks):

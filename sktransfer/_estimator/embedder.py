@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer._estimator.outputs import BlockOutputsMixin
-from sktransfer._estimator.ownership import OwnedModuleMixin
+from sktransfer._estimator.ownership import OwnedModuleMixin, OwnedPreprocessingMixin
 from sktransfer._estimator.pickling import PicklableModulesMixin
 from sktransfer.backbones import resolve_backbone
 from sktransfer.cache import check_cache_dir, get_config
@@ -26,7 +26,12 @@ def _on(tensor, device) -> bool:
 
 
 class EmbedderBase(
-    OwnedModuleMixin, BlockOutputsMixin, PicklableModulesMixin, TransformerMixin, BaseEstimator
+    OwnedModuleMixin,
+    OwnedPreprocessingMixin,
+    BlockOutputsMixin,
+    PicklableModulesMixin,
+    TransformerMixin,
+    BaseEstimator,
 ):
     """Backbone features (all blocks frozen, pooled) as a ``(n, d)`` float32 array.
 
@@ -100,7 +105,7 @@ class EmbedderBase(
         items, kind = self._check_X(X, fitting=False)
         device = resolve_device(self.device)
         net = self._net_on(device, kind)
-        rows = self._outputs(net, items, kind, self.preprocessing_, device, stop=len(net.blocks))
+        rows = self._outputs(net, items, kind, self._prep(), device, stop=len(net.blocks))
         return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
     def _net_on(self, device, kind):

@@ -60,7 +60,58 @@ class OwnedModuleMixin:
         return net
 
 
+def _private_preprocessing(prep):
+    """A copy of ``prep`` whose tokenizer (if any) is its own, marked as handed out."""
+    prep = copy.copy(prep)
+    if getattr(prep, "tokenizer", None) is not None:
+        prep.tokenizer = copy.deepcopy(prep.tokenizer)
+    object.__setattr__(prep, "handed_out", True)  # (the cache then keys its tokenizer's state)
+    return prep
+
+
+class OwnedPreprocessingMixin:
+    """``preprocessing_`` as a property: a text model's tokenizer is the registry's loaded
+    one, shared by every estimator of that backbone; reading ``preprocessing_`` hands out a
+    private copy first (copy on access, as ``module_``), so an edit of one estimator's
+    tokenizer changes that estimator only. The library reads it with :meth:`_prep`.
+
+    A handed-out tokenizer can be edited at any time, so the feature cache keys it by its
+    state (:func:`sktransfer.cache.keys.prep_identity`), not by its name."""
+
+    @property
+    def preprocessing_(self):
+        try:
+            prep = self.__dict__["preprocessing_"]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute 'preprocessing_'"
+            ) from None
+        if not getattr(prep, "handed_out", False):
+            prep = self.__dict__["preprocessing_"] = _private_preprocessing(prep)
+        return prep
+
+    @preprocessing_.setter
+    def preprocessing_(self, prep):
+        self.__dict__["preprocessing_"] = prep
+
+    @preprocessing_.deleter
+    def preprocessing_(self):
+        try:
+            del self.__dict__["preprocessing_"]
+        except KeyError:
+            raise AttributeError("preprocessing_") from None
+
+    def _prep(self):
+        """The fitted preprocessing without handing it out (no copy)."""
+        return self.__dict__["preprocessing_"]
+
+
 def read_network(est):
     """``est``'s fitted network without handing it out: no private copy, no digest reset.
     For library code that reads it and never changes it (saving, exporting)."""
     return est.__dict__["module_"]
+
+
+def read_preprocessing(est):
+    """``est``'s fitted preprocessing without handing it out (no tokenizer copy)."""
+    return est.__dict__["preprocessing_"]

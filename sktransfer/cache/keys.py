@@ -281,14 +281,39 @@ def forget_digest(module) -> None:
 
 
 def prep_identity(prep) -> str:
-    """A stable description of the preprocessing (tokenizer by name, vocab size, length)."""
+    """A stable description of the preprocessing (tokenizer by name, vocab size, length).
+
+    A tokenizer handed out to a caller (``est.preprocessing_``) may have been edited, so it
+    is described by its state instead (:func:`tokenizer_state`)."""
     if prep is None:
         return "none"
     fields = dict(vars(prep))
     tok = fields.pop("tokenizer", None)
     if tok is not None:
         fields["tokenizer"] = (type(tok).__name__, getattr(tok, "name_or_path", ""), len(tok))
+        if fields.get("handed_out"):
+            fields["tokenizer_state"] = tokenizer_state(tok)
     return json.dumps(fields, sort_keys=True, default=str)
+
+
+def tokenizer_state(tok) -> str:
+    """A digest of what decides a tokenizer's ids: its pipeline (normaliser, pre-tokeniser,
+    model, vocabulary: the fast tokenizer's JSON), special tokens, length and options."""
+    h = hashlib.blake2b(digest_size=20)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # a slow tokenizer: its vocabulary
+        h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    options = {
+        "special": getattr(tok, "special_tokens_map", {}),
+        "max": getattr(tok, "model_max_length", None),
+        "sides": (getattr(tok, "padding_side", None), getattr(tok, "truncation_side", None)),
+        "init": getattr(tok, "init_kwargs", {}),
+        "lower": getattr(tok, "do_lower_case", None),
+    }
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- namespaces

@@ -109,7 +109,7 @@ def call_size(est, requested):
         device, kind = resolve_device(est.device), est.input_kind_
     except (AttributeError, ValueError):  # not a sktransfer estimator: its own batching
         return requested
-    micro = inference_batch_size(None, kind, device, getattr(est, "preprocessing_", None))
+    micro = inference_batch_size(None, kind, device, vars(est).get("preprocessing_"))
     return -(-int(requested) // micro) * micro
 
 

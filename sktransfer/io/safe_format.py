@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from sktransfer._estimator.ownership import read_network
+from sktransfer._estimator.ownership import read_network, read_preprocessing
 from sktransfer._estimator.pickling import sktransfer_version
 from sktransfer.io import adapters, checks, fitted
 from sktransfer.io.archive import (
@@ -149,7 +149,7 @@ def save(est, path, *, store_backbone="embed"):
     state = _weights_state(net)
     lora, lora_tensors = adapters.to_file(est)
     meta = _meta(est, net, params, store_backbone)
-    members, prep = {}, est.preprocessing_
+    members, prep = {}, read_preprocessing(est)
     meta["preprocessing"] = _preprocessing_json(prep)
     meta["backbone_source"] = _to_json(source, "backbone_source_")
     _check_before_writing(est, meta)

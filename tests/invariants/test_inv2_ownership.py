@@ -168,3 +168,27 @@ def test_saving_reads_the_network_without_copying_it(tmp_path):
     sktransfer.save(a, tmp_path / "a.skt")
     assert not is_quantized(a)
     assert vars(a)["module_"] is shared and not getattr(shared, "handed_out", False)
+
+
+def test_editing_one_estimators_tokenizer_moves_no_other(tiny_bert_dir):
+    """A text model's tokenizer is the registry's loaded one, shared by the estimators of
+    that backbone: reading ``preprocessing_`` hands out a private copy, and the cache keys
+    an edited tokenizer by its state (not its name), so the edit reaches its own estimator."""
+    from conftest import make_texts
+    from tokenizers import normalizers
+
+    from sktransfer import PretrainedTextClassifier
+
+    texts, labels = make_texts(40)
+    new, _ = make_texts(8, seed=3)
+    a = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(texts, labels)
+    b = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(texts, labels)
+    before_a, before_b = a.predict_proba(new), b.predict_proba(new)  # (now cached)
+    tok = a.preprocessing_.tokenizer
+    tok.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.Replace("good", "awful")]
+    )
+    np.testing.assert_array_equal(b.predict_proba(new), before_b)
+    later = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(texts, labels)
+    np.testing.assert_array_equal(later.predict_proba(new), before_b)
+    assert not np.array_equal(a.predict_proba(new), before_a)  # the edit reached a, uncached
