@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +131,46 @@ def tiny_bert_dir(tmp_path_factory):
     )
     BertModel(config).save_pretrained(str(path))
     return str(path)
+
+
+# --------------------------------------------------------------------------- the command line
+#: ``sktransfer`` in a process of its own (signals, stdin, exit statuses)
+CLI_CHILD = [sys.executable, "-m", "sktransfer.cli"]
+
+
+def run_cli(argv, capsys):
+    """``sktransfer ARGV`` in this process: ``(exit status, stdout, stderr)``."""
+    from sktransfer.cli import commands
+
+    code = commands.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_bert_dir, texts, tmp_path_factory):
+    """A frozen text classifier on the tiny BERT and its safe file: ``(clf, path)``."""
+    import sktransfer
+    from sktransfer import PretrainedTextClassifier
+
+    X, y = texts
+    clf = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
+    path = tmp_path_factory.mktemp("models") / "text.skt"
+    sktransfer.save(clf, path)
+    return clf, str(path)
+
+
+@pytest.fixture(scope="module")
+def image_model(digits_small, tmp_path_factory):
+    """A frozen image classifier on a tiny CNN and its joblib file: ``(clf, path)`` (a user
+    nn.Module backbone: joblib, not the safe format, hence --allow-pickle)."""
+    import joblib
+
+    from sktransfer import PretrainedImageClassifier
+
+    X, y = digits_small
+    labels = np.array(["even", "odd"])[y[:80] % 2]
+    clf = PretrainedImageClassifier(make_cnn(), image_size=16, random_state=0).fit(X[:80], labels)
+    path = tmp_path_factory.mktemp("models") / "image.joblib"
+    joblib.dump(clf, path)
+    return clf, str(path)

@@ -13,39 +13,12 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli as _run
 from PIL import Image
 
 import sktransfer
-from sktransfer import PretrainedImageClassifier, PretrainedTextClassifier
-from sktransfer.cli import commands as cli
+from sktransfer import PretrainedTextClassifier
 from sktransfer.cli import scoring as cli_scoring
-
-
-@pytest.fixture(scope="module")
-def text_model(tiny_bert_dir, texts, tmp_path_factory):
-    X, y = texts
-    clf = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
-    path = tmp_path_factory.mktemp("models") / "text.skt"
-    sktransfer.save(clf, path)
-    return clf, str(path)
-
-
-@pytest.fixture(scope="module")
-def image_model(digits_small, tmp_path_factory):
-    from conftest import make_cnn
-
-    X, y = digits_small
-    labels = np.array(["even", "odd"])[y[:80] % 2]
-    clf = PretrainedImageClassifier(make_cnn(), image_size=16, random_state=0).fit(X[:80], labels)
-    path = tmp_path_factory.mktemp("models") / "image.joblib"
-    joblib.dump(clf, path)  # a user nn.Module backbone: joblib, not the safe format
-    return clf, str(path)
-
-
-def _run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _rows(text):

@@ -65,13 +65,3 @@ def tune_heap_for(device) -> None:
     """:func:`tune_heap` when ``device`` is the CPU (GPU activations live elsewhere)."""
     if not _STATE["done"] and getattr(device, "type", str(device).split(":")[0]) == "cpu":
         tune_heap()
-
-
-def tune_heap_unless_cuda() -> None:
-    """:func:`tune_heap` unless CUDA is available (for inputs whose device is not known
-    where they are batched: texts)."""
-    if not _STATE["done"]:
-        import torch
-
-        if not torch.cuda.is_available():
-            tune_heap()

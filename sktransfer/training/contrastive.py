@@ -92,10 +92,15 @@ def _multilabel_pairs(Y, num_iterations, rng):
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), targets
 
 
+def pair_cosine(u, v):
+    """``cos(u_i, v_i)`` of each pair's two embeddings, in float32."""
+    return nn.functional.cosine_similarity(u.float(), v.float(), dim=1)
+
+
 def cosine_similarity_loss(u, v, targets, weights):
-    """SetFit's ``CosineSimilarityLoss``: weighted MSE of ``cos(u, v)`` to the pair label."""
-    cos = nn.functional.cosine_similarity(u.float(), v.float(), dim=1)
-    return ((cos - targets) ** 2 * weights).sum() / weights.sum().clamp_min(1e-30)  # all 0: 0
+    """SetFit's ``CosineSimilarityLoss``: weighted MSE of ``cos(u, v)`` to the pair label
+    (what the training loop computes, as :class:`PairSimilarity` then :class:`PairObjective`)."""
+    return PairObjective().loss(pair_cosine(u, v), targets, weights)
 
 
 class PairSimilarity(nn.Module):
@@ -124,9 +129,7 @@ class PairSimilarity(nn.Module):
     def forward(self, x):
         sentences, inverse = x.sentences, x.inverse
         emb = self.net.features(sentences, start=self.net.input_block)
-        return nn.functional.cosine_similarity(
-            emb[inverse[:, 0]].float(), emb[inverse[:, 1]].float(), dim=1
-        )
+        return pair_cosine(emb[inverse[:, 0]], emb[inverse[:, 1]])
 
 
 class PairDataset(torch.utils.data.Dataset):

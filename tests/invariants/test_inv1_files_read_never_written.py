@@ -19,29 +19,12 @@ import sys
 import time
 
 import pytest
+from conftest import CLI_CHILD as CHILD
+from conftest import run_cli as _run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sktransfer
-from sktransfer import PretrainedTextClassifier
 from sktransfer.cli import commands as cli
-
-CHILD = [sys.executable, "-m", "sktransfer.cli"]
-
-
-@pytest.fixture(scope="module")
-def text_model(tiny_bert_dir, texts, tmp_path_factory):
-    X, y = texts
-    clf = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
-    path = tmp_path_factory.mktemp("models") / "text.skt"
-    sktransfer.save(clf, path)
-    return clf, str(path)
-
-
-def _run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _snapshot(paths):

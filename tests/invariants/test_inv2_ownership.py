@@ -188,6 +188,7 @@ def test_editing_one_estimators_tokenizer_moves_no_other(tiny_bert_dir):
     tok.backend_tokenizer.normalizer = normalizers.Sequence(
         [normalizers.Lowercase(), normalizers.Replace("good", "awful")]
     )
+    # exact by construction: b and a later fit read b's cached features (one process)
     np.testing.assert_array_equal(b.predict_proba(new), before_b)
     later = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(texts, labels)
     np.testing.assert_array_equal(later.predict_proba(new), before_b)
