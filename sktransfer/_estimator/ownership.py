@@ -21,35 +21,69 @@ import copy
 from sktransfer.cache.keys import forget_digest
 
 
-class OwnedModuleMixin:
-    """``module_`` as a property: the stored network, privately copied on first access
-    when it is the shared template; the library reads it with :meth:`_net`."""
+class CopiedOnAccess:
+    """A fitted attribute stored in the instance's ``__dict__`` under its own name and
+    handed out through ``hand_out(stored) -> (value, store it?)`` on every read; set and
+    delete as a plain attribute. ``vars(est)`` and ``check_is_fitted`` see it as usual."""
 
-    @property
-    def module_(self):
+    def __init__(self, hand_out):
+        self.hand_out = hand_out
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, est, owner=None):
+        if est is None:
+            return self
         try:
-            net = self.__dict__["module_"]
+            stored = est.__dict__[self.name]
         except KeyError:
             raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute 'module_'"
+                f"{type(est).__name__!r} object has no attribute {self.name!r}"
             ) from None
-        if getattr(net, "shares_template", False):
-            net = copy.deepcopy(net)  # the template's tensors, now this estimator's own
-            net.shares_template = False
-            self.__dict__["module_"] = net
-        net.handed_out = True
-        return net
+        value, keep = self.hand_out(stored)
+        if keep:
+            est.__dict__[self.name] = value
+        return value
 
-    @module_.setter
-    def module_(self, net):
-        self.__dict__["module_"] = net
+    def __set__(self, est, value):
+        est.__dict__[self.name] = value
 
-    @module_.deleter
-    def module_(self):
+    def __delete__(self, est):
         try:
-            del self.__dict__["module_"]
+            del est.__dict__[self.name]
         except KeyError:
-            raise AttributeError("module_") from None
+            raise AttributeError(self.name) from None
+
+
+def _hand_out_network(net):
+    """A shared template becomes the estimator's own copy; either way the network is marked
+    handed out (its weight digest is recomputed from then on)."""
+    copied = getattr(net, "shares_template", False)
+    if copied:
+        net = copy.deepcopy(net)  # the template's tensors, now this estimator's own
+        net.shares_template = False
+    net.handed_out = True
+    return net, copied
+
+
+def _hand_out_preprocessing(prep):
+    """A copy of ``prep`` whose tokenizer (if any) is its own, marked as handed out (the
+    cache then keys the tokenizer by its state); once per estimator."""
+    if getattr(prep, "handed_out", False):
+        return prep, False
+    prep = copy.copy(prep)
+    if getattr(prep, "tokenizer", None) is not None:
+        prep.tokenizer = copy.deepcopy(prep.tokenizer)
+    object.__setattr__(prep, "handed_out", True)
+    return prep, True
+
+
+class OwnedModuleMixin:
+    """``module_``: the stored network, privately copied on first access when it is the
+    shared template; the library reads it with :meth:`_net`."""
+
+    module_ = CopiedOnAccess(_hand_out_network)
 
     def _net(self):
         """The fitted network without handing it out (no copy); the weight digests of a
@@ -60,46 +94,16 @@ class OwnedModuleMixin:
         return net
 
 
-def _private_preprocessing(prep):
-    """A copy of ``prep`` whose tokenizer (if any) is its own, marked as handed out."""
-    prep = copy.copy(prep)
-    if getattr(prep, "tokenizer", None) is not None:
-        prep.tokenizer = copy.deepcopy(prep.tokenizer)
-    object.__setattr__(prep, "handed_out", True)  # (the cache then keys its tokenizer's state)
-    return prep
-
-
 class OwnedPreprocessingMixin:
-    """``preprocessing_`` as a property: a text model's tokenizer is the registry's loaded
-    one, shared by every estimator of that backbone; reading ``preprocessing_`` hands out a
-    private copy first (copy on access, as ``module_``), so an edit of one estimator's
-    tokenizer changes that estimator only. The library reads it with :meth:`_prep`.
+    """``preprocessing_``: a text model's tokenizer is the registry's loaded one, shared by
+    every estimator of that backbone; reading ``preprocessing_`` hands out a private copy
+    first (copy on access, as ``module_``), so an edit of one estimator's tokenizer changes
+    that estimator only. The library reads it with :meth:`_prep`.
 
     A handed-out tokenizer can be edited at any time, so the feature cache keys it by its
     state (:func:`sktransfer.cache.keys.prep_identity`), not by its name."""
 
-    @property
-    def preprocessing_(self):
-        try:
-            prep = self.__dict__["preprocessing_"]
-        except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute 'preprocessing_'"
-            ) from None
-        if not getattr(prep, "handed_out", False):
-            prep = self.__dict__["preprocessing_"] = _private_preprocessing(prep)
-        return prep
-
-    @preprocessing_.setter
-    def preprocessing_(self, prep):
-        self.__dict__["preprocessing_"] = prep
-
-    @preprocessing_.deleter
-    def preprocessing_(self):
-        try:
-            del self.__dict__["preprocessing_"]
-        except KeyError:
-            raise AttributeError("preprocessing_") from None
+    preprocessing_ = CopiedOnAccess(_hand_out_preprocessing)
 
     def _prep(self):
         """The fitted preprocessing without handing it out (no copy)."""
