@@ -18,18 +18,35 @@ from torch.nn.parameter import is_lazy
 from sktransfer.training.lora import is_adapter_param
 
 
-def resolve_freeze_depth(freeze_depth, n_blocks: int) -> int:
+#: ``freeze_depth="auto"`` with ``objective="contrastive"``: SetFit trains the whole encoder.
+CONTRASTIVE_FREEZE_DEPTH = 0
+
+
+def effective_freeze_depth(freeze_depth, objective="cross_entropy"):
+    """``freeze_depth`` with ``"auto"`` resolved by the objective: ``"all"`` (the frozen
+    probe) for ``"cross_entropy"``, :data:`CONTRASTIVE_FREEZE_DEPTH` for ``"contrastive"``
+    (which trains encoder blocks, so "all" would leave it nothing to train)."""
+    if isinstance(freeze_depth, str) and freeze_depth == "auto":
+        return CONTRASTIVE_FREEZE_DEPTH if objective == "contrastive" else "all"
+    return freeze_depth
+
+
+def resolve_freeze_depth(freeze_depth, n_blocks: int, objective="cross_entropy") -> int:
     """Number of frozen blocks for ``freeze_depth`` on a backbone of ``n_blocks``.
 
     ``"all"`` freezes every block (feature extraction); ``k >= 0`` freezes the
-    first ``k`` (0 = full fine-tuning); ``-k`` freezes all but the last ``k``.
+    first ``k`` (0 = full fine-tuning); ``-k`` freezes all but the last ``k``;
+    ``"auto"``: see :func:`effective_freeze_depth`.
     """
+    freeze_depth = effective_freeze_depth(freeze_depth, objective)
     if isinstance(freeze_depth, str):
         if freeze_depth == "all":
             return n_blocks
-        raise ValueError(f"freeze_depth must be 'all' or an int, got {freeze_depth!r}")
+        raise ValueError(f"freeze_depth must be 'all', 'auto' or an int, got {freeze_depth!r}")
     if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Integral):
-        raise TypeError(f"freeze_depth must be 'all' or an int, got {type(freeze_depth).__name__}")
+        raise TypeError(
+            f"freeze_depth must be 'all', 'auto' or an int, got {type(freeze_depth).__name__}"
+        )
     k = int(freeze_depth)
     if not -n_blocks <= k <= n_blocks:
         raise ValueError(

@@ -94,7 +94,7 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         self,
         backbone=None,
         *,
-        freeze_depth="all",
+        freeze_depth="auto",
         adapter=None,
         lora_rank=8,
         lora_alpha=16,
@@ -112,10 +112,13 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         unfreeze_schedule=None,
         l2sp_alpha=0.0,
         l2sp_beta=0.01,
+        regularizer=None,
+        regularizer_strength=None,
         C=1.0,
         head_init="probe",
         class_weight=None,
         early_stopping=True,
+        warm_start=False,
         validation_fraction=0.1,
         n_iter_no_change=3,
         precision="auto",
@@ -147,10 +150,13 @@ class PretrainedTextClassifier(_TextInput, PretrainedClassifierBase):
         self.unfreeze_schedule = unfreeze_schedule
         self.l2sp_alpha = l2sp_alpha
         self.l2sp_beta = l2sp_beta
+        self.regularizer = regularizer
+        self.regularizer_strength = regularizer_strength
         self.C = C
         self.head_init = head_init
         self.class_weight = class_weight
         self.early_stopping = early_stopping
+        self.warm_start = warm_start
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.precision = precision
@@ -218,9 +224,12 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         unfreeze_schedule=None,
         l2sp_alpha=0.0,
         l2sp_beta=0.01,
+        regularizer=None,
+        regularizer_strength=None,
         alpha=1.0,
         head_init="probe",
         early_stopping=True,
+        warm_start=False,
         validation_fraction=0.1,
         n_iter_no_change=3,
         precision="auto",
@@ -250,9 +259,12 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         self.unfreeze_schedule = unfreeze_schedule
         self.l2sp_alpha = l2sp_alpha
         self.l2sp_beta = l2sp_beta
+        self.regularizer = regularizer
+        self.regularizer_strength = regularizer_strength
         self.alpha = alpha
         self.head_init = head_init
         self.early_stopping = early_stopping
+        self.warm_start = warm_start
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.precision = precision

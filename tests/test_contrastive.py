@@ -257,3 +257,17 @@ def test_safe_format_round_trip(tiny_bert_dir, data, fresh_cache, tmp_path):
     assert loaded.get_params()["objective"] == "contrastive"
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
     assert loaded.history_ == clf.history_
+
+
+def test_default_freeze_depth_trains_the_whole_encoder(tiny_bert_dir, data, fresh_cache):
+    """The default constructor just works: freeze_depth='auto' is 0 for this objective."""
+    X, y = data
+    kw = dict(objective="contrastive", max_epochs=1, num_iterations=2, random_state=0)
+    clf = PretrainedTextClassifier(tiny_bert_dir, **kw).fit(X, y)
+    assert clf.freeze_depth == "auto"
+    assert clf.n_frozen_blocks_ == 0
+    explicit = PretrainedTextClassifier(tiny_bert_dir, freeze_depth=0, **kw).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), explicit.predict_proba(X), atol=1e-6)
+    # the same "auto" with the default objective is the frozen probe
+    probe = PretrainedTextClassifier(tiny_bert_dir, random_state=0).fit(X, y)
+    assert probe.n_frozen_blocks_ == probe.n_blocks_

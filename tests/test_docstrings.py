@@ -139,7 +139,7 @@ def test_generated_section_documents_the_signature_in_order():
     text = docs.parameters_section(Est, overrides={"C": ("float", "Ridge-free C.")})
     section = docs.sections(text)["Parameters"]
     assert docs.parameter_names(section) == ["backbone", "lr", "freeze_depth", "C"]
-    assert 'freeze_depth : "all" or int, default="all"' in section
+    assert 'freeze_depth : "all", "auto" or int, default="all"' in section
     assert 'lr : float or "auto", default=5e-5' in section
     assert "C : float, default=1.0\n    Ridge-free C." in section
     assert all(_entries(section).values())

@@ -119,7 +119,7 @@ def test_layer_decay_param_groups(cnn):
     assert groups[1]["params"][0] is cnn[1][0].weight  # block 1: 3 blocks below the head
     # L2-SP replaces weight decay everywhere
     assert {g["weight_decay"] for g in groups} == {0.1}
-    cfg = dataclasses.replace(cfg, l2sp=L2SP([], [], 1.0, 0.0))
+    cfg = dataclasses.replace(cfg, regularizer=L2SP([], [], 1.0, 0.0))
     assert {g["weight_decay"] for g in param_groups(net, 1e-2, cfg)} == {0.0}
 
 

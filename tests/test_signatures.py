@@ -41,10 +41,15 @@ _BATCH = "an embedder's batch_size is its inference micro-batch (None: automatic
 
 #: (parameter, classes, other classes, reason): defaults that differ on purpose between
 #: any class of the first group and any of the second
+_AUTO = (
+    "'auto' resolves by objective (frozen probe for cross_entropy, the whole encoder for "
+    "contrastive); only the text classifier has an objective, the others default to 'all'"
+)
 DELIBERATE = (
     ("lr", _IMAGE, _TEXT, _LR),
     ("max_epochs", _IMAGE, _TEXT, _EPOCHS),
     ("batch_size", _IMAGE + _TEXT, _EMBEDDERS, _BATCH),
+    ("freeze_depth", ("PretrainedTextClassifier",), _IMAGE + ("PretrainedTextRegressor",), _AUTO),
 )
 
 #: parameters that one class alone takes, and why

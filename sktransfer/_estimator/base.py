@@ -35,7 +35,7 @@ from sktransfer._estimator.pickling import PicklableModulesMixin
 from sktransfer._estimator.state import FitState
 from sktransfer.backbones import resolve_backbone, warn_if_unsplit
 from sktransfer.cache import check_cache_dir, get_config
-from sktransfer.freezing import resolve_freeze_depth
+from sktransfer.freezing import effective_freeze_depth, resolve_freeze_depth
 from sktransfer.runtime.batch_tuning import inference_loader
 from sktransfer.runtime.batches import Collate
 from sktransfer.runtime.device import (
@@ -114,7 +114,11 @@ class PretrainedEstimatorBase(
     def _shares_template(self, device):
         """Frozen on the CPU: the registry's loaded backbone is used as is (never trained or
         moved by the fit), not deep-copied for every fit."""
-        return self.freeze_depth == "all" and device.type == "cpu"
+        return self._freeze_depth() == "all" and device.type == "cpu"
+
+    def _freeze_depth(self):
+        """``freeze_depth`` with ``"auto"`` resolved by ``objective``."""
+        return effective_freeze_depth(self.freeze_depth, getattr(self, "objective", None))
 
     def _module_on(self, device):
         """``module_`` on ``device``; a frozen model sharing the registry's template is copied
@@ -205,11 +209,11 @@ class PretrainedEstimatorBase(
                     "weights by a common factor"
                 )
         backbone = self._resolve_backbone(share=self._shares_template(device))
-        warn_if_unsplit(backbone, self.freeze_depth)
+        warn_if_unsplit(backbone, self._freeze_depth())
         state = FitState(
             items=items, kind=kind, target=target, y=encoded, sample_weight=sw,
             backbone=backbone, prep=self._preprocessing(backbone), device=device,
-            n_frozen=resolve_freeze_depth(self.freeze_depth, backbone.n_blocks), seed=self._seed(),
+            n_frozen=resolve_freeze_depth(self._freeze_depth(), backbone.n_blocks), seed=self._seed(),
         )  # fmt: skip
         try:
             modules = [m for _, m in backbone.blocks] + [backbone.pool]

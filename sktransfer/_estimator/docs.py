@@ -65,11 +65,13 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """,
     ),
     "freeze_depth": (
-        '"all" or int',
+        '"all", "auto" or int',
         """
         ``"all"``: frozen features + a logistic-regression head fitted to
         convergence. ``k >= 0``: the first ``k`` blocks frozen, the rest
         fine-tuned (0 = full fine-tuning). ``-k``: all but the last ``k`` frozen.
+        ``"auto"``: ``"all"``, except with ``objective="contrastive"`` (text
+        classifier), where it is ``0``: the whole encoder trains, as in SetFit.
         """,
     ),
     **ADAPTER,
@@ -139,6 +141,32 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """,
     ),
     "l2sp_beta": ("float", "With L2-SP, ``beta/2 ||W_head||^2`` on the head's weights."),
+    "regularizer": (
+        '{"l2sp", "lwf", "delta", "bss"} or None',
+        """
+        A fine-tuning pull toward the source model, ``min L + strength * R(f_t, f_s)``
+        (:mod:`sktransfer.training.regularization`): ``"l2sp"`` the weights toward their
+        pretrained values (as ``l2sp_alpha``); ``"lwf"`` (learning without forgetting) the
+        pooled features toward the source network's on the same inputs; ``"delta"`` the
+        last block's feature maps toward the source's, weighted by the source channels'
+        attention; ``"bss"`` batch spectral shrinkage, a penalty on the smallest singular
+        values of the batch's features. ``None``: no pull. Ignored in frozen mode.
+        """,
+    ),
+    "regularizer_strength": (
+        "float >= 0 or None",
+        """
+        The strength of ``regularizer``; ``None`` takes each one's default
+        (:data:`sktransfer.training.regularization.DEFAULT_STRENGTH`).
+        """,
+    ),
+    "warm_start": (
+        "bool",
+        """
+        As in ``MLPClassifier``: ``fit`` on a fitted estimator (same classes or outputs)
+        fine-tunes on from its weights instead of from the backbone.
+        """,
+    ),
     "C": (
         "float",
         """

@@ -14,9 +14,9 @@ _OBJECTIVE = (
     split (a pair's loss weighs the product of its two samples' weights), then fit
     the logistic head exactly on the new embeddings
     (``history_``: the contrastive epochs, ``phase="contrastive"``, then the head).
-    Needs an int ``freeze_depth`` (``"all"`` raises: nothing to train), at least 2
-    samples per class, and a float ``lr``; ``unfreeze_schedule`` and L2-SP do not
-    apply. Multi-label ``y``: SetFit's multi-label pairs (for each label of a sample,
+    ``freeze_depth="auto"`` (the default) trains the whole encoder, as SetFit
+    does; ``"all"`` raises (nothing to train). Needs at least 2 samples per class
+    and a float ``lr``; ``unfreeze_schedule`` and the regularisers do not apply. Multi-label ``y``: SetFit's multi-label pairs (for each label of a sample,
     a partner with that label; a negative sharing none), then the one-vs-rest head.""",
 )
 _NUM_ITERATIONS = (

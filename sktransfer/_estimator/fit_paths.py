@@ -33,11 +33,12 @@ from sktransfer.runtime.runners import run_blocks
 from sktransfer.training.contrastive import sentence_pairs, train_pairs
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
 from sktransfer.training.lora import add_lora, check_adapter, count_trainable, merge_lora
-from sktransfer.training.regularization import L2SP
+from sktransfer.training.regularization import make_regularizer
 
 _NOT_CONTRASTIVE = (  # (parameter, its neutral value): knobs of the cross-entropy loop only
     ("unfreeze_schedule", None),
     ("l2sp_alpha", 0.0),
+    ("regularizer", None),
 )
 
 
@@ -172,13 +173,13 @@ class FitPathsMixin:
                 valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
             return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
 
-        l2sp = None
-        if self.l2sp_alpha > 0:  # anchor: the weights at fit start (pretrained / source)
-            params = (p for m in (*net.blocks, net.pool) for p in m.parameters())
-            backbone = [p for p in params if p.requires_grad]  # the final trainable set
-            l2sp = L2SP(backbone, [net.head.weight], self.l2sp_alpha, self.l2sp_beta)
+        # the source f_s: the weights at fit start (pretrained, probe head)
+        reg = make_regularizer(
+            self.regularizer, self.regularizer_strength, net,
+            l2sp_alpha=self.l2sp_alpha, l2sp_beta=self.l2sp_beta,
+        )  # fmt: skip
         return run_phases(
-            net, data, self._train_config(state, l2sp=l2sp), n_frozen=state.n_frozen,
+            net, data, self._train_config(state, regularizer=reg), n_frozen=state.n_frozen,
             head_epochs=self.unfreeze_schedule, auto_lr=self.lr == "auto", train=fine_tune,
         )  # fmt: skip
 

@@ -17,7 +17,7 @@ from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from sktransfer.training.schedules import SCHEDULES
 
 COMMON_CONSTRAINTS = {
-    "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
+    "freeze_depth": [StrOptions({"all", "auto"}), Interval(numbers.Integral, None, None, closed="neither")],
     "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "lr_schedule": [StrOptions(set(SCHEDULES))],
     "layer_decay": [None, Interval(numbers.Real, 0, 1, closed="right")],
@@ -28,6 +28,9 @@ COMMON_CONSTRAINTS = {
     "unfreeze_schedule": [None, Interval(numbers.Integral, 1, None, closed="left")],
     "l2sp_alpha": [Interval(numbers.Real, 0, None, closed="left")],
     "l2sp_beta": [Interval(numbers.Real, 0, None, closed="left")],
+    "regularizer": [None, StrOptions({"l2sp", "lwf", "delta", "bss"})],
+    "regularizer_strength": [None, Interval(numbers.Real, 0, None, closed="left")],
+    "warm_start": ["boolean"],
     "precision": [StrOptions({"auto", "fp32", "bf16"})],
     "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
     "compile": ["boolean"],

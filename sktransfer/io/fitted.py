@@ -234,6 +234,6 @@ def check_against_net(cls, meta, attrs, net, feature_dim) -> None:
         from sktransfer.freezing import resolve_freeze_depth
 
         try:
-            resolve_freeze_depth(params["freeze_depth"], n_blocks)
+            resolve_freeze_depth(params["freeze_depth"], n_blocks, params.get("objective"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the saved parameter freeze_depth: {exc}") from None

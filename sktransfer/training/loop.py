@@ -59,7 +59,7 @@ class TrainConfig:
     verbose: int = 0
     lr_schedule: str = "warmup_cosine"
     layer_decay: float | None = None
-    l2sp: Any = None  # a sktransfer.training.regularization.L2SP, or None
+    regularizer: Any = None  # a callback of sktransfer.training.regularization, or None
     precision: str = "fp32"  # resolved: "fp32" | "bf16"
     channels_last: bool = False
     num_workers: int = 0
@@ -77,7 +77,7 @@ def param_groups(net, lr, cfg: TrainConfig) -> list[dict]:
     (the last block one factor, the one below it two, ...). With L2-SP the penalty
     replaces weight decay in every group.
     """
-    wd = 0.0 if cfg.l2sp is not None else cfg.weight_decay
+    wd = 0.0 if getattr(cfg.regularizer, "replaces_weight_decay", False) else cfg.weight_decay
     n = len(net.blocks)
     top = [p for m in (net.head, net.pool) for p in m.parameters() if p.requires_grad]
     groups = [{"params": top, "lr": lr, "weight_decay": wd}] if top else []
@@ -137,7 +137,11 @@ class TransferNeuralNet(NeuralNet):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         targets, weights = (to_tensor(t, device=self.device) for t in y_true)
-        return self.config.target.loss(y_pred, targets, weights)
+        loss = self.config.target.loss(y_pred, targets, weights)
+        reg = self.config.regularizer
+        if training and reg is not None and hasattr(reg, "loss_term"):
+            loss = loss + reg.loss_term(self.module_, X)
+        return loss
 
     def get_iterator(self, dataset, training=False):
         """skorch makes a new DataLoader every epoch; with worker processes, keep one per dataset.
@@ -250,8 +254,8 @@ def fine_tune(
         ("valid_metric", ValidMetric(cfg.target)),
         ("lr", BatchLRScheduler(cfg.lr_schedule)),
     ]
-    if cfg.l2sp is not None:  # the penalty's gradient, added after each backward pass
-        callbacks.append(("l2sp", cfg.l2sp))
+    if cfg.regularizer is not None:  # L2-SP: a gradient; the others: a loss term too
+        callbacks.append(("regularizer", cfg.regularizer))
     stopper = None
     if cfg.early_stopping and valid_ds is not None:
         stopper = StopEarly(

@@ -1,4 +1,14 @@
-"""L2-SP: regularise fine-tuned weights toward the pretrained source.
+"""Regularisers toward the source model: ``min L(f_t(x), y) + strength * R(f_t, f_s)``.
+
+One searchable parameter picks one (``regularizer=``, built by :func:`make_regularizer`);
+each is a skorch callback of the training loop:
+
+* ``"l2sp"`` (:class:`L2SP`): the weights toward their pretrained values, as a gradient.
+* ``"lwf"``, ``"delta"``, ``"bss"``: loss terms over the training batch's features
+  (:class:`FeatureRegularizer`: the loop adds :meth:`FeatureRegularizer.loss_term` to the
+  training loss).
+
+L2-SP: regularise fine-tuned weights toward the pretrained source.
 
 Li, Grandvalet & Davoine (2018), "Explicit inductive bias for transfer learning
 with convolutional networks": instead of weight decay toward 0, the penalty
@@ -19,6 +29,28 @@ from __future__ import annotations
 import torch
 from skorch.callbacks import Callback
 
+#: ``regularizer_strength=None`` takes these.
+DEFAULT_STRENGTH = {"l2sp": 0.01, "lwf": 1.0, "delta": 0.01, "bss": 0.001}
+
+#: name -> class of the feature regularisers (registered below their definitions).
+FEATURE_REGULARIZERS: dict = {}
+
+
+class FeatureRegularizer(Callback):
+    """A penalty computed from a training batch: the loop adds ``loss_term`` to the loss.
+
+    Built at fit start on the :class:`~sktransfer.freezing.TransferNet` about to be
+    trained, whose current weights are the source ``f_s``. ``loss_term(module, X)`` is
+    called once per training batch after the forward pass (``X`` the batch's input as the
+    module received it, before device placement), and returns a scalar tensor with a
+    gradient toward the trainable weights.
+    """
+
+    replaces_weight_decay = False
+
+    def loss_term(self, module, X) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
 
 class L2SP(Callback):
     """Penalty toward a snapshot of ``backbone`` parameters, plus L2 on ``head`` weights.
@@ -35,6 +67,8 @@ class L2SP(Callback):
     alpha, beta : float
         Strengths of the two terms.
     """
+
+    replaces_weight_decay = True  # the penalty's anchor replaces decay toward 0
 
     def __init__(self, backbone, head, alpha: float, beta: float):
         self.backbone = list(backbone)
@@ -74,3 +108,29 @@ class L2SP(Callback):
             if anchor is not None:
                 values = torch._foreach_sub(values, [anchor[i] for i in live])
             torch._foreach_add_(grads, values, alpha=coef)
+
+
+def make_regularizer(name, strength, net, *, l2sp_alpha=0.0, l2sp_beta=0.01):
+    """The callback for ``regularizer=name`` on ``net`` (its weights now are the source).
+
+    ``name=None`` with ``l2sp_alpha > 0`` is L2-SP at ``alpha=l2sp_alpha`` (the older
+    spelling); ``name="l2sp"`` takes ``alpha=strength`` and ``beta=l2sp_beta``. Returns
+    None when there is no regulariser.
+    """
+    if name is not None and l2sp_alpha > 0:
+        raise ValueError(
+            f"l2sp_alpha={l2sp_alpha} and regularizer={name!r} both ask for a regulariser: "
+            "pass regularizer='l2sp' with regularizer_strength, or l2sp_alpha alone"
+        )
+    if name is None and l2sp_alpha > 0:
+        name, strength = "l2sp", l2sp_alpha
+    if name is None:
+        return None
+    strength = DEFAULT_STRENGTH[name] if strength is None else float(strength)
+    if name == "l2sp":
+        params = (p for m in (*net.blocks, net.pool) for p in m.parameters())
+        backbone = [p for p in params if p.requires_grad]  # the final trainable set
+        return L2SP(backbone, [net.head.weight], strength, l2sp_beta)
+    if name not in FEATURE_REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; known: {sorted(DEFAULT_STRENGTH)}")
+    return FEATURE_REGULARIZERS[name](net, strength)
