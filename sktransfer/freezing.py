@@ -17,7 +17,6 @@ from torch.nn.parameter import is_lazy
 
 from sktransfer.training.lora import is_adapter_param
 
-
 #: ``freeze_depth="auto"`` with ``objective="contrastive"``: SetFit trains the whole encoder.
 CONTRASTIVE_FREEZE_DEPTH = 0
 

@@ -213,7 +213,8 @@ class PretrainedEstimatorBase(
         state = FitState(
             items=items, kind=kind, target=target, y=encoded, sample_weight=sw,
             backbone=backbone, prep=self._preprocessing(backbone), device=device,
-            n_frozen=resolve_freeze_depth(self._freeze_depth(), backbone.n_blocks), seed=self._seed(),
+            n_frozen=resolve_freeze_depth(self._freeze_depth(), backbone.n_blocks),
+            seed=self._seed(),
         )  # fmt: skip
         try:
             modules = [m for _, m in backbone.blocks] + [backbone.pool]

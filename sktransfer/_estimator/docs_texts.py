@@ -16,8 +16,9 @@ _OBJECTIVE = (
     (``history_``: the contrastive epochs, ``phase="contrastive"``, then the head).
     ``freeze_depth="auto"`` (the default) trains the whole encoder, as SetFit
     does; ``"all"`` raises (nothing to train). Needs at least 2 samples per class
-    and a float ``lr``; ``unfreeze_schedule`` and the regularisers do not apply. Multi-label ``y``: SetFit's multi-label pairs (for each label of a sample,
-    a partner with that label; a negative sharing none), then the one-vs-rest head.""",
+    and a float ``lr``; ``unfreeze_schedule`` and the regularisers do not apply.
+    Multi-label ``y``: SetFit's multi-label pairs (for each label of a sample, a
+    partner with that label; a negative sharing none), then the one-vs-rest head.""",
 )
 _NUM_ITERATIONS = (
     "int",

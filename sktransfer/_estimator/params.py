@@ -17,7 +17,10 @@ from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from sktransfer.training.schedules import SCHEDULES
 
 COMMON_CONSTRAINTS = {
-    "freeze_depth": [StrOptions({"all", "auto"}), Interval(numbers.Integral, None, None, closed="neither")],
+    "freeze_depth": [
+        StrOptions({"all", "auto"}),
+        Interval(numbers.Integral, None, None, closed="neither"),
+    ],
     "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "lr_schedule": [StrOptions(set(SCHEDULES))],
     "layer_decay": [None, Interval(numbers.Real, 0, 1, closed="right")],
