@@ -5,9 +5,28 @@ matplotlib is optional: ``pip install "sktransfer[plot]"``.
 
 from __future__ import annotations
 
+import math
+
 from sklearn.utils.validation import check_is_fitted
 
 _METRICS = {"valid_acc": "valid accuracy", "valid_f1": "valid F1", "valid_r2": "valid R²"}
+#: metrics that live in [0, 1] (R² only has the upper bound)
+_UNIT_INTERVAL = ("valid_acc", "valid_f1")
+
+
+def _metric_limits(metric, values):
+    """y limits for the metric axis: a little room around the values, never above 1 (no
+    metric here exceeds it) and, for accuracy and F1, never below 0. matplotlib's own
+    autoscaling put a single accuracy of 1.0 on an axis from 0.945 to 1.050."""
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = max(0.05 * (high - low), 0.02)
+    bottom = low - pad
+    if metric in _UNIT_INTERVAL:
+        bottom = max(0.0, bottom)
+    return bottom, min(1.0, high + pad)
 
 
 def plot_history(est, ax=None, *, title=None):
@@ -19,7 +38,8 @@ def plot_history(est, ax=None, *, title=None):
         Also accepts a fitted ``GridSearchCV`` (its ``best_estimator_`` is plotted).
     ax : matplotlib Axes or None
         Where to draw the losses; a new figure when None. The validation metric
-        (accuracy, F1 or R², as the estimator records it) goes on a twin y-axis.
+        (accuracy, F1 or R², as the estimator records it) goes on a twin y-axis, which
+        never goes above 1 (nor, for accuracy and F1, below 0).
     title : str or None
 
     Returns
@@ -49,8 +69,11 @@ def plot_history(est, ax=None, *, title=None):
     if metric is not None:
         ax2 = ax.twinx()
         label = _METRICS[metric]
-        ax2.plot(epochs, [row.get(metric) for row in history], "-^", color="tab:green",
-                 label=label)  # fmt: skip
+        values = [row.get(metric) for row in history]
+        ax2.plot(epochs, values, "-^", color="tab:green", label=label)
+        limits = _metric_limits(metric, values)
+        if limits is not None:
+            ax2.set_ylim(*limits)
         ax2.set_ylabel(label)
         more = ax2.get_legend_handles_labels()
         lines, labels = lines + more[0], labels + more[1]

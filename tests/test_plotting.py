@@ -36,3 +36,50 @@ def test_plot_history_needs_a_fitted_estimator(cnn):
 
     with pytest.raises(NotFittedError):
         plot_history(PretrainedImageClassifier(cnn))
+
+
+def _metric_axis(ax):
+    twins = [other for other in ax.figure.axes if other is not ax]
+    assert len(twins) == 1
+    return twins[0]
+
+
+def test_accuracy_axis_never_goes_above_one(cnn, digits_small):
+    X, y = digits_small
+    # one epoch: a single accuracy point, which matplotlib alone spread over 0.945..1.050
+    clf = PretrainedImageClassifier(
+        cnn, image_size=8, freeze_depth=1, max_epochs=1, lr=1e-3, random_state=0
+    ).fit(X, y)
+    for accuracy in (clf.history_[0]["valid_acc"], 1.0, 0.0):
+        clf.history_[0]["valid_acc"] = accuracy
+        metric_ax = _metric_axis(plot_history(clf))
+        metric_ax.figure.canvas.draw()
+        bottom, top = metric_ax.get_ylim()
+        assert 0.0 <= bottom < accuracy or accuracy == 0.0
+        assert accuracy <= top <= 1.0 and bottom < top
+        shown = [t for t in metric_ax.get_yticks() if bottom <= t <= top]
+        assert shown and max(shown) <= 1.0
+    matplotlib.pyplot.close("all")
+
+
+def test_r2_axis_may_go_below_zero_but_not_above_one(cnn, digits_small):
+    from sktransfer import PretrainedImageRegressor
+
+    X, y = digits_small
+    reg = PretrainedImageRegressor(
+        cnn, image_size=8, freeze_depth=1, max_epochs=2, lr=1e-3, random_state=0
+    ).fit(X, y.astype(float))
+    assert all("valid_r2" in row for row in reg.history_)
+    reg.history_[0]["valid_r2"], reg.history_[1]["valid_r2"] = -0.5, 0.999
+    bottom, top = _metric_axis(plot_history(reg)).get_ylim()
+    assert bottom < -0.5 and 0.999 < top <= 1.0
+    matplotlib.pyplot.close("all")
+
+
+def test_frozen_model_plots_its_one_point_without_a_metric_axis(cnn, digits_small):
+    X, y = digits_small
+    clf = PretrainedImageClassifier(cnn, image_size=8).fit(X, y)
+    ax = plot_history(clf)
+    assert ax.figure.axes == [ax]  # no validation metric recorded: no twin axis
+    assert "frozen features" in ax.get_title()
+    matplotlib.pyplot.close("all")
