@@ -5,17 +5,9 @@ hold torch tensors; its fallback is cloudpickle). This flavour stores the estima
 :func:`sktransfer.save` (one ``model.skt``: safetensors weights and JSON, see
 :mod:`sktransfer.io.safe_format`) and adds a ``python_function`` flavour whose
 ``loader_module`` is this module, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve``
-work and nothing in the model directory is a pickle::
-
-    model.skt            the estimator (sktransfer.save)
-    MLmodel              flavours "sktransfer" and "python_function"
-    input_example.json   serving_input_example.json   requirements.txt   ...
-
-The pyfunc model's ``predict(model_input, params=None)`` takes one column of texts, or of
-images as encoded bytes, base64 strings or paths (see :class:`PyfuncModel`);
-``params={"method": "predict_proba"}`` returns probabilities in ``proba_<class>`` columns, as
-``sktransfer predict --proba`` names them. MLflow is imported lazily: without it, calling any
-function here raises ``ImportError`` naming ``pip install "sktransfer[mlflow]"``.
+work and nothing in the model directory is a pickle. The pyfunc model is
+:class:`PyfuncModel`. MLflow is imported lazily: without it, calling any function here
+raises ``ImportError`` naming ``pip install "sktransfer[mlflow]"``. Guide: docs/mlflow.md.
 """
 
 from __future__ import annotations
@@ -101,14 +93,11 @@ def _check_model(model):
 def infer_signature(model, *, image_input="bytes", column=None):
     """The default :class:`mlflow.models.ModelSignature` of a fitted sktransfer estimator.
 
-    Inputs: one column of strings (texts) for a text model; for an image model ``binary``
-    (encoded image bytes; the scoring server base64-decodes them) or, with
-    ``image_input="path"``, strings (paths on the serving machine). The column is unnamed
-    unless ``column`` names it, so a list, a Series or a DataFrame with one column of any
-    name passes MLflow's schema check (MLflow keeps a DataFrame's first column only); a
-    named column must be present. Params: ``method``
-    (``"predict"``, ``"predict_proba"`` or ``"transform"``; default ``predict``, an embedder's
-    ``transform``), so the scoring server accepts ``{"params": {"method": ...}}``.
+    One input column: strings for a text model; ``binary`` image bytes for an image model
+    (the scoring server base64-decodes them), strings with ``image_input="path"``. Unnamed
+    unless ``column`` names it, so a list, a Series or a one-column DataFrame passes MLflow's
+    schema check. Params: ``method`` (default ``predict``; an embedder's ``transform``), so
+    the scoring server accepts ``{"params": {"method": "predict_proba"}}``.
     """
     _mlflow()
     from mlflow.models import ModelSignature
@@ -146,7 +135,7 @@ def _default_example(model):
 
 
 def _signature_for(model, signature, input_example):
-    """The caller's signature, ours from the input example's column, or none (False)."""
+    """The caller's signature, none (False), or ours (a path column for string examples)."""
     if signature is False:
         return None
     if signature is not None:
@@ -195,13 +184,13 @@ def _write_environment(path, model, pip_requirements, extra_pip_requirements):
     conda_env, reqs, constraints = _process_pip_requirements(
         defaults, pip_requirements, extra_pip_requirements
     )
-    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as fh:
-        yaml.safe_dump(conda_env, stream=fh, default_flow_style=False)
+    files = {_CONDA_ENV_FILE_NAME: yaml.safe_dump(conda_env, default_flow_style=False)}
+    files[_REQUIREMENTS_FILE_NAME] = "\n".join(reqs)
     if constraints:
-        with open(os.path.join(path, _CONSTRAINTS_FILE_NAME), "w") as fh:
-            fh.write("\n".join(constraints))
-    with open(os.path.join(path, _REQUIREMENTS_FILE_NAME), "w") as fh:
-        fh.write("\n".join(reqs))
+        files[_CONSTRAINTS_FILE_NAME] = "\n".join(constraints)
+    for name, text in files.items():
+        with open(os.path.join(path, name), "w") as fh:
+            fh.write(text)
     _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
     return _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
 
@@ -235,7 +224,7 @@ def save_model(
         Stored with :func:`sktransfer.save` (no pickle); a model that format cannot hold
         (a ``torch.nn.Module`` backbone) raises ``TypeError``.
     path : str or path-like
-        A directory that must not exist yet.
+        A directory that does not exist yet, or an empty one.
     signature : ModelSignature, None or False, default=None
         None: :func:`infer_signature` (a ``text`` or ``image`` column and a ``method``
         param); False: no signature.
@@ -255,12 +244,13 @@ def save_model(
 
     _check_model(model)
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
-        raise FileExistsError(f"the MLflow model directory {path} already exists")
+    created = not os.path.exists(path)
+    if not created and (not os.path.isdir(path) or os.listdir(path)):
+        raise FileExistsError(f"{path} exists and is not an empty directory")
     if input_example is None and signature is None:
         input_example = _default_example(model)
     store = _store_backbone(model, store_backbone)
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)
     try:
         sktransfer.save(model, os.path.join(path, MODEL_FILE), store_backbone=store)
         mlflow_model = Model() if mlflow_model is None else mlflow_model
@@ -294,8 +284,10 @@ def save_model(
             os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(path) for f in fs
         )
         mlflow_model.save(os.path.join(path, "MLmodel"))
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # the directory this call created
+    except BaseException:  # leave the directory as it was found
+        shutil.rmtree(path, ignore_errors=True)
+        if not created:
+            os.makedirs(path, exist_ok=True)
         raise
     return path
 
@@ -377,15 +369,14 @@ def _signature_column(model_dir):
 class PyfuncModel:
     """The ``python_function`` face of a fitted sktransfer estimator.
 
-    ``predict(model_input, params=None)``: ``model_input`` is a DataFrame (one column, or
-    the signature's named column, else ``text`` / ``image``, among others), a Series, a list or an
-    ndarray (for an image model also an ``(n, h, w[, c])`` pixel array). Text items are
-    strings. Image items are encoded bytes, base64 strings of them (what a JSON client sends
-    when the column is not declared ``binary``) or paths; a string is a path when such a
-    file exists, else it is decoded as base64 when it is valid base64, else it is a path
-    (and reported missing). ``params["method"]``: ``"predict"`` (the estimator's output,
-    an ndarray), ``"predict_proba"`` (a DataFrame of ``proba_<class>`` columns) or
-    ``"transform"`` (an embedder's ``(n, d)`` features). Errors name the item's position.
+    ``predict(model_input, params=None)`` takes a DataFrame (one column; with several, the
+    signature's named column, else ``text`` / ``image``), a Series, a list or an ndarray (an
+    image model also an ``(n, h, w[, c])`` pixel array). Text items are strings; image items
+    encoded bytes, base64 strings of them, or paths: a string is a path when that file
+    exists, else base64 when it decodes as base64, else a path (reported missing).
+    ``params["method"]``: ``"predict"`` (the estimator's output), ``"predict_proba"`` (a
+    DataFrame of ``proba_<class>`` columns, as ``sktransfer predict --proba`` names them) or
+    ``"transform"``. Errors name the item's position.
     """
 
     def __init__(self, estimator, column=None):

@@ -380,6 +380,13 @@ def test_a_model_the_safe_format_cannot_hold_is_refused(image_model, tmp_path):
     with pytest.raises(TypeError, match="cannot save"):
         skm.save_model(clf, target)
     assert not target.exists()
+    target.mkdir()  # an empty directory is accepted, and left empty by a failed save
+    with pytest.raises(TypeError, match="cannot save"):
+        skm.save_model(clf, target)
+    assert target.is_dir() and not any(target.iterdir())
+    (target / "x").write_text("")
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        skm.save_model(clf, target)
     with pytest.raises(TypeError, match="sktransfer's own"):
         skm.save_model(object(), tmp_path / "o")
 
@@ -410,6 +417,7 @@ def _doc_blocks():
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
+@pytest.mark.packaged
 def test_docs_python_blocks_run(tmp_path):
     """Each ```python block of docs/mlflow.md runs as a script in its own temp directory
     (MLflow's default store there); the blocks run side by side."""
