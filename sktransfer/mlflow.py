@@ -240,7 +240,8 @@ def save_model(
     from mlflow.models import Model
     from mlflow.models.utils import _save_example
 
-    import sktransfer
+    from sktransfer import __version__
+    from sktransfer.io.safe_format import save
 
     _check_model(model)
     path = os.path.abspath(os.fspath(path))
@@ -252,7 +253,7 @@ def save_model(
     store = _store_backbone(model, store_backbone)
     os.makedirs(path, exist_ok=True)
     try:
-        sktransfer.save(model, os.path.join(path, MODEL_FILE), store_backbone=store)
+        save(model, os.path.join(path, MODEL_FILE), store_backbone=store)
         mlflow_model = Model() if mlflow_model is None else mlflow_model
         _save_example(mlflow_model, input_example, path)
         signature = _signature_for(model, signature, input_example)
@@ -272,7 +273,7 @@ def save_model(
         )
         mlflow_model.add_flavor(
             FLAVOR_NAME,
-            sktransfer_version=sktransfer.__version__,
+            sktransfer_version=__version__,
             model_file=MODEL_FILE,
             estimator=type(model).__name__,
             modality=_modality(model),
@@ -336,20 +337,20 @@ def load_model(model_uri, dst_path=None, *, device=None):
     ``device`` as :func:`sktransfer.load`.
     """
     mlflow = _mlflow()
-    import sktransfer
+    from sktransfer.io.safe_format import load
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=str(model_uri), dst_path=dst_path)
-    return sktransfer.load(_model_file(local), device=device)
+    return load(_model_file(local), device=device)
 
 
 # --------------------------------------------------------------------------- pyfunc
 def _load_pyfunc(path, model_config=None):
     """MLflow's ``loader_module`` entry: ``path`` is the ``data`` file (``model.skt``)."""
-    import sktransfer
+    from sktransfer.io.safe_format import load
 
     if os.path.isdir(path):
         path = _model_file(path)
-    return PyfuncModel(sktransfer.load(path), column=_signature_column(os.path.dirname(path)))
+    return PyfuncModel(load(path), column=_signature_column(os.path.dirname(path)))
 
 
 def _signature_column(model_dir):
