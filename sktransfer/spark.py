@@ -138,8 +138,16 @@ def make_predict_fn(model_path, *, proba=False, device="cpu"):
 
         def predict(items):
             items = list(items)  # Python str / bytes, as every input adapter takes them
-            with config_context(cache=False):  # each item once: a cache would only grow
-                out = est.predict_proba(items) if proba else est.predict(items)
+            try:
+                with config_context(cache=False):  # each item once: a cache would only grow
+                    out = est.predict_proba(items) if proba else est.predict(items)
+            except (TypeError, ValueError) as exc:
+                if type(exc) not in (TypeError, ValueError):
+                    raise
+                raise type(exc)(
+                    f"{exc} (samples are numbered from 0 within this predict_udf batch of "
+                    f"{len(items)} rows)"
+                ) from exc
             out = np.asarray(out)
             if fields is None:
                 out = out.reshape(len(items))

@@ -157,6 +157,8 @@ def test_predict_fn_loads_once_and_scores_arrays(text_model, texts):
     np.testing.assert_allclose(got, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
     labels = make_predict_fn(path)()(np.asarray(X))
     assert labels.dtype == object and list(labels) == list(clf.predict(X))
+    with pytest.raises(TypeError, match="Sample 1: .* within this predict_udf batch of 3 rows"):
+        predict(np.asarray(["good", None, "bad"], dtype=object))  # a null in the column
 
 
 def test_return_types_follow_the_model(text_model, tiny_bert_dir, texts):
