@@ -268,9 +268,9 @@ def _add_predict(sub):
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}). Measured on a shared "
-        "2-core machine: with one other busy process, 2 threads scored 2.8x slower than 1 "
-        "(up to 5x under load); idle, 2 threads were 1.4-1.6x faster. Raise it on a "
+        help=f"CPU threads for torch and BLAS (default: {DEFAULT_THREADS}). On a shared machine "
+        "more threads than free cores are slower, not faster, when another process is busy "
+        "(benchmarks/bench_cli.py measures it; README.md quotes the ratio). Raise it on a "
         f"dedicated machine; 1 to {THREADS_PER_CPU} per CPU",
     )
     p.add_argument(
@@ -302,8 +302,8 @@ def _add_demo(sub):
         "--out",
         metavar="DIR",
         help="folder for results.json, demo_curve.png, the model, the test images and the "
-        "predictions (default: a new ./sktransfer-demo-<time>/); existing files are never "
-        "overwritten",
+        "predictions (default: a new sktransfer-demo-<time>-* folder in the system's temp "
+        "directory; the run prints where); existing files are never overwritten",
     )
     d.set_defaults(func=_cmd_demo)
 
