@@ -6,7 +6,7 @@ each is a skorch callback of the training loop:
 * ``"l2sp"`` (:class:`L2SP`): the weights toward their pretrained values, as a gradient.
 * ``"lwf"``, ``"delta"``, ``"bss"``: loss terms over the training batch's features
   (:class:`FeatureRegularizer`: the loop adds :meth:`FeatureRegularizer.loss_term` to the
-  training loss).
+  training loss), in :mod:`sktransfer.training.feature_regularizers`.
 
 L2-SP: regularise fine-tuned weights toward the pretrained source.
 
@@ -131,6 +131,8 @@ def make_regularizer(name, strength, net, *, l2sp_alpha=0.0, l2sp_beta=0.01):
         params = (p for m in (*net.blocks, net.pool) for p in m.parameters())
         backbone = [p for p in params if p.requires_grad]  # the final trainable set
         return L2SP(backbone, [net.head.weight], strength, l2sp_beta)
+    import sktransfer.training.feature_regularizers  # noqa: F401  (fills FEATURE_REGULARIZERS)
+
     if name not in FEATURE_REGULARIZERS:
         raise ValueError(f"unknown regularizer {name!r}; known: {sorted(DEFAULT_STRENGTH)}")
     return FEATURE_REGULARIZERS[name](net, strength)
