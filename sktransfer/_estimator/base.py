@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from sktransfer._estimator.fit_paths import FitPathsMixin
+from sktransfer._estimator.incremental import IncrementalMixin
 from sktransfer._estimator.outputs import (
     BlockOutputsMixin,
     has_lazy,
@@ -49,6 +50,7 @@ from sktransfer.runtime.runners import predict_logits
 
 
 class PretrainedEstimatorBase(
+    IncrementalMixin,
     FitPathsMixin,
     OwnedModuleMixin,
     OwnedPreprocessingMixin,
@@ -188,15 +190,48 @@ class PretrainedEstimatorBase(
         -------
         self
         """
+        warm = self._warm_start_from() if self.warm_start else None
         self._reset()  # a failed fit (or Ctrl-C) leaves an unfitted estimator
         self._validate_params()
+        state = self._fit_state(X, y, sample_weight, previous=warm and warm[1])
+        state.warm_net = warm and warm[0]
+        try:
+            with self._generators(state), cudnn_autotune(state.device):
+                net, history, info = self._fit_net(state)
+        except BaseException:  # KeyboardInterrupt too: it propagates, nothing half-fitted stays
+            self._reset()
+            raise
+        self._set_fitted(state, net, history, info)
+        return self
+
+    def _warm_start_from(self):
+        """``warm_start``: ``(the fitted network to train on, the fitted target attributes)``,
+        or None when unfitted. The network is taken over (a copy when it is the registry's
+        shared template, which is never trained)."""
+        if not hasattr(self, "module_"):
+            return None
+        net = self._net()
+        if getattr(net, "shares_template", False):
+            net = copy.deepcopy(net)
+            net.shares_template = False
+        keys = ("classes_", "y_mean_", "y_scale_", "y_ndim_")
+        return net, {k: getattr(self, k) for k in keys if hasattr(self, k)}
+
+    def _generators(self, state):
+        """The global RNGs seeded and restored around the fit (:mod:`sktransfer.runtime.rng`)."""
+        modules = [m for _, m in state.backbone.blocks] + [state.backbone.pool]
+        draws = not state.frozen or any(has_lazy(m) for m in modules)  # else: no lock
+        return borrowed_generators(state.seed, state.device, draws=draws)
+
+    def _fit_state(self, X, y, sample_weight, previous=None, target=None, stacklevel=4):
+        """Validate the fit's inputs and resolve its backbone: the :class:`FitState`."""
         device = resolve_device(self.device)
         if get_config()["cache"]:
             check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)
-        target = self._target_for(y)
+        target = self._target_for(y) if target is None else target
         sw = check_weights(sample_weight, len(items))
-        encoded = target.encode(self, y, len(items), sw)
+        encoded = target.encode(self, y, len(items), sw, previous=previous)
         if encoded.weights is not None:
             with np.errstate(over="ignore"):  # (refused below, by name)
                 sw = sw * encoded.weights
@@ -209,26 +244,22 @@ class PretrainedEstimatorBase(
                     "weights by a common factor"
                 )
         backbone = self._resolve_backbone(share=self._shares_template(device))
-        warn_if_unsplit(backbone, self._freeze_depth())
-        state = FitState(
+        warn_if_unsplit(backbone, self._freeze_depth(), stacklevel=stacklevel)  # (the caller's)
+        return FitState(
             items=items, kind=kind, target=target, y=encoded, sample_weight=sw,
             backbone=backbone, prep=self._preprocessing(backbone), device=device,
             n_frozen=resolve_freeze_depth(self._freeze_depth(), backbone.n_blocks),
             seed=self._seed(),
         )  # fmt: skip
-        try:
-            modules = [m for _, m in backbone.blocks] + [backbone.pool]
-            draws = not state.frozen or any(has_lazy(m) for m in modules)  # else: no lock
-            with borrowed_generators(state.seed, device, draws=draws), cudnn_autotune(device):
-                net, history, info = self._fit_net(state)
-        except BaseException:  # KeyboardInterrupt too: it propagates, nothing half-fitted stays
-            self._reset()
-            raise
+
+    def _set_fitted(self, state, net, history, info):
+        """The fitted attributes of a fit (or a ``partial_fit`` call) that succeeded."""
+        backbone = state.backbone
         self.module_ = net
-        for key, value in encoded.attrs.items():
+        for key, value in state.y.attrs.items():
             setattr(self, key, value)
-        self.target_type_ = target.name
-        self.n_outputs_ = encoded.n_outputs
+        self.target_type_ = state.target.name
+        self.n_outputs_ = state.y.n_outputs
         self.n_blocks_ = backbone.n_blocks
         self.n_frozen_blocks_ = state.n_frozen
         self.block_names_ = [name for name, _ in backbone.blocks]
@@ -236,12 +267,11 @@ class PretrainedEstimatorBase(
         self.backbone_source_ = dict(backbone.source)
         self.preprocessing_ = state.prep
         self.modality_ = self._modality
-        self.input_kind_ = kind
+        self.input_kind_ = state.kind
         self.n_features_out_ = net.head.in_features
         self.history_ = history
         for key, value in info.items():
             setattr(self, key, value)
-        return self
 
     # ------------------------------------------------------------------ predict
     def _items(self, X):

@@ -18,6 +18,8 @@ calls back into the estimator. Block outputs come from the one cache path
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -76,6 +78,21 @@ class FitPathsMixin:
             net.set_frozen(len(blocks))
         return net
 
+    def _start_net(self, state):
+        """The network a fine-tune starts from: the previous fit's with ``warm_start`` (its
+        head kept), else a new one; and whether it is warm."""
+        warm = state.warm_net
+        if warm is None:
+            return self._new_net(state), False
+        if [n for n, _ in state.backbone.blocks] != list(warm.block_names):
+            raise ValueError(
+                "warm_start: the fitted network's blocks differ from the backbone's now; "
+                "set warm_start=False to fit from the backbone"
+            )
+        warm.to(state.device)
+        set_layout(warm, channels_last=self._runtime(state.device, state.kind)[1])
+        return warm, True
+
     def _exact_head(self, net, state, idx):
         """The target's exact head on the pooled features of samples ``idx`` (cached)."""
         rows = self._outputs(net, state.items, state.kind, state.prep, state.device,
@@ -125,19 +142,12 @@ class FitPathsMixin:
 
     # ------------------------------------------------------------------ fine-tune
     def _fit_fine_tuned(self, state):
-        net = self._new_net(state)
+        net, warm = self._start_net(state)
         # split first, so that neither the probe head nor the training ever sees the
         # validation samples that early stopping and history_ are measured on
         state.split = self._split(state.y, state.seed)
-        if self.head_init == "probe":
-            head, _ = self._exact_head(net, state, state.split[0])
-        else:
-            dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
-            if dim is None:  # a user module: probed once per module digest
-                dim = self._feature_dim(net, state.items, state.kind, state.prep, state.device)
-            torch.manual_seed(state.seed)
-            head = nn.Linear(dim, state.y.n_outputs)
-        net.head = head.to(state.device)
+        if not warm:  # (warm_start: the fitted head goes on)
+            net.head = self._initial_head(net, state, state.split[0]).to(state.device)
         net.set_frozen(state.n_frozen)
         lora = self._lora(net, state)
         history, info = self._fine_tune(net, state)
@@ -148,6 +158,17 @@ class FitPathsMixin:
         net.eval()
         return net, history, info
 
+    def _initial_head(self, net, state, idx, probe=None):
+        """The head fine-tuning starts from: the probe on samples ``idx``
+        (``head_init="probe"``, LP-FT) or a seeded random linear layer."""
+        if self.head_init == "probe" if probe is None else probe:
+            return self._exact_head(net, state, idx)[0]
+        dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
+        if dim is None:  # a user module: probed once per module digest
+            dim = self._feature_dim(net, state.items, state.kind, state.prep, state.device)
+        torch.manual_seed(state.seed)
+        return nn.Linear(dim, state.y.n_outputs)
+
     def _fine_tune(self, net, state):
         """Optional head-only epochs, then the configured blocks; ``lr="auto"`` first.
 
@@ -155,24 +176,7 @@ class FitPathsMixin:
         head-only phase on the cached pooled features); the model ends with the
         final boundary ``state.n_frozen``.
         """
-        items, kind, prep, device = state.items, state.kind, state.prep, state.device
-        values, sw = state.y.values, training_weights(state.sample_weight)
-        train_idx, valid_idx = state.split
-        n_blocks = len(net.blocks)
-
-        def data(boundary):
-            start = boundary if self._use_boundary_cache(boundary) else 0
-            sub = self._suffix_dataset
-            train = sub(net, items, train_idx, kind, prep, device, start, training=True,
-                        desc=f"fit: train activations (block {start})")  # fmt: skip
-            train = LabeledDataset(train, values[train_idx], sw[train_idx])
-            valid = None
-            if valid_idx is not None:
-                valid = sub(net, items, valid_idx, kind, prep, device, start,
-                            desc=f"fit: validation activations (block {start})")  # fmt: skip
-                valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
-            return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
-
+        data = functools.partial(self._phase_data, net, state)
         # the source f_s: the weights at fit start (pretrained, probe head)
         reg = make_regularizer(
             self.regularizer, self.regularizer_strength, net,
@@ -183,12 +187,32 @@ class FitPathsMixin:
             head_epochs=self.unfreeze_schedule, auto_lr=self.lr == "auto", train=fine_tune,
         )  # fmt: skip
 
+    def _phase_data(self, net, state, boundary):
+        """``(start, train, valid, collate)`` for training above ``boundary``: the split's
+        datasets of activations entering at block ``start`` (cached at the boundary when
+        the cache is used), labelled and weighted."""
+        items, kind, prep, device = state.items, state.kind, state.prep, state.device
+        values, sw = state.y.values, training_weights(state.sample_weight)
+        train_idx, valid_idx = state.split
+        start = boundary if self._use_boundary_cache(boundary) else 0
+        sub = self._suffix_dataset
+        train = sub(net, items, train_idx, kind, prep, device, start, training=True,
+                    desc=f"fit: train activations (block {start})")  # fmt: skip
+        train = LabeledDataset(train, values[train_idx], sw[train_idx])
+        valid = None
+        if valid_idx is not None:
+            valid = sub(net, items, valid_idx, kind, prep, device, start,
+                        desc=f"fit: validation activations (block {start})")  # fmt: skip
+            valid = LabeledDataset(valid, values[valid_idx], sw[valid_idx])
+        n_blocks = len(net.blocks)
+        return start, train, valid, Collate(self._suffix_collate(kind, prep, start, n_blocks))
+
     # ------------------------------------------------------------------ contrastive
     def _fit_contrastive(self, state):
         """SetFit's recipe (:mod:`sktransfer.training.contrastive`): pairs -> the unfrozen
         blocks trained on them -> adapters merged -> the exact head on the new embeddings."""
         self._check_contrastive(state)
-        net = self._new_net(state)
+        net, _ = self._start_net(state)  # (the head is solved again on the new embeddings)
         items, kind, prep, device = state.items, state.kind, state.prep, state.device
         state.split = None  # SetFit trains on every pair: no validation split
         net.set_frozen(state.n_frozen)

@@ -94,6 +94,8 @@ class PicklableModulesMixin:
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
+        for key in ("_incremental_", "_incremental_state_"):  # partial_fit's optimizer etc.
+            state.pop(key, None)
         for key, value in list(state.items()):
             if isinstance(value, nn.Module):
                 state[key] = _on_cpu(value)

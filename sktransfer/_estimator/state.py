@@ -32,6 +32,7 @@ class FitState:
     device: torch.device
     seed: int
     split: tuple | None = None
+    warm_net: Any = None  # warm_start / partial_fit: the network to train on
 
     @property
     def n_blocks(self) -> int:

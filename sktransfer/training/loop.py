@@ -250,24 +250,51 @@ def fine_tune(
     own, not from the one that shuffles (the contrastive path's order is then the seeded
     permutation itself).
     """
-    callbacks = [
-        ("valid_metric", ValidMetric(cfg.target)),
-        ("lr", BatchLRScheduler(cfg.lr_schedule)),
-    ]
-    if cfg.regularizer is not None:  # L2-SP: a gradient; the others: a loss term too
-        callbacks.append(("regularizer", cfg.regularizer))
     stopper = None
+    extra = []
     if cfg.early_stopping and valid_ds is not None:
         stopper = StopEarly(
             monitor="valid_loss", patience=cfg.n_iter_no_change, load_best=True, sink=_null
         )
-        callbacks.append(("early_stopping", stopper))
+        extra.append(("early_stopping", stopper))
+    skorch_net = build_net(
+        net, collate, cfg, valid_ds=valid_ds, callbacks=extra, own_worker_seed=own_worker_seed
+    )
+    try:
+        skorch_net.fit(train_ds, y=None)
+    except _Interrupted:
+        raise KeyboardInterrupt from None
+    finally:
+        skorch_net.close_loaders()
+    best = None
+    if stopper is not None:
+        best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
+    return history_records(skorch_net.history, cfg.target.metric, best, epoch_offset, phase)
+
+
+def build_net(
+    net, collate, cfg: TrainConfig, *, valid_ds=None, callbacks=(), own_worker_seed=False,
+    carry_schedule=False,
+):  # fmt: skip
+    """The :class:`TransferNeuralNet` that trains ``net``: the validation metric, the
+    per-batch schedule, the regulariser and ``callbacks``; the training order drawn from
+    one generator seeded by ``cfg.seed``. ``carry_schedule``: the schedule spans
+    ``max_epochs`` epochs over successive ``partial_fit`` calls instead of restarting."""
+    callbacks = [
+        ("valid_metric", ValidMetric(cfg.target)),
+        ("lr", BatchLRScheduler(cfg.lr_schedule, carry=carry_schedule)),
+        *(
+            # L2-SP: a gradient; the feature regularisers: a loss term too
+            [("regularizer", cfg.regularizer)] if cfg.regularizer is not None else []
+        ),
+        *callbacks,
+    ]
     if cfg.verbose:
         callbacks.append(("progress", ProgressBar(postfix_keys=["train_loss"])))
     gen = torch.Generator()
     gen.manual_seed(cfg.seed)
     cuda = torch.device(cfg.device).type == "cuda"
-    skorch_net = TransferNeuralNet(
+    return TransferNeuralNet(
         module=net,
         criterion=nn.Identity,  # unused: get_loss asks the target
         optimizer=cfg.optimizer_class,
@@ -292,16 +319,6 @@ def fine_tune(
         verbose=int(cfg.verbose),
         config=cfg,
     )
-    try:
-        skorch_net.fit(train_ds, y=None)
-    except _Interrupted:
-        raise KeyboardInterrupt from None
-    finally:
-        skorch_net.close_loaders()
-    best = None
-    if stopper is not None:
-        best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
-    return history_records(skorch_net.history, cfg.target.metric, best, epoch_offset, phase)
 
 
 def lr_range_test_for(net, train_ds, collate, cfg: TrainConfig, n_steps: int) -> tuple[float, dict]:

@@ -66,14 +66,19 @@ class BatchLRScheduler(Callback):
     """Step a schedule after every training batch; record the rate per epoch as ``lr``.
 
     The schedule spans ``max_epochs`` epochs of ``ceil(n_train / batch_size)``
-    batches; early stopping just ends it sooner. The recorded ``lr`` is the head
+    batches; early stopping just ends it sooner. With ``carry`` (``partial_fit``) it
+    spans the calls: ``max_epochs`` calls of the first call's size, then it stays at its
+    final rate. The recorded ``lr`` is the head
     group's rate on the epoch's last batch.
     """
 
-    def __init__(self, schedule="warmup_cosine"):
+    def __init__(self, schedule="warmup_cosine", carry=False):
         self.schedule = schedule
+        self.carry = carry  # partial_fit: one schedule over the calls, not one per call
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
+        if self.carry and getattr(self, "scheduler_", None) is not None:
+            return  # (its total: the first call's batches x max_epochs)
         n_batches = math.ceil(len(X) / net.batch_size)
         self.total_ = n_batches * net.max_epochs
         self.steps_ = 0

@@ -45,9 +45,11 @@ class Target:
     name = ""
     metric = ""  # history_ key of the validation metric, e.g. "valid_acc"
 
-    def encode(self, est, y, n_samples, sample_weight=None) -> Encoded:  # pragma: no cover
+    def encode(self, est, y, n_samples, sample_weight=None, previous=None) -> Encoded:
         """Validate ``y`` and encode it; ``sample_weight`` (validated, or None) lets a
-        target scale ``y`` as the weighted objective sees it."""
+        target scale ``y`` as the weighted objective sees it. ``previous``: the attributes
+        an earlier call fixed (``classes_``, ``y_mean_``, ...: ``partial_fit``,
+        ``warm_start``); ``y`` is then encoded with them, and must fit them."""  # pragma: no cover
         raise NotImplementedError
 
     @staticmethod

@@ -64,8 +64,13 @@ class MultiLabel(Target):
         arr = _as_matrix(y)
         return arr is not None and arr.shape[1] >= 2
 
-    def encode(self, est, y, n_samples, sample_weight=None):
+    def encode(self, est, y, n_samples, sample_weight=None, previous=None):
         arr = _as_matrix(y)
+        if previous is not None and arr.ndim == 2 and arr.shape[1] != len(previous["classes_"]):
+            raise ValueError(
+                f"y has {arr.shape[1]} label columns; the first call had "
+                f"{len(previous['classes_'])}"
+            )
         if len(arr) != n_samples:
             raise ValueError(f"X has {n_samples} samples but y has {len(arr)} rows")
         ok = np.zeros(arr.shape, dtype=bool)

@@ -111,9 +111,17 @@ class Regression(Target):
     name = "regression"
     metric = "valid_r2"
 
-    def encode(self, est, y, n_samples, sample_weight=None):
+    def encode(self, est, y, n_samples, sample_weight=None, previous=None):
         values, ndim = check_targets(y, n_samples)
-        mean, scale = _moments(values, sample_weight)
+        if previous is not None:  # partial_fit / warm_start: the first call's scaling
+            mean, scale = previous["y_mean_"], previous["y_scale_"]
+            if values.shape[1] != len(np.atleast_1d(mean)) or ndim != previous["y_ndim_"]:
+                raise ValueError(
+                    f"y has {values.shape[1]} output(s) (ndim {ndim}); the first call had "
+                    f"{len(np.atleast_1d(mean))} (ndim {previous['y_ndim_']})"
+                )
+        else:
+            mean, scale = _moments(values, sample_weight)
         attrs = {"y_mean_": mean, "y_scale_": scale, "y_ndim_": int(ndim)}
         return Encoded((values - mean) / scale, values.shape[1], attrs, stratify=None)
 

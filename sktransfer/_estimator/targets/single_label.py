@@ -18,9 +18,20 @@ class SingleLabel(Target):
     name = "single_label"
     metric = "valid_acc"
 
-    def encode(self, est, y, n_samples, sample_weight=None):
+    def encode(self, est, y, n_samples, sample_weight=None, previous=None):
         y = check_labels(y, n_samples)
-        encoder = LabelEncoder().fit(y)
+        if previous is None:
+            encoder = LabelEncoder().fit(y)
+        else:  # partial_fit / warm_start: the classes an earlier call fixed
+            encoder = LabelEncoder().fit(previous["classes_"])
+            unseen = ~np.isin(y, encoder.classes_)
+            if unseen.any():
+                i = int(np.flatnonzero(unseen)[0])
+                raise ValueError(
+                    f"y[{i}] is {y[i]!r}, not one of the classes of the first call "
+                    f"{list(encoder.classes_)!r} (pass every class in classes= on the first "
+                    "partial_fit call; warm_start needs the same classes)"
+                )
         classes = encoder.classes_
         if len(classes) < 2:
             raise ValueError(
@@ -30,6 +41,11 @@ class SingleLabel(Target):
         weights = None
         if est.class_weight is not None:
             check_class_weight(est.class_weight)
+            if previous is not None and est.class_weight == "balanced":
+                raise ValueError(
+                    "class_weight='balanced' is not supported for partial_fit: the class "
+                    "frequencies of later calls are unknown; pass a dict of class weights"
+                )
             weights = compute_class_weight(est.class_weight, classes=classes, y=y)[idx]
         return Encoded(idx, len(classes), {"classes_": classes}, stratify=idx, weights=weights)
 
