@@ -45,6 +45,7 @@ from sktransfer.runtime.device import (
     resolve_precision,
     runs_channels_last,
 )
+from sktransfer.runtime.process_group import world_device
 from sktransfer.runtime.rng import borrowed_generators
 from sktransfer.runtime.runners import predict_logits
 
@@ -225,7 +226,7 @@ class PretrainedEstimatorBase(
 
     def _fit_state(self, X, y, sample_weight, previous=None, target=None, stacklevel=4):
         """Validate the fit's inputs and resolve its backbone: the :class:`FitState`."""
-        device = resolve_device(self.device)
+        device = world_device(resolve_device(self.device))  # (torchrun: cuda:LOCAL_RANK)
         if get_config()["cache"]:
             check_cache_dir(self.cache_dir or get_config()["cache_dir"])
         items, kind = self._check_X(X, fitting=True)

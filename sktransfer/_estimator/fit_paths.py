@@ -31,6 +31,7 @@ from sktransfer._estimator.targets import training_weights
 from sktransfer.freezing import TransferNet
 from sktransfer.runtime.batches import Collate, LabeledDataset
 from sktransfer.runtime.device import set_layout
+from sktransfer.runtime.process_group import current_world
 from sktransfer.runtime.runners import run_blocks
 from sktransfer.training.contrastive import sentence_pairs, train_pairs
 from sktransfer.training.loop import TrainConfig, fine_tune, run_phases
@@ -122,8 +123,26 @@ class FitPathsMixin:
             n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
             lr_schedule=self.lr_schedule, layer_decay=self.layer_decay, precision=precision,
             channels_last=channels_last, num_workers=self.num_workers, compile=self.compile,
+            world=self._world(state, "fine-tuning"),
         )  # fmt: skip
         return TrainConfig(**{**settings, **overrides})
+
+    def _world(self, state, what):
+        """The data-parallel world this fine-tune runs in (``torchrun``; see
+        :mod:`sktransfer.runtime.process_group`), or None. What it does not cover yet is
+        refused by name."""
+        world = current_world(state.device)
+        if world is None:
+            return None
+        if self.objective == "contrastive" or self.adapter is not None:
+            name = "objective='contrastive'" if self.objective == "contrastive" else "adapter"
+            raise ValueError(
+                f"{name} does not run data-parallel yet ({world.size} processes found: "
+                "torchrun / WORLD_SIZE); run it in one process"
+            )
+        if what != "fine-tuning":
+            raise ValueError(f"{what} does not run data-parallel ({world.size} processes found)")
+        return world
 
     def _split(self, encoded, seed):
         """Train/validation split of the encoded ``y`` (:func:`.split.validation_split`)."""
@@ -212,6 +231,7 @@ class FitPathsMixin:
         """SetFit's recipe (:mod:`sktransfer.training.contrastive`): pairs -> the unfrozen
         blocks trained on them -> adapters merged -> the exact head on the new embeddings."""
         self._check_contrastive(state)
+        self._world(state, "objective='contrastive'")
         net, _ = self._start_net(state)  # (the head is solved again on the new embeddings)
         items, kind, prep, device = state.items, state.kind, state.prep, state.device
         state.split = None  # SetFit trains on every pair: no validation split

@@ -95,6 +95,7 @@ class IncrementalMixin:
                 )
             previous = {"classes_": np.unique(np.asarray(classes))}
         state = self._fit_state(X, y, sample_weight, previous=previous, target=target, stacklevel=5)
+        self._world(state, "partial_fit")
         state.split = self._split(state.y, state.seed)
         if warm is not None:
             state.warm_net = warm[0]

@@ -33,6 +33,7 @@ from sktransfer.io.archive import (
 from sktransfer.io.hf_members import _JOBLIB_HINT, text_members
 from sktransfer.io.manifest import _CLASSES, check_manifest, construct, malformed
 from sktransfer.io.rebuild import build_net, tensor_digest
+from sktransfer.runtime.process_group import is_writer
 
 _SPECIAL_ATTRS = ("module_", "preprocessing_", adapters.ATTR)
 
@@ -138,7 +139,9 @@ def save(est, path, *, store_backbone="embed"):
     Notes
     -----
     Machine-local settings (``cache_dir``, ``device``, ``num_workers``) are stored as
-    their defaults: a file never chooses them for the machine that loads it.
+    their defaults: a file never chooses them for the machine that loads it. In a
+    data-parallel run (``torchrun``, :mod:`sktransfer.runtime.process_group`) only rank 0
+    writes; every rank checks the model as above.
     """
     from safetensors.torch import save as st_save
 
@@ -166,7 +169,8 @@ def save(est, path, *, store_backbone="embed"):
         meta["lora_adapters"] = _to_json(lora, "lora_adapters_")
         state = {**state, **lora_tensors}
     members[WEIGHTS] = st_save(state) if state else st_save({})
-    _atomic_write(os.fspath(path), meta, members)
+    if is_writer():  # a data-parallel run: rank 0 writes, the other ranks hold the same model
+        _atomic_write(os.fspath(path), meta, members)
     return os.fspath(path)
 
 

@@ -42,16 +42,52 @@ class NoSingletonBatches(Sampler):
         return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
 
 
+class ShardedBatches(Sampler):
+    """Rank ``rank``'s share of each global batch of ``batches``: its samples ``rank,
+    rank + size, ...``. A trailing global batch of fewer than ``size`` samples joins the
+    one before, so that every rank gets a sample in every step (DDP's collectives need
+    every rank in every step)."""
+
+    def __init__(self, batches, rank, size):
+        self.batches, self.rank, self.size = batches, int(rank), int(size)
+
+    def __iter__(self):
+        previous = None
+        for batch in self.batches:
+            if previous is not None and len(batch) < self.size:
+                previous, batch = previous + batch, None
+            if previous is not None:
+                yield previous[self.rank :: self.size]
+            previous = batch
+        if previous is not None:
+            yield previous[self.rank :: self.size]
+
+    def __len__(self):
+        n = len(self.batches)
+        sizes = len(self.batches.sampler) - self.batches.batch_size * (n - 1)
+        return n - 1 if n > 1 and sizes < self.size else n
+
+
 def training_loader(dataset, batch_size=1, shuffle=True, generator=None, worker_seeds=None,
-                    **kwargs):  # fmt: skip
+                    world=None, **kwargs):  # fmt: skip
     """A ``DataLoader`` over :class:`NoSingletonBatches` (skorch's ``iterator_train``).
 
     ``generator`` shuffles; ``worker_seeds`` (default: ``generator``) gives each pass its
-    worker seed, drawn before the pass's permutation."""
+    worker seed, drawn before the pass's permutation. ``world``
+    (:class:`~sktransfer.runtime.process_group.World`): this rank's share of each global
+    batch of ``batch_size`` (:class:`ShardedBatches`), from the same permutation."""
     if shuffle:
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
     batches = NoSingletonBatches(sampler, batch_size)
+    if world is not None:
+        if len(dataset) < world.size or batch_size < world.size:
+            raise ValueError(
+                f"{len(dataset)} training samples in batches of {batch_size} cannot be shared "
+                f"by {world.size} processes: batch_size and the training set need at least "
+                "one sample per process"
+            )
+        batches = ShardedBatches(batches, world.rank, world.size)
     seeds = generator if worker_seeds is None else worker_seeds
     return DataLoader(dataset, batch_sampler=batches, generator=seeds, **kwargs)

@@ -23,8 +23,10 @@ from skorch.dataset import get_len
 from skorch.helper import predefined_split
 from skorch.utils import to_tensor
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sktransfer.runtime.device import autocast, to_device
+from sktransfer.runtime.process_group import all_sum, broadcast_module
 from sktransfer.training.callbacks import EpochTable, StopEarly, StopTraining, ValidMetric
 from sktransfer.training.loaders import training_loader
 from sktransfer.training.schedules import BatchLRScheduler, lr_range_test
@@ -64,6 +66,7 @@ class TrainConfig:
     channels_last: bool = False
     num_workers: int = 0
     compile: bool = False
+    world: Any = None  # a sktransfer.runtime.process_group.World: data-parallel, or None
 
     @property
     def optimizer_class(self):
@@ -108,7 +111,13 @@ class TransferNeuralNet(NeuralNet):
     def initialize_module(self):
         super().initialize_module()
         cfg = self.config
-        forward = torch.compile(self.module_) if cfg and cfg.compile else self.module_
+        forward = self.module_
+        if cfg is not None and cfg.world is not None:  # the forward every step goes through
+            device = torch.device(cfg.device)
+            forward = DistributedDataParallel(
+                forward, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        forward = torch.compile(forward) if cfg and cfg.compile else forward
         object.__setattr__(self, "forward_", forward)  # not a registered skorch module
         return self
 
@@ -117,6 +126,10 @@ class TransferNeuralNet(NeuralNet):
         x = to_device(x, self.device, cfg.channels_last if cfg else False)
         with autocast(self.device, cfg.precision if cfg else "fp32"):
             return self.forward_(x, **fit_params)
+
+    @property
+    def _world(self):
+        return getattr(self.config, "world", None)
 
     def get_default_callbacks(self):
         return [
@@ -138,6 +151,13 @@ class TransferNeuralNet(NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         targets, weights = (to_tensor(t, device=self.device) for t in y_true)
         loss = self.config.target.loss(y_pred, targets, weights)
+        world = self._world
+        if training and world is not None:
+            # DDP averages the ranks' gradients: scale each rank's weighted mean so that the
+            # average is the global batch's weighted mean, whatever the weights
+            local = weights.detach().float().sum()
+            total = all_sum(local.cpu().clone()).to(local.device)
+            loss = loss * (local * world.size / total.clamp_min(torch.finfo(total.dtype).tiny))
         reg = self.config.regularizer
         if training and reg is not None and hasattr(reg, "loss_term"):
             loss = loss + reg.loss_term(self.module_, X)
@@ -172,7 +192,7 @@ class TransferNeuralNet(NeuralNet):
         """
         if iterator is None:
             return None
-        if self.verbose:
+        if self.verbose and self._world is None:
             super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         else:
             self._run_epoch_quietly(iterator, training, prefix, step_fn, **fit_params)
@@ -187,7 +207,11 @@ class TransferNeuralNet(NeuralNet):
             losses.append(step["loss"].detach())
             sizes.append(get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch))
             self.notify("on_batch_end", batch=batch, training=training, **step)
-        values = torch.stack(losses).float().cpu().tolist() if losses else []
+        values = torch.stack(losses).float().cpu() if losses else torch.zeros(0)
+        if training and self._world is not None:  # the global batches' losses and sizes
+            values = all_sum(values) / self._world.size
+            sizes = all_sum(torch.tensor(sizes, dtype=torch.int64)).tolist()
+        values = values.tolist()
         rows = self.history[-1]["batches"][len(self.history[-1]["batches"]) - len(values) :]
         for row, loss, size in zip(rows, values, sizes):  # on_batch_begin made one row each
             row[prefix + "_loss"] = loss
@@ -266,6 +290,8 @@ def fine_tune(
         raise KeyboardInterrupt from None
     finally:
         skorch_net.close_loaders()
+    if cfg.world is not None:  # the same fitted network on every rank (BatchNorm buffers too)
+        broadcast_module(net)
     best = None
     if stopper is not None:
         best = stopper.best_epoch_ or skorch_net.history[-1, "epoch"]
@@ -303,6 +329,7 @@ def build_net(
         batch_size=cfg.batch_size,
         iterator_train=training_loader,
         iterator_train__worker_seeds=torch.Generator() if own_worker_seed else None,
+        iterator_train__world=cfg.world,
         iterator_train__shuffle=True,
         iterator_train__generator=gen,
         iterator_train__collate_fn=collate,
