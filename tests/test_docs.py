@@ -1,5 +1,6 @@
-"""Docs stay true: code blocks run (each on its own), the generated page and the prose
-figures match the recorded results, embedded images exist."""
+"""Docs stay true: the generated page and the prose figures match the recorded results,
+embedded images exist, help text holds no typed figure. (The code blocks run as scripts in
+tests/test_doc_blocks.py.)"""
 
 from __future__ import annotations
 
@@ -9,20 +10,6 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["guide.md"]
-
-
-@pytest.mark.packaged
-@pytest.mark.parametrize("page", PAGES)
-def test_doc_code_blocks_run(page, capsys):
-    """Each block runs on its own (a fresh namespace): a reader can copy any one of them."""
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
-    assert blocks
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"{page} block {i}", "exec"), {})
-    out = capsys.readouterr().out
-    assert "True" in out  # the grid search ran the backbone once per sample
-    assert "embedding0" in out
 
 
 def _generated_block(text):
