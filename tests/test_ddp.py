@@ -131,3 +131,27 @@ def test_what_is_not_data_parallel_yet_is_refused(monkeypatch, tiny_bert_dir):
             X, y, classes=sorted(set(y)))
     with pytest.raises(ValueError, match="adapter.*data-parallel"):
         PretrainedTextClassifier(tiny_bert_dir, freeze_depth=-1, adapter="lora").fit(X, y)
+
+
+_ACCELERATE = """
+import sys
+from sktransfer.backbones.compat import ensure_transformers_importable
+ensure_transformers_importable()  # accelerate imports torchvision (see DESIGN: the op shim)
+from accelerate.commands.accelerate_cli import main
+sys.argv = ["accelerate", *sys.argv[1:]]
+main()
+"""
+
+
+def test_accelerate_launch_runs_the_same_script(runs, bert_without_dropout, tmp_path):
+    pytest.importorskip("accelerate")
+    (one,), _, _ = runs
+    cmd = [sys.executable, "-c", _ACCELERATE, "launch", "--multi_gpu", "--num_processes=2",
+           f"--main_process_port={_free_port()}", str(SCRIPT), str(tmp_path),
+           bert_without_dropout]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["world"] == 2 and r0["weights"] == r1["weights"] and r0["ddp_forward"] > 0
+    for a, b in zip(one["history"], r0["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
