@@ -49,19 +49,15 @@ def _pyspark_types():
     return types
 
 
-def _label_type(classes, types):
-    """Spark type of a label column: integers -> long, reals -> double, others -> string."""
+def _label_kind(classes):
+    """How labels go to Spark: integers -> long, reals -> double, others -> string."""
     kind = np.asarray(classes).dtype.kind
-    if kind in "iu":
-        return types.LongType(), np.int64
-    if kind == "f":
-        return types.DoubleType(), np.float64
-    return types.StringType(), str
+    return "long" if kind in "iu" else "double" if kind == "f" else "string"
 
 
 def _layout(est, proba):
-    """``(fields, per-field cast)``: ``fields`` is None for a single ``prediction`` column,
-    else the struct's field names; the cast turns the model's output to the Spark type."""
+    """``[(field, kind), ...]`` of the output and whether it is one scalar column; ``kind``
+    is ``"long"``, ``"double"`` or ``"string"``."""
     kind = getattr(est, "target_type_", "single_label")
     if kind == "regression":
         if proba:
@@ -70,35 +66,59 @@ def _layout(est, proba):
                 "(its predictions are the values)"
             )
         if est.y_ndim_ == 1:
-            return None, "double"
-        return [f"prediction_{j}" for j in range(int(est.n_outputs_))], "double"
+            return [("prediction", "double")], True
+        return [(f"prediction_{j}", "double") for j in range(int(est.n_outputs_))], False
     if kind not in ("single_label", "multi_label"):
         raise ValueError(f"{type(est).__name__} is not a fitted classifier or regressor")
-    if proba:
-        return [f"proba_{c}" for c in est.classes_], "double"
+    if proba:  # as sktransfer predict --proba: the prediction, then one column per class
+        first = _label_kind(est.classes_) if kind == "single_label" else "string"
+        return [("prediction", first)] + [(f"proba_{c}", "double") for c in est.classes_], False
     if kind == "multi_label":
-        return [f"prediction_{c}" for c in est.classes_], "long"
-    return None, "label"
+        return [(f"prediction_{c}", "long") for c in est.classes_], False
+    return [("prediction", _label_kind(est.classes_))], True
 
 
 def return_type(est, proba=False):
     """The Spark type of :func:`predict_udf`'s column for the fitted ``est``.
 
-    ``prediction`` (a scalar): a label (long for integer classes, double for real ones,
+    A scalar ``prediction``: a label (long for integer classes, double for real ones,
     else string) or a regressor's value (1-D ``y``: double). A struct otherwise, its
-    fields named as the CSV columns of ``sktransfer predict``: ``proba_<class>``
-    (double, ``proba=True``), ``prediction_<label>`` (long 0/1, multi-label) or
-    ``prediction_0..k-1`` (double, a regressor's k outputs). ``df.select("col.*")``
-    spreads a struct into columns.
+    fields named as the CSV columns of ``sktransfer predict``: with ``proba=True``,
+    ``prediction`` (the most probable label; multi-label: the labels with probability
+    >= 0.5 joined by ``;``) then ``proba_<class>`` (double) per class; a multi-label
+    ``prediction_<label>`` (long 0/1) per label; a regressor's ``prediction_0..k-1``
+    (double). ``df.select("col.*")`` spreads a struct into columns.
     """
     types = _pyspark_types()
-    fields, cast = _layout(est, proba)
-    scalar = {"double": types.DoubleType(), "long": types.LongType()}
-    if cast == "label":
-        scalar["label"] = _label_type(est.classes_, types)[0]
-    if fields is None:
-        return scalar[cast]
-    return types.StructType([types.StructField(f, scalar[cast], True) for f in fields])
+    spark = {"double": types.DoubleType(), "long": types.LongType(), "string": types.StringType()}
+    fields, scalar = _layout(est, proba)
+    if scalar:
+        return spark[fields[0][1]]
+    return types.StructType([types.StructField(f, spark[k], True) for f, k in fields])
+
+
+_NUMPY = {"long": np.int64, "double": np.float64}
+
+
+def _cast(values, kind):
+    if kind == "string":
+        return np.asarray([str(v) for v in values], dtype=object)
+    return np.asarray(values).astype(_NUMPY[kind])
+
+
+def _columns(est, out, proba, fields):
+    """``[array per field]`` of one batch's ``predict`` (or ``predict_proba``) output."""
+    out = np.asarray(out)
+    n = len(out)
+    if not proba:
+        out = out.reshape(n, len(fields))
+        return [_cast(out[:, j], kind) for j, (_, kind) in enumerate(fields)]
+    classes = np.asarray(est.classes_)
+    if getattr(est, "target_type_", None) == "multi_label":
+        first = [";".join(str(c) for c in classes[row >= 0.5]) for row in out]
+    else:
+        first = classes[out.argmax(axis=1)]
+    return [_cast(first, fields[0][1])] + [_cast(out[:, j], "double") for j in range(out.shape[1])]
 
 
 def _resolve(model_path):
@@ -133,8 +153,7 @@ def make_predict_fn(model_path, *, proba=False, device="cpu"):
         import sktransfer
 
         est = sktransfer.load(_resolve(model_path), device=device)
-        fields, cast = _layout(est, proba)
-        label = _label_type(est.classes_, _pyspark_types())[1] if cast == "label" else None
+        fields, scalar = _layout(est, proba)
 
         def predict(items):
             items = list(items)  # Python str / bytes, as every input adapter takes them
@@ -148,15 +167,10 @@ def make_predict_fn(model_path, *, proba=False, device="cpu"):
                     f"{exc} (samples are numbered from 0 within this predict_udf batch of "
                     f"{len(items)} rows)"
                 ) from exc
-            out = np.asarray(out)
-            if fields is None:
-                out = out.reshape(len(items))
-                if label is str:
-                    return np.asarray([str(v) for v in out], dtype=object)
-                return out.astype(label or np.float64)
-            dtype = np.int64 if cast == "long" else np.float64
-            out = out.reshape(len(items), len(fields)).astype(dtype)
-            return {name: out[:, j] for j, name in enumerate(fields)}
+            columns = _columns(est, out, proba, fields)
+            if scalar:
+                return columns[0]
+            return {name: column for (name, _), column in zip(fields, columns)}
 
         return predict
 
@@ -172,8 +186,9 @@ def predict_udf(model_path, *, proba=False, batch_size=DEFAULT_BATCH_SIZE, devic
         The safe ``.skt`` file. Read here once (for the output type) and once per
         executor Python worker (see the module docstring for clusters).
     proba : bool, default=False
-        Class probabilities (in ``classes_`` order) as a struct of ``proba_<class>``
-        fields instead of predictions; classifiers only.
+        A struct of ``prediction`` and the class probabilities, one ``proba_<class>``
+        field per class (in ``classes_`` order), from one ``predict_proba`` call, as
+        ``sktransfer predict --proba`` writes them; classifiers only.
     batch_size : int, default=256
         Items per model call; the model splits each call into its own micro-batches.
     device : str, default="cpu"

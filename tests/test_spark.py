@@ -84,17 +84,14 @@ def test_texts_predict_and_proba_equal_in_process(spark, text_model, texts):
     clf, path = text_model
     X = texts[0]
     df = spark.createDataFrame(list(enumerate(X)), "id long, text string").repartition(2)
-    label, proba = predict_udf(path), predict_udf(path, proba=True, batch_size=16)
-    out = (
-        df.select("id", label("text").alias("label"), proba("text").alias("p"))
-        .select("id", "label", "p.*")
-        .orderBy("id")
-        .toPandas()
-    )
-    assert list(out.columns) == ["id", "label", "proba_neg", "proba_pos"]
-    assert list(out["label"]) == list(clf.predict(X))
+    scores = predict_udf(path, proba=True, batch_size=16)
+    out = df.select("id", scores("text").alias("p")).select("id", "p.*").orderBy("id").toPandas()
+    assert list(out.columns) == ["id", "prediction", "proba_neg", "proba_pos"]
+    assert list(out["prediction"]) == list(clf.predict(X))
     got = out[["proba_neg", "proba_pos"]].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(got, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
+    labels = df.select("id", predict_udf(path)("text").alias("label")).orderBy("id").toPandas()
+    assert list(labels["label"]) == list(clf.predict(X))
 
 
 def test_image_bytes_from_binary_files_and_paths(spark, image_model, digits_small, tmp_path):
@@ -109,6 +106,7 @@ def test_image_bytes_from_binary_files_and_paths(spark, image_model, digits_smal
     expected = clf.predict_proba(paths)
     got = out[["proba_even", "proba_odd"]].to_numpy(dtype=np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert list(out["prediction"]) == list(clf.classes_[expected.argmax(axis=1)])
     # a string column of image paths scores the same files
     named = spark.createDataFrame([(p,) for p in paths], "path string").repartition(2)
     labels = named.select("path", predict_udf(path)("path").alias("label")).toPandas()
@@ -155,23 +153,37 @@ def test_predict_fn_loads_once_and_scores_arrays(text_model, texts):
     assert sktransfer.cache_info()["entries"] == 0
     got = np.vstack([np.column_stack([b["proba_neg"], b["proba_pos"]]) for b in (first, second)])
     np.testing.assert_allclose(got, clf.predict_proba(X), rtol=1e-5, atol=1e-6)
+    assert [*first["prediction"], *second["prediction"]] == list(clf.predict(X))
     labels = make_predict_fn(path)()(np.asarray(X))
     assert labels.dtype == object and list(labels) == list(clf.predict(X))
     with pytest.raises(TypeError, match="Sample 1: .* within this predict_udf batch of 3 rows"):
         predict(np.asarray(["good", None, "bad"], dtype=object))  # a null in the column
 
 
-def test_return_types_follow_the_model(text_model, tiny_bert_dir, texts):
+def test_return_types_follow_the_model(text_model, tiny_bert_dir, texts, tmp_path):
     from pyspark.sql import types
 
     from sktransfer import PretrainedTextClassifier, PretrainedTextRegressor
 
     clf, _ = text_model
     assert return_type(clf) == types.StringType()
-    assert return_type(clf, proba=True).names == ["proba_neg", "proba_pos"]
+    assert return_type(clf, proba=True).names == ["prediction", "proba_neg", "proba_pos"]
     X, y = texts
     ints = PretrainedTextClassifier(tiny_bert_dir).fit(X[:20], (y[:20] == "pos").astype(int))
     assert return_type(ints) == types.LongType()
+    assert return_type(ints, proba=True).fields[0].dataType == types.LongType()
+    multi = np.c_[y[:20] == "pos", y[:20] == "neg"].astype(int)
+    ml = PretrainedTextClassifier(tiny_bert_dir).fit(X[:20], multi)
+    assert return_type(ml).names == [f"prediction_{c}" for c in ml.classes_]
+    assert return_type(ml, proba=True).fields[0].dataType == types.StringType()
+    path = sktransfer.save(ml, tmp_path / "ml.skt")
+    items = np.asarray(X[:20], dtype=object)
+    indicators = make_predict_fn(path)()(items)
+    assert np.array_equal(np.column_stack(list(indicators.values())), ml.predict(X[:20]))
+    chosen = make_predict_fn(path, proba=True)()(items)["prediction"]
+    expected = [";".join(str(c) for c, p in zip(ml.classes_, row) if p >= 0.5)
+                for row in ml.predict_proba(X[:20])]  # fmt: skip
+    assert list(chosen) == expected
     reg = PretrainedTextRegressor(tiny_bert_dir).fit(X[:20], np.c_[np.arange(20.0), -np.ones(20)])
     struct = return_type(reg)
     assert struct.names == ["prediction_0", "prediction_1"]
