@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from sktransfer._estimator.params import check_finite_weights, check_weights
+from sktransfer.runtime.batches import Collate
 from sktransfer.training.incremental import IncrementalTrainer
 from sktransfer.training.lora import count_trainable
 from sktransfer.training.regularization import make_regularizer
@@ -113,7 +114,9 @@ class IncrementalMixin:
             self.regularizer, self.regularizer_strength, net,
             l2sp_alpha=self.l2sp_alpha, l2sp_beta=self.l2sp_beta,
         )  # fmt: skip
-        start, _, _, collate = self._phase_data(net, state, state.n_frozen)
+        # the block the training inputs enter at (as _phase_data decides; no data built here)
+        start = state.n_frozen if self._use_boundary_cache(state.n_frozen) else 0
+        collate = Collate(self._suffix_collate(state.kind, state.prep, start, state.n_blocks))
         cfg = self._train_config(state, regularizer=reg)
         trainer = IncrementalTrainer(net, collate, cfg, start=start)
         self.history_ = history
