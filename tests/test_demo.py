@@ -88,7 +88,8 @@ def test_out_dir_is_fresh_or_refused_never_cleaned(tmp_path, monkeypatch):
 def _row(dataset, method, n, scores):
     return {
         "dataset": dataset, "method": method, "n_per_class": n, "scores": scores,
-        "accuracy": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
+        "accuracy": float(np.mean(scores)),
+        "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
     }  # fmt: skip
 
 
@@ -123,6 +124,10 @@ def test_verdicts_say_where_the_baseline_wins():
     assert "ahead in 0 of 3 draws" in head
     assert "sktransfer ahead at 9/class" in summary
     assert "the no-transfer baseline ahead at 2/class. Why the baseline holds up: 8x8" in summary
+    one = [_row("digits", "sktransfer frozen", 48, [0.93]), _row("digits", "baseline", 48, [0.96])]
+    head, summary = verdicts(one)
+    assert "(one draw: no spread)" in head
+    assert summary.startswith("digits: the no-transfer baseline ahead at 48/class (one draw).")
 
 
 def test_compare_refuses_unequal_draws():

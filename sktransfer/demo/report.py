@@ -103,7 +103,7 @@ def verdicts(curve, chance=None):
             best = max(ours, key=lambda r: r["accuracy"])
             strongest = max(base, key=lambda r: r["accuracy"])
             c = compare(best, strongest)
-            outcome[c["winner"]].append(f"{n}")
+            outcome[c["winner"]].append(f"{n}/class" + ("" if c["k"] > 1 else " (one draw)"))
             if n != counts[0]:
                 continue
             spread = (
@@ -129,7 +129,7 @@ def verdicts(curve, chance=None):
             ("baseline", "the no-transfer baseline ahead"),
         ):
             if outcome[key]:
-                parts.append(f"{what} at {', '.join(outcome[key])}/class")
+                parts.append(f"{what} at {', '.join(outcome[key])}")
         line = f"{dataset}: " + "; ".join(parts) + "."
         if outcome["baseline"]:
             why = WHY_BASELINE_WINS.get(dataset, "its input is far from the pretraining data.")
