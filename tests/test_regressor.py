@@ -25,7 +25,7 @@ from sktransfer import (
     TextEmbedder,
     cache_info,
 )
-from sktransfer._estimator.targets.regression import Regression
+from sktransfer._estimator.targets.regression import LOO_GRID, Regression, loo_alpha
 from sktransfer.training import heads
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
@@ -130,11 +130,30 @@ def _shifted(y):
     return 1000.0 + 50.0 * (y - y.mean()) / y.std()
 
 
+def test_probe_head_strength_is_ridgecv_leave_one_out_pick():
+    """The LP-FT head's ridge strength is the grid point RidgeCV's exact leave-one-out
+    picks (weighted too); with more features than samples it is far above alpha=1."""
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 200)) * 5.0
+    y = X[:, :3].sum(axis=1) + rng.normal(size=60) * 3
+    w = rng.uniform(0.5, 2.0, size=60)
+    for sw in (None, w):
+        Xc = X - np.average(X, axis=0, weights=sw)
+        s2 = np.linalg.svd(Xc * np.sqrt((sw if sw is not None else np.ones(60)))[:, None],
+                           compute_uv=False) ** 2  # fmt: skip
+        grid = LOO_GRID * s2.sum() / len(s2)
+        ref = RidgeCV(alphas=grid).fit(X, y, sample_weight=sw).alpha_
+        np.testing.assert_allclose(loo_alpha(X, y[:, None], sw), ref, rtol=1e-9)
+    assert loo_alpha(X, y[:, None]) > 10
+
+
 @pytest.mark.parametrize("freeze_depth", [0, -1])
 def test_fine_tuning_lowers_training_mse_in_original_units(data, freeze_depth):
     X, y2 = data
     X, y = X[:120], _shifted(y2[:120, 0])
-    frozen = _reg().fit(X, y)
+    frozen = _reg().fit(X, y)  # (here the LP-FT head: leave-one-out picks alpha < 1)
     tuned = _reg(freeze_depth=freeze_depth, lr=3e-3, max_epochs=6, early_stopping=False)
     tuned.fit(X, y)
     mse = [np.mean((m.predict(X) - y) ** 2) for m in (frozen, tuned)]

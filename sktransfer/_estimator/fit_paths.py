@@ -94,8 +94,9 @@ class FitPathsMixin:
         set_layout(warm, channels_last=self._runtime(state.device, state.kind)[1])
         return warm, True
 
-    def _exact_head(self, net, state, idx):
-        """The target's exact head on the pooled features of samples ``idx`` (cached)."""
+    def _exact_head(self, net, state, idx, solver="solve_head"):
+        """The target's exact head on the pooled features of samples ``idx`` (cached);
+        ``solver="probe_head"``: the head fine-tuning starts from (LP-FT)."""
         rows = self._outputs(net, state.items, state.kind, state.prep, state.device,
                              stop=state.n_blocks, desc="fit: features")  # fmt: skip
         feats = np.stack(rows)
@@ -103,7 +104,8 @@ class FitPathsMixin:
         if state.backbone.feature_dim is None:  # a user module: its size is known now
             remember_dim(net, state.prep, state.kind, state.items, feats.shape[1])
         values, sw = state.y.values, state.sample_weight
-        return state.target.solve_head(self, feats[idx], values[idx], sw[idx], state.y.n_outputs)
+        solve = getattr(state.target, solver)
+        return solve(self, feats[idx], values[idx], sw[idx], state.y.n_outputs)
 
     def _lora(self, net, state):
         """``adapter="lora"``: adapters on the unfrozen blocks (their config), else None."""
@@ -181,7 +183,7 @@ class FitPathsMixin:
         """The head fine-tuning starts from: the probe on samples ``idx``
         (``head_init="probe"``, LP-FT) or a seeded random linear layer."""
         if self.head_init == "probe" if probe is None else probe:
-            return self._exact_head(net, state, idx)[0]
+            return self._exact_head(net, state, idx, solver="probe_head")[0]
         dim = state.backbone.feature_dim  # known for registry backbones: no probe forward
         if dim is None:  # a user module: probed once per module digest
             dim = self._feature_dim(net, state.items, state.kind, state.prep, state.device)

@@ -62,6 +62,11 @@ class Target:
         with ``info["train_loss"]`` and ``info["n_iter"]``."""
         raise NotImplementedError
 
+    def probe_head(self, est, features, values, sample_weight, n_outputs):
+        """The head fine-tuning starts from (LP-FT, ``head_init="probe"``): by default
+        the frozen-mode head; a target may regularise it differently (regression)."""
+        return self.solve_head(est, features, values, sample_weight, n_outputs)
+
     def loss(self, outputs, targets, weights):  # pragma: no cover - abstract
         """Weighted mean training loss of a batch (float32 outputs, targets on device)."""
         raise NotImplementedError
