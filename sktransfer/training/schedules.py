@@ -2,6 +2,8 @@
 
 * ``"warmup_cosine"``: linear warmup over the first 10% of the steps, then cosine
   decay to 0 (the fine-tuning default).
+* ``"warmup_linear"``: the same warmup, then linear decay to 0 (the schedule of
+  Hugging Face's ``Trainer`` and so of SetFit; the contrastive ablation compares them).
 * ``"onecycle"``: :class:`torch.optim.lr_scheduler.OneCycleLR` (Smith 2018; 25%
   warmup from lr/25, cosine annealing to lr/1e5, momentum / Adam beta1 cycled);
   runs shorter than 8 steps use ``"warmup_cosine"``.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback
 
-SCHEDULES = ("warmup_cosine", "onecycle", "constant")
+SCHEDULES = ("warmup_cosine", "warmup_linear", "onecycle", "constant")
 WARMUP_FRACTION = 0.1
 
 
@@ -39,6 +41,15 @@ def warmup_cosine(step: int, total: int, warmup_fraction: float = WARMUP_FRACTIO
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def warmup_linear(step: int, total: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
+    """As :func:`warmup_cosine`, but decaying linearly (``get_linear_schedule_with_warmup``)."""
+    total = max(int(total), 1)
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step - 1) / max(total - warmup, 1))
+
+
 def make_scheduler(optimizer, schedule: str, total_steps: int):
     """A per-batch torch scheduler for ``schedule`` over ``total_steps`` steps (None: constant)."""
     if schedule == "constant":
@@ -48,6 +59,10 @@ def make_scheduler(optimizer, schedule: str, total_steps: int):
     if schedule == "warmup_cosine":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total_steps)
+        )
+    if schedule == "warmup_linear":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_linear(step, total_steps)
         )
     if schedule == "onecycle":
         defaults = optimizer.defaults
