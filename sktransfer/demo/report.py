@@ -157,7 +157,8 @@ def print_curve(curve, chance=None):
         print(f"  {'method':<46}" + "".join(f"{n:>14}" for n in counts))
         draws = {r["n_per_class"]: r.get("repeats", 1) for r in rows}
         print(f"  {'(draws)':<46}" + "".join(f"{draws[n]:>14}" for n in counts))
-        for method in dict.fromkeys(r["method"] for r in rows):
+        # baselines last (fine-tuning, measured at fewer counts, would come after them)
+        for method in sorted(dict.fromkeys(r["method"] for r in rows), key=_is_baseline):
             got = {r["n_per_class"]: r for r in rows if r["method"] == method}
             cells = "".join(
                 f"{got[n]['accuracy']:>7.3f} ±{got[n].get('std', 0.0):.3f}"
@@ -191,7 +192,7 @@ def write_plot(curve, out_dir, say=print, chance=None):
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 5.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in curve if r["dataset"] == dataset]
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method in sorted(dict.fromkeys(r["method"] for r in rows), key=_is_baseline):
             pts = sorted(
                 (r["n_per_class"], r["accuracy"], r.get("std", 0.0))
                 for r in rows
