@@ -59,9 +59,13 @@ def model_dir(tmp_path_factory):
     return cwd, list(est.predict(REVIEWS)), est.predict_proba(REVIEWS)
 
 
+SCORING = [b for b in BLOCKS if "GridSearchCV" not in b and "torchrun" not in b]
+TRAINING = [b for b in BLOCKS if b not in SCORING]
+
+
 def test_the_page_has_one_block_per_engine():
-    assert sorted(filter(None, map(_engine, BLOCKS))) == ["dask", "ray", "spark"]
-    for block in BLOCKS[1:]:
+    assert sorted(filter(None, map(_engine, SCORING))) == ["dask", "ray", "spark"]
+    for block in SCORING[1:]:
         assert 'if __name__ == "__main__":' in block  # engines start worker processes
         assert REVIEWS[0] in block
 
@@ -74,7 +78,7 @@ def test_engine_block_runs_as_a_script(engine, model_dir):
     if reason:
         pytest.skip(reason)
     cwd, labels, proba = model_dir
-    block = next(b for b in BLOCKS if _engine(b) == engine)
+    block = next(b for b in SCORING if _engine(b) == engine)
     out = _run(block, cwd, f"scale_{engine}")  # (a script named ray.py would shadow ray)
     if engine == "dask":
         assert ast.literal_eval(out.strip().splitlines()[-1]) == labels
@@ -88,3 +92,37 @@ def test_engine_block_runs_as_a_script(engine, model_dir):
         printed = out.strip().splitlines()[-1]
         assert re.findall(r"'prediction': '(\w+)'", printed) == labels[:2]
         assert "'proba_neg'" in printed and "'proba_pos'" in printed
+
+
+def _port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.packaged
+def test_the_training_script_runs_under_torchrun(tmp_path):
+    """The page's train.py, as it is, under torchrun with 2 gloo processes."""
+    block = next(b for b in TRAINING if "torchrun" in b)
+    (tmp_path / "train.py").write_text(block)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_port()}", "train.py"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = [float(x) for x in proc.stdout.split()]
+    assert len(losses) == 2 and losses[0] == losses[1]  # the same model on both processes
+    assert (tmp_path / "finetuned.skt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.packaged
+def test_the_search_block_runs_as_a_script(tmp_path):
+    reason = _missing("dask")
+    if reason:
+        pytest.skip(reason)
+    block = next(b for b in TRAINING if "GridSearchCV" in b)
+    out = _run(block, tmp_path, "search")
+    assert ast.literal_eval(out.strip().splitlines()[-1])["C"] in (0.1, 1.0, 10.0)
