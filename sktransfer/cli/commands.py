@@ -25,10 +25,9 @@ FILE holds either its old content or the complete new one, also after Ctrl-C,
 SIGTERM or SIGHUP.
 
 ``--threads`` defaults to 1 (``benchmarks/bench_cli.py``, shared 2-core machine):
-with one other busy process, 2 threads scored 2.8x slower than 1 (up to 5x under
-the machine's usual load), while 1 thread on an idle machine gave up only the
-1.4-1.6x that 2 cores can win. The worst case of 1 is bounded; that of all cores
-is not. Pass ``--threads N`` on a dedicated machine (at most 4 per CPU).
+with another busy process, more threads than free cores score slower, not faster
+(README.md quotes the measured ratio). The worst case of 1 is bounded; that of all
+cores is not. Pass ``--threads N`` on a dedicated machine (at most 4 per CPU).
 
 Exit status: see :data:`sktransfer.cli.errors.EXIT_HELP` (also in ``--help``). A
 command never ends in a traceback: every failure is one line on stderr and one
