@@ -110,3 +110,12 @@ def test_class_weights_times_sample_weights_beyond_float64_are_refused():
     with pytest.raises(ValueError, match="class_weight sums to inf"):
         clf.fit(X, y, sample_weight=np.full(20, 1e300))
     assert not hasattr(clf, "classes_")
+
+
+@pytest.mark.parametrize("magnitude", [1e98, -1e250, 3e38])
+def test_a_constant_target_of_huge_magnitude_predicts_it(magnitude):
+    """Found by the property above: 20 x 1e98 has a mean off by rounding (deviations
+    ~1e82), which the centred-only scaling sent to float32 as inf: an inf head bias."""
+    X = _images(20, seed=1)
+    pred = _regressor("frozen").fit(X, np.full(20, magnitude)).predict(_images(3, seed=2))
+    np.testing.assert_allclose(pred, magnitude, rtol=1e-6)

@@ -67,7 +67,9 @@ def _moments(values, sample_weight):
     Weighted, as a sample of weight 2 counts as two copies of it. The deviations are
     divided by their largest magnitude before squaring (``1e155 ** 2`` overflows float64
     and gave an infinite scale, then NaN predictions). A constant output (relative spread
-    at rounding level) keeps scale 1: centred only. What still cannot be represented (an
+    at rounding level) is centred only (scale 1), or scaled to deviations of at most 1
+    when the mean's rounding leaves larger ones (1e98 * ones: the head's float32 bias was
+    inf). What still cannot be represented (an
     output spanning more than float64's range) is refused, naming the output."""
     mean = np.average(values, axis=0, weights=sample_weight)
     dev = values - mean
@@ -83,7 +85,9 @@ def _moments(values, sample_weight):
     tiny = (scale <= 10 * np.finfo(np.float64).eps * np.abs(mean)) | (
         scale < np.finfo(np.float64).tiny
     )
-    scale[tiny] = 1.0  # a constant output: centred only
+    # a constant output: centred only; at a large magnitude the mean's rounding leaves
+    # deviations far above 1 (1e82 around 1e98: inf in float32), so they are scaled to <= 1
+    scale[tiny] = np.maximum(top[tiny], 1.0)
     return mean, scale
 
 
