@@ -80,6 +80,7 @@ class IncrementalMixin:
         warm = self._warm_start_from()  # a fitted model goes on from its weights
         previous = warm[1] if warm is not None else None
         history = list(getattr(self, "history_", [])) if warm is not None else []
+        n_features = getattr(self, "n_features_in_", None) if warm is not None else None
         self._reset()
         self._validate_params()
         for name, neutral in _UNSUPPORTED:
@@ -96,6 +97,11 @@ class IncrementalMixin:
                 )
             previous = {"classes_": np.unique(np.asarray(classes))}
         state = self._fit_state(X, y, sample_weight, previous=previous, target=target, stacklevel=5)
+        if n_features is not None and getattr(self, "n_features_in_", None) != n_features:
+            raise ValueError(
+                f"X has {getattr(self, 'n_features_in_', None)} features, but "
+                f"{type(self).__name__} is expecting {n_features} features as input"
+            )
         self._world(state, "partial_fit")
         state.split = self._split(state.y, state.seed)
         if warm is not None:
@@ -127,7 +133,7 @@ class IncrementalMixin:
         template = self._incremental_state_
         keys = ("classes_", "y_mean_", "y_scale_", "y_ndim_")
         previous = {k: getattr(self, k) for k in keys if hasattr(self, k)}
-        items, kind = self._check_X(X, fitting=True)
+        items, kind = self._check_X(X, fitting=False)  # (the first call's kind and features)
         if kind != template.kind:
             raise ValueError(f"partial_fit was started on {template.kind} input, got {kind} input")
         sw = check_weights(sample_weight, len(items))
