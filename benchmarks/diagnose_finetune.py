@@ -252,9 +252,18 @@ def figures(payload):
             add(f"speeches/n{n}/{ablation}/accuracy", float(np.mean([r["accuracy"] for r in cell])))
             same = np.mean([r["separation_after"][0] - r["separation_after"][1] for r in cell])
             add(f"speeches/n{n}/{ablation}/separation_after", float(same))
+            add(f"speeches/n{n}/{ablation}/cosine_same_after",
+                float(np.mean([r["separation_after"][0] for r in cell])))  # fmt: skip
+            add(f"speeches/n{n}/{ablation}/draws", len(cell))
+            base = [r["recorded_matched"] for r in cell if r["recorded_matched"] is not None]
+            if len(base) == len(cell):  # the unchanged recipe on the same draws (fewshot.json)
+                add(f"speeches/n{n}/{ablation}/recorded_matched", float(np.mean(base)))
+                gap = [100 * (r["recorded_matched"] - r["setfit"]) for r in cell]
+                add(f"speeches/n{n}/{ablation}/recorded_minus_setfit_pt", float(np.mean(gap)))
     if "separation_before" in payload.get("contrastive", {}):
         same, diff = payload["contrastive"]["separation_before"]
         add("speeches/separation_before", same - diff)
+        add("speeches/cosine_same_before", same)
     return rows
 
 
