@@ -91,6 +91,10 @@ def test_schedules_drive_the_recorded_lr(cnn, digits_small):
     one = [row["lr"] for row in _clf(cnn, lr_schedule="onecycle", **kw).fit(X, y).history_]
     assert one[0] == pytest.approx(1e-2)  # the peak ends the first quarter (4 of 16 steps)
     assert all(a > b for a, b in zip(one, one[1:])) and one[-1] < 1e-6
+    lin = [row["lr"] for row in _clf(cnn, lr_schedule="warmup_linear", **kw).fit(X, y).history_]
+    assert all(a > b for a, b in zip(lin, lin[1:])) and lin[-1] < 1e-2 * 0.3
+    # cosine decays slowly first, then fast: above linear early, below it late
+    assert lin[0] < cos[0] and lin[2] > cos[2]
 
 
 def test_lr_auto_runs_a_range_test_and_stores_lr_(cnn, digits_small):

@@ -87,10 +87,11 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """,
     ),
     "lr_schedule": (
-        '{"warmup_cosine", "onecycle", "constant"}',
+        '{"warmup_cosine", "warmup_linear", "onecycle", "constant"}',
         """
         Per-batch schedule: linear warmup over 10% of the steps then cosine decay
-        to 0; one-cycle (Smith); or constant.
+        to 0; the same warmup then linear decay to 0 (Hugging Face's and SetFit's);
+        one-cycle (Smith); or constant.
         """,
     ),
     "max_epochs": (
