@@ -141,7 +141,7 @@ def test_probe_head_strength_is_ridgecv_leave_one_out_pick():
     w = rng.uniform(0.5, 2.0, size=60)
     for sw in (None, w):
         Xc = X - np.average(X, axis=0, weights=sw)
-        s2 = np.linalg.svd(Xc * np.sqrt((sw if sw is not None else np.ones(60)))[:, None],
+        s2 = np.linalg.svd(Xc * np.sqrt(sw if sw is not None else np.ones(60))[:, None],
                            compute_uv=False) ** 2  # fmt: skip
         grid = LOO_GRID * s2.sum() / len(s2)
         ref = RidgeCV(alphas=grid).fit(X, y, sample_weight=sw).alpha_
