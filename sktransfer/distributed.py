@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from sktransfer.cache import config_context
+from sktransfer.io.columns import output_columns
 
 __all__ = ["predict_dask"]
 
@@ -54,24 +55,16 @@ def _model_handle(est):
 
 def _layout(est, proba):
     """``(columns, dtype)`` of the dataframe result: ``columns`` is None for a ``prediction``
-    Series. The names are those of ``sktransfer predict``'s CSV: ``proba_<class>``; a
-    regressor's ``prediction`` (1-D ``y``) or ``prediction_0..k-1``; a multi-label
-    ``predict`` is the indicator matrix, one ``prediction_<label>`` column per label."""
+    Series. The names are :func:`~sktransfer.io.columns.output_columns`' (those of
+    ``sktransfer predict``'s CSV), less ``prediction`` with ``proba``: ``predict_proba``'s
+    ``proba_<class>`` columns only."""
+    names = output_columns(est, proba)
     kind = getattr(est, "target_type_", "single_label")
-    if kind == "regression":
-        if proba:
-            raise ValueError(
-                f"proba=True needs a classifier; {type(est).__name__} is a regressor "
-                "(its predictions are the values)"
-            )
-        if est.y_ndim_ == 1:
-            return None, np.float64
-        return [f"prediction_{j}" for j in range(int(est.n_outputs_))], np.float64
     if proba:
-        return [f"proba_{c}" for c in est.classes_], np.float64
-    if kind == "multi_label":
-        return [f"prediction_{c}" for c in est.classes_], np.int64
-    return None, object  # labels of any dtype
+        return names[1:], np.float64
+    if names == ["prediction"]:
+        return None, np.float64 if kind == "regression" else object  # labels of any dtype
+    return names, np.float64 if kind == "regression" else np.int64
 
 
 def _score_partition(items, est, proba):

@@ -39,36 +39,9 @@ import os
 import numpy as np
 
 from sktransfer.cache import config_context
+from sktransfer.io.columns import output_columns
 
 __all__ = ["Predictor", "output_columns"]
-
-
-def output_columns(est, proba=False):
-    """The names of the columns :class:`Predictor` adds for the fitted ``est``.
-
-    With ``proba`` (classifiers): ``prediction`` then ``proba_<class>`` per class, from
-    one ``predict_proba`` call (as ``sktransfer predict --proba``). Else ``prediction``
-    (a single-label classifier; a regressor fitted on 1-D ``y``), ``prediction_<label>``
-    (multi-label: the indicator matrix of ``predict``) or ``prediction_0..k-1`` (a
-    regressor's k outputs).
-    """
-    kind = getattr(est, "target_type_", None)
-    if kind == "regression":
-        if proba:
-            raise ValueError(
-                f"proba=True needs a classifier; {type(est).__name__} is a regressor "
-                "(its predictions are the values)"
-            )
-        if est.y_ndim_ == 1:
-            return ["prediction"]
-        return [f"prediction_{j}" for j in range(int(est.n_outputs_))]
-    if kind not in ("single_label", "multi_label"):
-        raise ValueError(f"{type(est).__name__} is not a fitted classifier or regressor")
-    if proba:
-        return ["prediction"] + [f"proba_{c}" for c in est.classes_]
-    if kind == "multi_label":
-        return [f"prediction_{c}" for c in est.classes_]
-    return ["prediction"]
 
 
 class Predictor:

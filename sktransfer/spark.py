@@ -34,6 +34,7 @@ import os
 import numpy as np
 
 from sktransfer.cache import config_context
+from sktransfer.io.columns import output_columns
 
 __all__ = ["make_predict_fn", "predict_udf", "return_type"]
 
@@ -57,25 +58,18 @@ def _label_kind(classes):
 
 def _layout(est, proba):
     """``[(field, kind), ...]`` of the output and whether it is one scalar column; ``kind``
-    is ``"long"``, ``"double"`` or ``"string"``."""
-    kind = getattr(est, "target_type_", "single_label")
-    if kind == "regression":
-        if proba:
-            raise ValueError(
-                f"proba=True needs a classifier; {type(est).__name__} is a regressor "
-                "(its predictions are the values)"
-            )
-        if est.y_ndim_ == 1:
-            return [("prediction", "double")], True
-        return [(f"prediction_{j}", "double") for j in range(int(est.n_outputs_))], False
-    if kind not in ("single_label", "multi_label"):
-        raise ValueError(f"{type(est).__name__} is not a fitted classifier or regressor")
-    if proba:  # as sktransfer predict --proba: the prediction, then one column per class
-        first = _label_kind(est.classes_) if kind == "single_label" else "string"
-        return [("prediction", first)] + [(f"proba_{c}", "double") for c in est.classes_], False
-    if kind == "multi_label":
-        return [(f"prediction_{c}", "long") for c in est.classes_], False
-    return [("prediction", _label_kind(est.classes_))], True
+    is ``"long"``, ``"double"`` or ``"string"``; the names are :func:`output_columns`'."""
+    names = output_columns(est, proba)
+    kind = est.target_type_
+
+    def field_kind(name):
+        if name.startswith("proba_") or kind == "regression":
+            return "double"
+        if kind == "multi_label":
+            return "string" if name == "prediction" else "long"  # (proba: labels joined)
+        return _label_kind(est.classes_)
+
+    return [(n, field_kind(n)) for n in names], names == ["prediction"] and not proba
 
 
 def return_type(est, proba=False):
