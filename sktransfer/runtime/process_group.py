@@ -86,9 +86,16 @@ def is_writer() -> bool:
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over the ranks (in place; gloo needs a CPU tensor)."""
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
+    """The sum of ``tensor`` over the ranks, on ``tensor``'s device (the collective runs
+    where the backend needs it: NCCL on this process's GPU, gloo on the CPU)."""
+    dist = torch.distributed
+    if dist.get_backend() == "nccl":
+        where = torch.device("cuda", torch.cuda.current_device())
+    else:
+        where = torch.device("cpu")
+    work = tensor.detach().to(where, copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:

@@ -156,7 +156,7 @@ class TransferNeuralNet(NeuralNet):
             # DDP averages the ranks' gradients: scale each rank's weighted mean so that the
             # average is the global batch's weighted mean, whatever the weights
             local = weights.detach().float().sum()
-            total = all_sum(local.cpu().clone()).to(local.device)
+            total = all_sum(local)  # (one small collective per step)
             loss = loss * (local * world.size / total.clamp_min(torch.finfo(total.dtype).tiny))
         reg = self.config.regularizer
         if training and reg is not None and hasattr(reg, "loss_term"):
