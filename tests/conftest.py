@@ -108,12 +108,17 @@ def texts():
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A 2-layer random BERT with a real WordPiece tokenizer saved to a directory."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def save_tiny_bert(path, **config):
+    """Save a 2-layer random BERT (``config`` overrides, e.g. no dropout) with a real
+    WordPiece tokenizer for the :func:`make_texts` vocabulary into ``path``; returns it."""
     from sktransfer.backbones.compat import ensure_transformers_importable
 
     ensure_transformers_importable()
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    path = tmp_path_factory.mktemp("tiny_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POS + NEG + FILL))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # transformers 5 ignores BertTokenizerFast(vocab_file=...); from_pretrained(dir) reads it
@@ -128,9 +133,27 @@ def tiny_bert_dir(tmp_path_factory):
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=64,
+        **config,
     )
     BertModel(config).save_pretrained(str(path))
     return str(path)
+
+
+def make_vit_classifier(directory, digits_small):
+    """A frozen image classifier on a tiny random ViT saved under ``directory / "vit"``."""
+    from sktransfer import PretrainedImageClassifier
+    from sktransfer.backbones.compat import ensure_transformers_importable
+
+    ensure_transformers_importable()
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, image_size=16, patch_size=8)  # fmt: skip
+    ViTModel(config).save_pretrained(str(directory / "vit"))
+    X, y = digits_small
+    labels = np.array(["even", "odd"])[y[:40] % 2]
+    return PretrainedImageClassifier(str(directory / "vit"), random_state=0).fit(X[:40], labels)
 
 
 # --------------------------------------------------------------------------- the command line

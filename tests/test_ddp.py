@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import FILL, NEG, POS, make_texts
+from conftest import make_texts, save_tiny_bert
 from torch.utils.data import SequentialSampler
 
 from sktransfer import PretrainedTextClassifier
@@ -24,21 +23,8 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_fit.py"
 @pytest.fixture(scope="module")
 def bert_without_dropout(tmp_path_factory):
     """A tiny BERT without dropout: one process and two then draw no different masks."""
-    from sktransfer.backbones.compat import ensure_transformers_importable
-
-    ensure_transformers_importable()
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     path = tmp_path_factory.mktemp("bert_no_dropout")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POS + NEG + FILL))
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast.from_pretrained(str(path)).save_pretrained(str(path))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
-    BertModel(config).save_pretrained(str(path))
-    return str(path)
+    return save_tiny_bert(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def _free_port():

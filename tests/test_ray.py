@@ -15,6 +15,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pd = pytest.importorskip("pandas")
 
+from conftest import make_vit_classifier  # noqa: E402
+
 import sktransfer  # noqa: E402
 from sktransfer.ray import Predictor, output_columns  # noqa: E402
 
@@ -81,7 +83,7 @@ def test_image_bytes_in_numpy_batches(local_ray, digits_small, tmp_path):
     from PIL import Image
 
     model = tmp_path / "vit.skt"
-    vit = _vit_classifier(tmp_path, digits_small)
+    vit = make_vit_classifier(tmp_path, digits_small)
     sktransfer.save(vit, model)
     paths = []
     for i, image in enumerate(digits_small[0][:16]):
@@ -97,24 +99,6 @@ def test_image_bytes_in_numpy_batches(local_ray, digits_small, tmp_path):
     ).take_all()
     by_path = {os.path.basename(row["path"]): row["prediction"] for row in out}
     assert [by_path[os.path.basename(p)] for p in paths] == list(vit.predict(paths))
-
-
-def _vit_classifier(directory, digits_small):
-    import torch
-
-    from sktransfer import PretrainedImageClassifier
-    from sktransfer.backbones.compat import ensure_transformers_importable
-
-    ensure_transformers_importable()
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=37, image_size=16, patch_size=8)  # fmt: skip
-    ViTModel(config).save_pretrained(str(directory / "vit"))
-    X, y = digits_small
-    labels = np.array(["even", "odd"])[y[:40] % 2]
-    return PretrainedImageClassifier(str(directory / "vit"), random_state=0).fit(X[:40], labels)
 
 
 # ------------------------------------------------------------------ in this process

@@ -18,6 +18,8 @@ pd = pytest.importorskip("pandas")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs Java (apt-get install default-jre-headless)", allow_module_level=True)
 
+from conftest import make_vit_classifier  # noqa: E402
+
 import sktransfer  # noqa: E402
 from sktransfer.spark import make_predict_fn, predict_udf, return_type  # noqa: E402
 
@@ -46,21 +48,7 @@ def spark():
 
 def vit_model(directory, digits_small):
     """A frozen image classifier on a tiny random ViT saved as a safe file: ``(clf, path)``."""
-    import torch
-
-    from sktransfer import PretrainedImageClassifier
-    from sktransfer.backbones.compat import ensure_transformers_importable
-
-    ensure_transformers_importable()
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=37, image_size=16, patch_size=8)  # fmt: skip
-    ViTModel(config).save_pretrained(str(directory / "vit"))
-    X, y = digits_small
-    labels = np.array(["even", "odd"])[y[:40] % 2]
-    clf = PretrainedImageClassifier(str(directory / "vit"), random_state=0).fit(X[:40], labels)
+    clf = make_vit_classifier(directory, digits_small)
     return clf, sktransfer.save(clf, directory / "vit.skt")
 
 
