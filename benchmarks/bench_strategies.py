@@ -210,9 +210,8 @@ def run_cell(name, pool, n, seed, methods):
     return out
 
 
-def run(quick: bool = True) -> ResultList:
-    grid = QUICK if quick else FULL
-    rows = ResultList()
+def run_grid(grid) -> dict:
+    """``{"{set}/n{n}": cell}`` for every set and n of ``grid`` (a :data:`QUICK`-shaped dict)."""
     cells = {}
     for name in grid["sets"]:
         pool = _pool(name)
@@ -225,29 +224,90 @@ def run(quick: bool = True) -> ResultList:
             scores = {m: [d[m] for d in per_draw] for m in per_draw[0]}
             cells[f"{name}/n{n}"] = {"metric": metric, "draws": list(grid["draws"]),
                                      "scores": scores, "seconds": round(seconds, 1)}  # fmt: skip
-            for m, values in scores.items():
-                mean = statistics.fmean(values)
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                rows.append(
-                    Result(
-                        NAME,
-                        f"{name}/n{n}/{m}",
-                        mean,
-                        "",
-                        notes=f"{metric}, {len(values)} draws; std {std:.3f}",
-                    )
-                )
-                rows.append(Result(NAME, f"{name}/n{n}/{m}_std", std, ""))
-            means = {m: statistics.fmean(v) for m, v in scores.items()}
-            best = max(means, key=means.get)
-            margin = 100 * (means[best] - means.get("frozen", means[best]))
-            rows.append(Result(NAME, f"{name}/n{n}/best_minus_frozen_pt", margin, "pt",
-                               notes=f"best: {best}"))  # fmt: skip
-            for m in ("partial", "full"):
-                if m in means and "frozen" in means:
-                    gap = 100 * (means[m] - means["frozen"])
-                    rows.append(Result(NAME, f"{name}/n{n}/{m}_minus_frozen_pt", gap, "pt"))
+    return cells
+
+
+def rows_from_cells(cells) -> ResultList:
+    """The result rows of ``cells`` (mean, std, gaps to the frozen probe, the winner)."""
+    rows = ResultList()
+    for key, cell in cells.items():
+        scores, metric = cell["scores"], cell["metric"]
+        for m, values in scores.items():
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            rows.append(Result(NAME, f"{key}/{m}", mean, "",
+                               notes=f"{metric}, {len(values)} draws; std {std:.3f}"))  # fmt: skip
+            rows.append(Result(NAME, f"{key}/{m}_std", std, ""))
+        means = {m: statistics.fmean(v) for m, v in scores.items()}
+        best = max(means, key=means.get)
+        margin = 100 * (means[best] - means.get("frozen", means[best]))
+        rows.append(Result(NAME, f"{key}/best_minus_frozen_pt", margin, "pt",
+                           notes=f"best: {best}"))  # fmt: skip
+        for m in ("partial", "full", "reg", "contrastive", "setfit"):
+            if m in means and "frozen" in means:
+                gap = 100 * (means[m] - means["frozen"])
+                rows.append(Result(NAME, f"{key}/{m}_minus_frozen_pt", gap, "pt"))
+    return rows
+
+
+def run(quick: bool = True) -> ResultList:
+    grid = QUICK if quick else FULL
+    cells = run_grid(grid)
+    rows = rows_from_cells(cells)
     rows.extra["grid"] = {"mode": "quick" if quick else "full", **{k: list(v) for k, v in
                                                                   grid.items()}}  # fmt: skip
     rows.extra["cells"] = cells
     return rows
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``old`` cells updated by ``new`` ones: a method measured again replaces its scores; the
+    draws of both must agree (a cell's mean ± std is over one set of draws)."""
+    out = {k: {**v, "scores": dict(v["scores"])} for k, v in old.items()}
+    for key, cell in new.items():
+        if key in out and out[key]["draws"] != cell["draws"]:
+            raise ValueError(f"{key}: draws {cell['draws']} differ from the stored "
+                             f"{out[key]['draws']}; rerun every method of the cell")  # fmt: skip
+        if key in out:
+            out[key]["scores"].update(cell["scores"])
+            out[key]["seconds"] = round(out[key]["seconds"] + cell["seconds"], 1)
+        else:
+            out[key] = cell
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.bench_strategies --sets S.. --ns N.. [--methods M..]``: run those
+    cells (3 draws) and merge them into ``results/strategies.json`` (the grid of issue 25 takes
+    hours on a 2-core machine, so it is run, and kept, a few cells at a time)."""
+    import argparse
+    import json
+
+    from benchmarks._harness import RESULTS_DIR, machine_info, write_results
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--sets", nargs="+", required=True, choices=FULL["sets"])
+    parser.add_argument("--ns", nargs="+", type=int, required=True)
+    parser.add_argument("--methods", nargs="+", default=list(FULL["methods"]),
+                        choices=FULL["methods"])  # fmt: skip
+    parser.add_argument("--draws", nargs="+", type=int, default=list(FULL["draws"]))
+    args = parser.parse_args(argv)
+    grid = {"sets": args.sets, "ns": args.ns, "draws": args.draws, "methods": args.methods,
+            "skip": ()}  # fmt: skip
+    path = RESULTS_DIR / f"{NAME}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    start = time.perf_counter()
+    new = run_grid(grid)
+    # read again: another run may have merged its cells meanwhile
+    old = json.loads(path.read_text()) if path.exists() else old
+    cells = merge(old.get("cells", {}), new)
+    ran = {k: sorted(v["scores"]) for k, v in cells.items()}
+    write_results(NAME, rows_from_cells(cells), machine_info(), mode="cells",
+                  duration_s=round((old.get("duration_s") or 0) + time.perf_counter() - start, 1),
+                  extra={"grid": {"mode": "cells", "ran": ran}, "cells": cells})  # fmt: skip
+    print(f"merged {sorted(new)} into {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,6 +35,7 @@ OUT = Path(RESULTS_DIR) / "diagnose_finetune.json"
 VARIANTS = {
     "frozen": ("all", {}),
     "frozen_cv": ("all", {}),  # regression: alpha by 3-fold CV (1e-1..1e4), a tuned probe
+    "frozen_alpha1": ("all", {"alpha": 1.0}),  # regression: Ridge's (and the old) default
     "partial": (-2, {}),
     "full": (0, {}),
     # one knob each, on the partial fine-tune
@@ -50,6 +51,7 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("frozen", "partial", "full")
 IMAGE_ONLY = {"partial_train_bn", "partial_augment"}
 CLASSIFIER_ONLY = {"partial_C0.05"}
+REGRESSION_ONLY = {"frozen_alpha1"}
 
 
 def _stratified(X, y, per_class, seed):
@@ -102,7 +104,15 @@ def run_set(name, variants, say=print):
     kind, make, X_tr, y_tr, X_te, y_te, note = load_set(name)
     runs = {}
     for v in variants:
-        if kind == "text" and v in IMAGE_ONLY or name == "rotated_fmnist" and v in CLASSIFIER_ONLY:
+        regression = name == "rotated_fmnist"
+        if (
+            kind == "text"
+            and v in IMAGE_ONLY
+            or regression
+            and v in CLASSIFIER_ONLY
+            or not regression
+            and v in REGRESSION_ONLY
+        ):
             continue
         depth, kw = VARIANTS[v]
         start = time.perf_counter()

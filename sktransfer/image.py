@@ -266,6 +266,10 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         The learning rate used (``lr``, or the LR range test's pick).
     lr_find_ : dict
         With ``lr="auto"``: the range test's ``lrs`` and raw ``losses``.
+    alpha_ : float
+        The ridge strength of the head (``alpha``, or ``"auto"``'s leave-one-out
+        pick), when the head is a ridge solution: frozen mode and the contrastive
+        objective. (A fine-tuned head is trained, not solved.)
     n_trainable_params_ : int
         Parameters the fit trained: the head's when frozen; with fine-tuning also
         the unfrozen blocks' (and the pool's); with ``adapter="lora"`` the
@@ -317,7 +321,7 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
         l2sp_beta=0.01,
         regularizer=None,
         regularizer_strength=None,
-        alpha=1.0,
+        alpha="auto",
         head_init="probe",
         early_stopping=True,
         warm_start=False,

@@ -185,7 +185,7 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
     ----------
     n_outputs_, y_mean_, y_scale_, y_ndim_, n_blocks_, n_frozen_blocks_, block_names_
         As for :class:`~sktransfer.PretrainedImageRegressor`.
-    history_, lr_, module_
+    history_, lr_, alpha_, module_
         As for :class:`~sktransfer.PretrainedImageRegressor` (``valid_r2`` per epoch).
     n_trainable_params_, lora_adapters_
         As for :class:`~sktransfer.PretrainedImageClassifier` (``lora_adapters_``:
@@ -226,7 +226,7 @@ class PretrainedTextRegressor(_TextInput, PretrainedRegressorBase):
         l2sp_beta=0.01,
         regularizer=None,
         regularizer_strength=None,
-        alpha=1.0,
+        alpha="auto",
         head_init="probe",
         early_stopping=True,
         warm_start=False,

@@ -125,6 +125,41 @@ def test_output_shapes_and_attributes(data):
 
 
 # --------------------------------------------------------------------------- fine-tuning
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample_weight"])
+def test_default_alpha_auto_is_ridgecv_on_the_features(data, weighted):
+    """``alpha="auto"`` (the default) is ``RidgeCV``'s exact leave-one-out pick over the
+    documented grid, on the features the backbone gives; the fit equals that ridge."""
+    from sklearn.linear_model import RidgeCV
+
+    X, y2 = data
+    n, y = 40, y2[:40, 1]  # 40 samples < 64 features: a fixed small alpha interpolates
+    sw = np.random.RandomState(2).uniform(0.2, 3.0, n) if weighted else None
+    reg = _reg().fit(X[:n], y, sample_weight=sw)
+    assert reg.get_params()["alpha"] == "auto"
+    feats = _features(X).astype(np.float64)
+    w = np.ones(n) if sw is None else sw
+    Fc = (feats[:n] - np.average(feats[:n], axis=0, weights=w)) * np.sqrt(w)[:, None]
+    s2 = np.linalg.svd(Fc, compute_uv=False) ** 2
+    grid = LOO_GRID * s2.sum() / len(s2)
+    ref = RidgeCV(alphas=grid).fit(feats[:n], y, sample_weight=sw)
+    np.testing.assert_allclose(reg.alpha_, ref.alpha_, rtol=1e-6)
+    assert not np.isclose(reg.alpha_, 1.0)  # (the pick is not Ridge's default)
+    np.testing.assert_allclose(reg.predict(X[160:]), ref.predict(feats[160:]), rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
+    # a fixed alpha gives no alpha_ pick of its own but still reports what it used
+    assert _reg(alpha=0.5).fit(X[:n], y).alpha_ == 0.5
+    search = GridSearchCV(_reg(), {"alpha": ["auto", 0.01]}, cv=2).fit(X[:n], y)
+    assert search.best_params_["alpha"] in ("auto", 0.01)
+    assert clone(search.best_estimator_).get_params()["alpha"] == search.best_params_["alpha"]
+
+
+def test_fine_tuned_regressor_has_no_alpha_(data):
+    """``alpha_`` is the strength of a solved ridge head; a trained head has none."""
+    X, y2 = data
+    tuned = _reg(freeze_depth=-1, max_epochs=1).fit(X[:60], y2[:60, 0])
+    assert not hasattr(tuned, "alpha_")
+
+
 def _shifted(y):
     """Targets of mean 1000 and scale 50."""
     return 1000.0 + 50.0 * (y - y.mean()) / y.std()
@@ -153,7 +188,8 @@ def test_probe_head_strength_is_ridgecv_leave_one_out_pick():
 def test_fine_tuning_lowers_training_mse_in_original_units(data, freeze_depth):
     X, y2 = data
     X, y = X[:120], _shifted(y2[:120, 0])
-    frozen = _reg().fit(X, y)  # (here the LP-FT head: leave-one-out picks alpha < 1)
+    # the head fine-tuning starts from: ridge at max(1, the leave-one-out pick) = 1 here
+    frozen = _reg(alpha=1.0).fit(X, y)
     tuned = _reg(freeze_depth=freeze_depth, lr=3e-3, max_epochs=6, early_stopping=False)
     tuned.fit(X, y)
     mse = [np.mean((m.predict(X) - y) ** 2) for m in (frozen, tuned)]
@@ -288,7 +324,7 @@ def test_pickle_and_joblib_roundtrip(data, tmp_path):
     reg = _reg(freeze_depth=-1, max_epochs=1).fit(X[:80], _shifted(y2[:80, 0]))
     joblib.dump(reg, tmp_path / "m.joblib")
     for back in (joblib.load(tmp_path / "m.joblib"), pickle.loads(pickle.dumps(reg))):
-        assert type(back) is PretrainedImageRegressor and back.get_params()["alpha"] == 1.0
+        assert type(back) is PretrainedImageRegressor and back.get_params()["alpha"] == "auto"
         np.testing.assert_allclose(back.predict(X[80:]), reg.predict(X[80:]), rtol=1e-6)
         assert back.predict(X[80:]).shape == (len(X) - 80,)
 
@@ -348,7 +384,9 @@ def test_text_regressor_save_load(tiny_bert_dir, text_data, text_reg, tmp_path):
     X2, y2 = text_data  # 2-D targets round-trip their shape
     two = PretrainedTextRegressor(tiny_bert_dir, random_state=0).fit(X2[:40], y2[:40])
     sktransfer.save(two, tmp_path / "two.skt")
-    np.testing.assert_array_equal(sktransfer.load(tmp_path / "two.skt").predict(X), two.predict(X))
+    back = sktransfer.load(tmp_path / "two.skt")
+    np.testing.assert_array_equal(back.predict(X), two.predict(X))
+    assert back.alpha_ == two.alpha_ and two.get_params()["alpha"] == "auto"  # (the pick)
 
 
 def test_text_regressor_quantize_dynamic(text_reg):

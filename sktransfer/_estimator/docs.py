@@ -176,11 +176,16 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """,
     ),
     "alpha": (
-        "float >= 0",
+        '"auto" or float >= 0',
         """
         L2 strength of the ridge head (as in ``Ridge``: on the weights, not the
         intercept, against the sum of the weighted squared errors); used in frozen
-        mode and for the head warm start.
+        mode and for the head warm start. ``"auto"`` (the default) picks it by exact
+        leave-one-out error, as ``RidgeCV`` does, over 22 strengths spaced evenly in
+        log between 1e-4 and 1e3 times the mean squared singular value of the centred
+        features (the pick is ``alpha_``); a fixed strength such as ``Ridge``'s 1.0
+        interpolates the training targets when there are more features than samples
+        (1,280 image features).
         """,
     ),
     "head_init": (

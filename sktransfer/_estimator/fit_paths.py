@@ -159,7 +159,8 @@ class FitPathsMixin:
         net.head = head.to(state.device)
         history = [{"epoch": 1, "train_loss": info["train_loss"], "n_iter": info["n_iter"]}]
         lr = None if self.lr == "auto" else self.lr
-        return net, history, {"lr_": lr, "n_trainable_params_": count_trainable(net)}
+        return net, history, {"lr_": lr, "n_trainable_params_": count_trainable(net),
+                              **_solved_attributes(info)}  # fmt: skip
 
     # ------------------------------------------------------------------ fine-tune
     def _fit_fine_tuned(self, state):
@@ -258,6 +259,7 @@ class FitPathsMixin:
             self, feats, state.y.values, state.sample_weight, state.y.n_outputs
         )
         net.head = head.to(device)
+        info.update(_solved_attributes(solved))
         info["n_trainable_params_"] += sum(p.numel() for p in head.parameters())
         history.append({"epoch": self.max_epochs + 1, "train_loss": float(solved["train_loss"]),
                         "n_iter": solved["n_iter"], "phase": "head"})  # fmt: skip
@@ -331,3 +333,8 @@ class FitPathsMixin:
                 f"class {label!r} has one example (sample {i}): "
                 "objective='contrastive' needs at least 2 per class for a positive pair"
             )
+
+
+def _solved_attributes(info):
+    """The fitted attributes a head solver reports (``alpha_``: the ridge strength)."""
+    return {key: value for key, value in info.items() if key.endswith("_")}

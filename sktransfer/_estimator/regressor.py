@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 
 from sklearn.base import RegressorMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from sktransfer._estimator.base import PretrainedEstimatorBase
 from sktransfer._estimator.params import COMMON_CONSTRAINTS
@@ -14,7 +14,7 @@ from sktransfer._estimator.targets.regression import Regression
 #: the shared parameters plus the ridge head's strength
 REGRESSOR_CONSTRAINTS = {
     **COMMON_CONSTRAINTS,
-    "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+    "alpha": [Interval(numbers.Real, 0, None, closed="left"), StrOptions({"auto"})],
 }
 
 

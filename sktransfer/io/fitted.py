@@ -68,6 +68,11 @@ def _lr(name, v, ctx):
         raise ValueError(f"attribute {name} is {v!r}, expected None or a positive number")
 
 
+def _alpha(name, v, ctx):
+    if not (_is_real(v) and v >= 0):
+        raise ValueError(f"attribute {name} is {v!r}, expected a finite number >= 0")
+
+
 def _is_real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -156,6 +161,7 @@ CHECKS = {
     "history_": _history,
     "input_kind_": _equals("modality"),
     "lr_": _lr,
+    "alpha_": _alpha,
     "lr_find_": _lr_find,
     "modality_": _equals("modality"),
     "n_blocks_": _count(1),
@@ -174,6 +180,8 @@ _BY_KIND = {
     "multi_label": {"classes_"},
     "regression": {"y_mean_", "y_scale_", "y_ndim_"},
 }
+#: Attributes a target kind may have (``alpha_``: a ridge head that was solved, not trained).
+_OPTIONAL_BY_KIND = {"regression": {"alpha_"}}
 _COMMON = {"backbone_name_", "backbone_source_", "input_kind_", "n_blocks_", "n_features_out_"}
 _WITH_HEAD = _COMMON | {"n_outputs_"}
 
@@ -192,7 +200,8 @@ def check_attributes(cls, meta, attrs) -> None:
         raise ValueError(f"{meta['n_frozen']} frozen blocks of blocks {names}")
     if head:
         _target_type("target_type_", kind, ctx)
-    other = set().union(*_BY_KIND.values()) - _BY_KIND.get(kind, set())
+    mine = _BY_KIND.get(kind, set()) | _OPTIONAL_BY_KIND.get(kind, set())
+    other = set().union(*_BY_KIND.values(), *_OPTIONAL_BY_KIND.values()) - mine
     unknown = sorted(k for k in attrs if k not in CHECKS or k in other)
     if unknown:
         raise ValueError(
