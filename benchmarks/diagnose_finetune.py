@@ -149,7 +149,40 @@ ABLATIONS = {
     "matched": {},  # bench_fewshot's "contrastive": SetFit's settings, cosine decay
     "linear_decay": {"lr_schedule": "warmup_linear"},  # SetFit's (HF Trainer's) schedule
     "per_occurrence_dropout": {"per_occurrence": True},  # one dropout mask per pair member
+    "setfit_pairs": {"setfit_pairs": True},  # the pairs setfit's own sampler draws
 }
+
+
+class _SetFitPairs:
+    """Train on the pairs ``setfit.sampler.ContrastiveDataset`` draws (setfit 1.x: every
+    combination with replacement, self-pairs included, shuffled with its fixed seed and cycled
+    to ``num_iterations`` x n of each kind, positive and negative alternating) instead of
+    ``sentence_pairs`` (per sample: a random positive and a random negative partner). The
+    sampler sees sample indices as its "sentences", so its pairs map back exactly."""
+
+    def __enter__(self):
+        from sktransfer.backbones.compat import ensure_transformers_importable
+
+        ensure_transformers_importable()  # (the torchvision crash: see requirements-peers.txt)
+        from setfit.sampler import ContrastiveDataset
+
+        from sktransfer._estimator import fit_paths
+
+        self.module, self.original = fit_paths, fit_paths.sentence_pairs
+
+        def pairs(labels, num_iterations, seed):
+            labels = np.asarray(labels)
+            data = ContrastiveDataset([str(i) for i in range(len(labels))], labels.tolist(),
+                                      multilabel=False, num_iterations=num_iterations)  # fmt: skip
+            rows = list(data)
+            out = np.array([(int(r["sentence_1"]), int(r["sentence_2"])) for r in rows])
+            return out.astype(np.int64), np.array([r["label"] for r in rows], np.float32)
+
+        fit_paths.sentence_pairs = pairs
+        return self
+
+    def __exit__(self, *exc):
+        self.module.sentence_pairs = self.original
 
 
 class _PerOccurrence:
@@ -213,6 +246,7 @@ def contrastive_ablation(ablations, ns=(16,), seeds=(0, 1, 2), say=print, save=N
             for name in ablations:
                 kw = dict(ABLATIONS[name])
                 ctx = _PerOccurrence() if kw.pop("per_occurrence", False) else None
+                ctx = _SetFitPairs() if kw.pop("setfit_pairs", False) else ctx
                 params = {**bench_fewshot.MATCHED, **kw}
                 est = PretrainedTextClassifier(
                     objective="contrastive", freeze_depth=0, random_state=seed, **params

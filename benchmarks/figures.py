@@ -95,7 +95,7 @@ def fill(text: str, table: dict[str, float]) -> str:
 def unmarked_figures(text: str) -> list[str]:
     """Figures outside code blocks, markers and generated blocks that are not constants."""
     text = re.sub(r"```.*?```", "", text, flags=re.S)
-    text = re.sub(r"<!-- BEGIN GENERATED.*?<!-- END GENERATED -->", "", text, flags=re.S)
+    text = re.sub(r"<!-- BEGIN GENERATED.*?<!-- END GENERATED[^>]*-->", "", text, flags=re.S)
     text = MARKER.sub("", text)
     text = re.sub(r"`[^`\n]*`", "", text)  # inline code: parameter values, commands
     return [f for f in FIGURE.findall(text) if f.strip("~≈") not in CONSTANTS]

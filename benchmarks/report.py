@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import figures, plots
+from benchmarks import figures, plots, strategies_table
 from benchmarks._harness import (
     RESULTS_DIR,
     _atomic_write_text,
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for path in generate(args.results_dir, args.docs, args.img_dir):
         print(path)
+    if args.results_dir == RESULTS_DIR and (RESULTS_DIR / "strategies.json").exists():
+        print(strategies_table.update())  # docs/strategies.md's table
     return 0
 
 

@@ -40,6 +40,22 @@ def test_benchmarks_page_is_generated_from_the_results():
     assert block == report.render(report.RESULTS_DIR, images, DOCS)
 
 
+def test_strategies_table_is_generated_from_the_results():
+    """docs/strategies.md's table is benchmarks/results/strategies.json's cells, not typed in.
+
+    Out of sync? ``python -m benchmarks.strategies_table`` rewrites it.
+    """
+    import sys
+
+    sys.path.insert(0, str(DOCS.parent))
+    from benchmarks import strategies_table
+
+    text = (DOCS / "strategies.md").read_text()
+    start = text.index(strategies_table.BEGIN)
+    stop = text.index(strategies_table.END) + len(strategies_table.END)
+    assert text[start:stop] == strategies_table.block()
+
+
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
 def test_doc_images_exist(page):
     for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (DOCS / page).read_text()):
