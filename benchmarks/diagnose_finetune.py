@@ -97,7 +97,23 @@ def load_set(name, seed=SEED):
             )
 
         return "text", make, X_tr, y_tr, X_te, y_te, "64/class (128) train, 400 test"
-    raise ValueError(f"unknown set {name!r}; known: rotated_fmnist, fashion_mnist, rotten_tomatoes")
+    if name == "speeches":  # bench_strategies' pool and test set, 32 per class (draw 0)
+        from benchmarks import bench_strategies
+        from sktransfer import PretrainedTextClassifier
+
+        t, y, X_te, y_te, _ = bench_strategies._pool("speeches")
+        idx = bench_strategies._draw(y, "single", 32, seed)
+        X_tr, y_tr = [t[i] for i in idx], y[idx]
+
+        def make(depth, **kw):
+            return PretrainedTextClassifier(
+                freeze_depth=depth, max_length=64, random_state=seed, **kw
+            )
+
+        return "text", make, X_tr, y_tr, X_te, y_te, "32/class (64) train, 400 test"
+    raise ValueError(
+        f"unknown set {name!r}; known: rotated_fmnist, fashion_mnist, rotten_tomatoes, speeches"
+    )
 
 
 def run_set(name, variants, say=print):

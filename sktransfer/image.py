@@ -235,7 +235,8 @@ class PretrainedImageRegressor(_ImageInput, PretrainedRegressorBase):
 
     Frozen mode (the default) is ridge regression on the backbone's pooled features,
     solved exactly (``sklearn.linear_model.Ridge(alpha)``'s objective, with
-    ``sample_weight``); fine-tuning minimises the weighted mean squared error on
+    ``sample_weight``; ``alpha="auto"``, the default, picks the strength by
+    leave-one-out as ``RidgeCV`` does); fine-tuning minimises the weighted mean squared error on
     targets standardised per output (``y_mean_``, ``y_scale_``), from that ridge
     head (``head_init="probe"``). ``predict`` returns values in the units of ``y``;
     ``score`` is R².
