@@ -12,6 +12,8 @@ the draws:
 * ``reg``: ``freeze_depth=-2`` with the regulariser named in :data:`BEST_REGULARIZER`;
 * text classification only: ``contrastive`` (``objective="contrastive"``, no other argument)
   and ``setfit`` (the ``setfit`` package, when installed; see ``bench_fewshot``);
+* ``partial_es`` / ``full_es`` / ``reg_es``: the same with ``early_stopping=True`` (the
+  default before ``"auto"``, which holds out no validation split below 1,000 samples);
 * ``baseline``: no transfer: TF-IDF + logistic regression (texts; char TF-IDF + ridge for
   Whissell, one-vs-rest for debtags), standardised pixels + logistic regression (Fashion-MNIST),
   LBP/intensity texture descriptors + logistic regression (scikit-image textures).
@@ -65,6 +67,8 @@ FULL = {
     "methods": ("frozen", "partial", "full", "reg", "contrastive", "setfit", "baseline"),
     "skip": (),
 }
+#: the fine-tunes with a validation split at any n (``early_stopping=True``, the old default)
+ES_METHODS = ("partial_es", "full_es", "reg_es")
 TEXT_SETS = {"rotten_tomatoes", "speeches", "whissell", "debtags"}
 N_TEST = 400
 
@@ -123,8 +127,11 @@ def _estimator(name, task, method, seed):
     kind = {"single": "Classifier", "multi": "Classifier", "regression": "Regressor"}[task]
     cls = getattr(sktransfer, f"Pretrained{'Text' if text else 'Image'}{kind}")
     size = {"max_length": MAX_LENGTH} if text else {"image_size": IMAGE_SIZE}
+    es = method.endswith("_es")
+    method = method.removesuffix("_es")
     depth = {"frozen": "all", "partial": -2, "full": 0, "reg": -2, "contrastive": "auto"}[method]
     kw = {"regularizer": BEST_REGULARIZER} if method == "reg" else {}
+    kw = {**kw, "early_stopping": True} if es else kw
     if method == "contrastive":
         kw = {"objective": "contrastive"}
     est = cls(freeze_depth=depth, random_state=seed, **size, **kw)
@@ -289,7 +296,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", required=True, choices=FULL["sets"])
     parser.add_argument("--ns", nargs="+", type=int, required=True)
     parser.add_argument("--methods", nargs="+", default=list(FULL["methods"]),
-                        choices=FULL["methods"])  # fmt: skip
+                        choices=FULL["methods"] + ES_METHODS)  # fmt: skip
     parser.add_argument("--draws", nargs="+", type=int, default=list(FULL["draws"]))
     args = parser.parse_args(argv)
     grid = {"sets": args.sets, "ns": args.ns, "draws": args.draws, "methods": args.methods,

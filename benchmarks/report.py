@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in generate(args.results_dir, args.docs, args.img_dir):
         print(path)
     if args.results_dir == RESULTS_DIR and (RESULTS_DIR / "strategies.json").exists():
-        print(strategies_table.update())  # docs/strategies.md's table
+        print(*strategies_table.update_all(), sep="\n")  # docs/strategies.md, docs/guide.md
     return 0
 
 

@@ -81,8 +81,11 @@ def test_augmentation_is_applied_to_every_training_image_each_epoch(cnn, digits_
         cnn, image_size=8, freeze_depth=2, max_epochs=2, augment=spy, random_state=0,
         batch_size=64, lr=1e-3,
     ).fit(X, y)  # fmt: skip
+    assert len(seen) == 2 * len(y)  # every image, every epoch (no cache)
+    seen.clear()
+    clf.set_params(early_stopping=True).fit(X, y)
     n_train = len(y) - int(round(0.1 * len(y)))
-    assert len(seen) == 2 * n_train  # training images only, every epoch (no cache)
+    assert len(seen) == 2 * n_train  # training images only, not the validation split
     seen.clear()
     clf.predict(X)
     assert seen == []  # never at prediction time

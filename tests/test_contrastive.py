@@ -186,6 +186,8 @@ def test_default_objective_unchanged(tiny_bert_dir, data, fresh_cache):
     assert clf.get_params()["objective"] == "cross_entropy"
     clf.fit(X, y)
     assert "phase" not in clf.history_[0] or clf.history_[0]["phase"] != "contrastive"
+    assert "train_loss" in clf.history_[0] and len(clf.history_) == 1  # one epoch trained
+    clf.set_params(early_stopping=True).fit(X, y)
     assert "valid_acc" in clf.history_[0]
 
 

@@ -50,10 +50,12 @@ def test_strategies_table_is_generated_from_the_results():
     sys.path.insert(0, str(DOCS.parent))
     from benchmarks import strategies_table
 
-    text = (DOCS / "strategies.md").read_text()
-    start = text.index(strategies_table.BEGIN)
-    stop = text.index(strategies_table.END) + len(strategies_table.END)
-    assert text[start:stop] == strategies_table.block()
+    for page, make in (("strategies.md", strategies_table.block),
+                       ("guide.md", strategies_table.guide_block)):  # fmt: skip
+        text = (DOCS / page).read_text()
+        start = text.index(strategies_table.BEGIN)
+        stop = text.index(strategies_table.END) + len(strategies_table.END)
+        assert text[start:stop] == make(), page
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_cnn
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
 import sktransfer
@@ -28,6 +29,7 @@ def _clf(cnn, **kw):
     kw.setdefault("batch_size", 64)
     kw.setdefault("max_epochs", 2)
     kw.setdefault("lr", 1e-3)
+    kw.setdefault("early_stopping", True)  # (tests of the validation split: on at any n)
     return PretrainedImageClassifier(cnn, **kw)
 
 
@@ -362,3 +364,37 @@ def test_partial_freeze_of_a_one_block_backbone_warns_at_the_callers_line(freeze
     if warns:
         assert ours[0].filename == __file__
         assert f"freeze_depth={freeze_depth}" in str(ours[0].message)
+
+
+# ------------------------------------------------------------------ early_stopping="auto"
+def test_early_stopping_auto_threshold_is_100_validation_samples():
+    from sktransfer._estimator.split import AUTO_MIN_VALID, early_stopping_enabled
+
+    assert AUTO_MIN_VALID == 100
+    assert not early_stopping_enabled("auto", 994, 0.1)  # round(99.4) = 99
+    assert early_stopping_enabled("auto", 995, 0.1)  # round(99.5) = 100 (banker's: 100)
+    assert early_stopping_enabled("auto", 200, 0.5) and not early_stopping_enabled("auto", 198, 0.5)
+    assert early_stopping_enabled(True, 10, 0.1) and not early_stopping_enabled(False, 10**6, 0.1)
+
+
+@pytest.mark.parametrize(
+    "n, early_stopping, held_out",
+    [(198, "auto", False), (200, "auto", True), (200, False, False), (60, True, True)],
+)
+def test_early_stopping_auto_holds_out_only_a_split_that_can_tell_epochs_apart(
+    digits, n, early_stopping, held_out
+):
+    """The default "auto": a validation split (valid_loss, the best epoch restored) from 100
+    held-out samples; below, every epoch trains on all samples and the last one is kept."""
+    X, y = digits
+    clf = PretrainedImageClassifier(
+        make_cnn(), image_size=8, freeze_depth=1, max_epochs=2, lr=1e-3, random_state=0,
+        validation_fraction=0.5, early_stopping=early_stopping,
+    )  # fmt: skip
+    assert PretrainedImageClassifier().get_params()["early_stopping"] == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "too few samples" warning on the way
+        clf.fit(X[:n], y[:n])
+    assert all(("valid_loss" in row) == held_out for row in clf.history_)
+    assert any(row.get("best") for row in clf.history_) == held_out
+    assert clone(clf).get_params()["early_stopping"] == early_stopping

@@ -22,6 +22,7 @@ def _clf(cnn, **kw):
     kw.setdefault("image_size", 8)
     kw.setdefault("random_state", 0)
     kw.setdefault("batch_size", 64)
+    kw.setdefault("early_stopping", True)  # (tests of the validation split: on at any n)
     return PretrainedImageClassifier(cnn, **kw)
 
 

@@ -53,6 +53,7 @@ def texts_ml(texts):
 def _clf(**kw):
     from conftest import make_cnn
 
+    kw.setdefault("early_stopping", True)  # (tests of the validation split: on at any n)
     return PretrainedImageClassifier(make_cnn(), image_size=16, random_state=0, **kw)
 
 
@@ -216,7 +217,12 @@ def test_text_classifier_multi_label(tiny_bert_dir, texts_ml):
         )
         assert abs(diff) <= 0.005
     ft = PretrainedTextClassifier(
-        tiny_bert_dir, freeze_depth=-1, max_epochs=2, lr=1e-3, random_state=0
+        tiny_bert_dir,
+        freeze_depth=-1,
+        max_epochs=2,
+        lr=1e-3,
+        random_state=0,
+        early_stopping=True,
     ).fit(X, Y)
     assert "valid_f1" in ft.history_[-1] and ft.predict(X[:3]).shape == (3, 3)
 

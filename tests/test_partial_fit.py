@@ -27,7 +27,7 @@ def data():
 
 def _clf(**kw):
     kw = {"image_size": 16, "freeze_depth": -2, "lr": 1e-2, "max_epochs": 3,
-          "random_state": 0, **kw}  # fmt: skip
+          "random_state": 0, "early_stopping": True, **kw}  # fmt: skip
     return PretrainedImageClassifier(make_cnn(), **kw)
 
 

@@ -41,7 +41,7 @@ def data(digits_small):
 
 
 def _reg(**kw):
-    kw = {"random_state": 0, "batch_size": 64, **kw}
+    kw = {"random_state": 0, "batch_size": 64, "early_stopping": True, **kw}
     return PretrainedImageRegressor(make_cnn(), image_size=8, **kw)
 
 
@@ -360,7 +360,12 @@ def test_text_regressor_frozen_equals_ridge_and_fine_tunes(tiny_bert_dir, text_d
     np.testing.assert_allclose(reg.predict(X[70:]), ridge.predict(feats[70:]), atol=1e-5)
     assert reg.predict(X[70:]).shape == (30, 2)
     tuned = PretrainedTextRegressor(
-        tiny_bert_dir, freeze_depth=1, max_epochs=2, lr=1e-3, random_state=0
+        tiny_bert_dir,
+        freeze_depth=1,
+        max_epochs=2,
+        lr=1e-3,
+        random_state=0,
+        early_stopping=True,
     ).fit(X[:70], y[:70, 0])
     assert tuned.predict(X[70:]).shape == (30,)
     assert "valid_r2" in tuned.history_[-1]

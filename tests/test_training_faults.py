@@ -46,7 +46,8 @@ def _tripping_cnn(n):
 
 
 def _clf(backbone, **kw):
-    kw = {"image_size": 8, "random_state": 0, "batch_size": 32, "max_epochs": 3, **kw}
+    kw = {"image_size": 8, "random_state": 0, "batch_size": 32, "max_epochs": 3,
+          "early_stopping": True, **kw}  # fmt: skip
     return PretrainedImageClassifier(backbone, freeze_depth=0, **kw)
 
 

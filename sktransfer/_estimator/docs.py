@@ -204,11 +204,15 @@ PARAMETERS: dict[str, tuple[str, str]] = {
         """,
     ),
     "early_stopping": (
-        "bool",
+        '"auto" or bool',
         """
         Hold out ``validation_fraction`` (stratified) while fine-tuning, stop after
         ``n_iter_no_change`` epochs without a better validation loss and restore
-        the best epoch's weights (flagged ``best`` in ``history_``).
+        the best epoch's weights (flagged ``best`` in ``history_``). ``"auto"`` (the
+        default) does so when the validation split would hold at least 100 samples
+        (1,000 at the default fraction), as ``HistGradientBoostingClassifier``'s
+        ``"auto"``: a smaller split cannot tell epochs apart and costs a tenth of few
+        labels; without it every epoch trains on all samples and the last one is kept.
         """,
     ),
     "validation_fraction": (

@@ -92,10 +92,12 @@ _REGRESSOR = {
         features ("probe", LP-FT) or from a random init.""",
     ),
     "early_stopping": (
-        "bool",
+        '"auto" or bool',
         """Hold out ``validation_fraction`` (not stratified) while fine-tuning, stop after
         ``n_iter_no_change`` epochs without a better validation loss and restore the best
-        epoch's weights (flagged ``best`` in ``history_``).""",
+        epoch's weights (flagged ``best`` in ``history_``). ``"auto"`` (the default) does so
+        when the validation split would hold at least 100 samples (1,000 at the default
+        fraction); without it every epoch trains on all samples and the last one is kept.""",
     ),
     "verbose": (
         "int",

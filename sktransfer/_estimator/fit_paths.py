@@ -121,7 +121,7 @@ class FitPathsMixin:
         settings = dict(
             lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
             optimizer=self.optimizer, weight_decay=self.weight_decay, device=state.device,
-            seed=state.seed, target=state.target, early_stopping=self.early_stopping,
+            seed=state.seed, target=state.target, early_stopping=bool(self.early_stopping),
             n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
             lr_schedule=self.lr_schedule, layer_decay=self.layer_decay, precision=precision,
             channels_last=channels_last, num_workers=self.num_workers, compile=self.compile,

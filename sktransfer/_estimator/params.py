@@ -42,7 +42,7 @@ COMMON_CONSTRAINTS = {
     "optimizer": [StrOptions({"adamw", "adam", "sgd"}), type],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
     "head_init": [StrOptions({"probe", "random"})],
-    "early_stopping": ["boolean"],
+    "early_stopping": ["boolean", StrOptions({"auto"})],
     "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
     "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
     "device": [str],
