@@ -43,7 +43,6 @@ COLUMNS = (
     ("setfit", "SetFit"),
     ("baseline", "no transfer"),
 )
-FINE_TUNES = ("partial", "full")
 
 
 def _stats(values):

@@ -208,3 +208,25 @@ def test_accuracy_rows_of_another_benchmark_are_used_when_accuracy_is_absent():
     accuracy = dict(other, benchmark="accuracy")
     assert plots.accuracy_payload([other, accuracy]) is accuracy
     assert plots.accuracy_payload([none]) == {}
+
+
+def test_strategies_verdict_is_level_within_one_std_and_behind_beyond():
+    from benchmarks import strategies_table as st
+
+    frozen = [0.70, 0.72, 0.74]  # mean 0.72, std 0.02
+    assert "−2: -1.0 pt level" in st.verdict({"frozen": frozen, "partial": [0.70, 0.71, 0.72]})
+    behind = st.verdict({"frozen": frozen, "partial": [0.69, 0.69, 0.69], "full": [0.8] * 3})
+    assert "−2: -3.0 pt **behind**" in behind and "0: +8.0 pt level" in behind
+    assert st.verdict({"partial": [0.5]}) == "—"  # no probe: no verdict
+    cells = {
+        "rotten_tomatoes/n32": {"metric": "accuracy", "scores": {"frozen": frozen,
+                                "partial": [0.75] * 3, "partial_es": [0.73] * 3}},
+        "fashion_mnist/n8": {"metric": "accuracy", "scores": {"frozen": frozen}},
+    }  # fmt: skip
+    table = st.render(cells).splitlines()
+    assert table[2].startswith("| Fashion-MNIST") and table[3].startswith("| Rotten Tomatoes")
+    assert "freeze_depth=-2 | −2: +3.0 pt level" in table[3]  # the winner, not partial_es
+    assert "| +2.0 |" in st.render_early_stopping(cells)
+    assert "Rotten Tomatoes | 32 | `freeze_depth=-2` | +3.0 | frozen probe |" in st.render_winners(
+        cells
+    )
