@@ -48,9 +48,9 @@ QUICK = {
     "ns": (8, 32),
     "draws": (0, 1, 2),
     "methods": ("frozen", "partial", "full", "baseline"),
-    # full fine-tuning of EfficientNet-Lite0: ~2 minutes per fit at 32 per class on the
-    # 2-core machine with another job running (10 epochs of 320 images at 64 px), so the
-    # quick grid leaves it out (--full and the cell runs have it)
+    # full fine-tuning of EfficientNet-Lite0: ~20 s per fit at 32 per class on the 2-core
+    # machine alone (10 epochs of 320 images at 64 px), minutes when it is shared; the quick
+    # grid leaves it out (--full and the cell runs have it)
     "skip": (("fashion_mnist", "full"),),
 }
 FULL = {

@@ -89,7 +89,7 @@ def render(cells) -> str:
                 row.append("—")
         means = {m: _stats(v)[0] for m, v in scores.items() if m in dict(COLUMNS)}
         best = max(means, key=means.get)
-        row.append(dict(COLUMNS)[best].strip("`"))
+        row.append(dict(COLUMNS)[best].replace("`", ""))
         row.append(verdict(scores))
         lines.append("| " + " | ".join(row) + " |")
     draws = sorted({len(v) for c in cells.values() for v in c["scores"].values()})
