@@ -11,17 +11,15 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 
+def _fine_tuned(cls, cnn, epochs):
+    """A fine-tune with a validation split (history_ has valid_* rows) at any n."""
+    return cls(cnn, image_size=8, freeze_depth=1, max_epochs=epochs, lr=1e-3, random_state=0,
+               early_stopping=True)  # fmt: skip
+
+
 def test_plot_history_draws_train_and_valid_curves(cnn, digits_small, tmp_path):
     X, y = digits_small
-    clf = PretrainedImageClassifier(
-        cnn,
-        image_size=8,
-        freeze_depth=1,
-        max_epochs=3,
-        lr=1e-3,
-        random_state=0,
-        early_stopping=True,
-    ).fit(X, y)
+    clf = _fine_tuned(PretrainedImageClassifier, cnn, 3).fit(X, y)
     ax = plot_history(clf)
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["train loss", "valid loss"]
@@ -53,15 +51,7 @@ def _metric_axis(ax):
 def test_accuracy_axis_never_goes_above_one(cnn, digits_small):
     X, y = digits_small
     # one epoch: a single accuracy point, which matplotlib alone spread over 0.945..1.050
-    clf = PretrainedImageClassifier(
-        cnn,
-        image_size=8,
-        freeze_depth=1,
-        max_epochs=1,
-        lr=1e-3,
-        random_state=0,
-        early_stopping=True,
-    ).fit(X, y)
+    clf = _fine_tuned(PretrainedImageClassifier, cnn, 1).fit(X, y)
     for accuracy in (clf.history_[0]["valid_acc"], 1.0, 0.0):
         clf.history_[0]["valid_acc"] = accuracy
         metric_ax = _metric_axis(plot_history(clf))
@@ -78,15 +68,7 @@ def test_r2_axis_may_go_below_zero_but_not_above_one(cnn, digits_small):
     from sktransfer import PretrainedImageRegressor
 
     X, y = digits_small
-    reg = PretrainedImageRegressor(
-        cnn,
-        image_size=8,
-        freeze_depth=1,
-        max_epochs=2,
-        lr=1e-3,
-        random_state=0,
-        early_stopping=True,
-    ).fit(X, y.astype(float))
+    reg = _fine_tuned(PretrainedImageRegressor, cnn, 2).fit(X, y.astype(float))
     assert all("valid_r2" in row for row in reg.history_)
     reg.history_[0]["valid_r2"], reg.history_[1]["valid_r2"] = -0.5, 0.999
     bottom, top = _metric_axis(plot_history(reg)).get_ylim()
