@@ -10,7 +10,8 @@ from sklearn.model_selection import train_test_split
 #: ``early_stopping="auto"`` holds out a validation split when it would have at least this
 #: many samples (n >= 1,000 at the default ``validation_fraction=0.1``). Below it the split
 #: cannot tell epochs apart and costs a tenth of the few labels: at 32 per class, fine-tuning
-#: without it was ahead on every set of ``benchmarks/bench_strategies.py`` (docs/strategies.md).
+#: without it was ahead (up to 3 points) or level within noise on every set of
+#: ``benchmarks/bench_strategies.py`` (docs/strategies.md, the early-stopping table).
 AUTO_MIN_VALID = 100
 
 
