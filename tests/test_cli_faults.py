@@ -350,7 +350,14 @@ def test_sigint_mid_run_keeps_old_output(text_model, texts, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("old,content\n")
     argv = [*CHILD, "predict", text_model[1], str(path), "-o", str(out), "--batch-size", "8"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a suite launched in the background (`cmd &` without job control) ignores SIGINT, and a
+    # child Python keeps an ignored SIGINT ignored: give the CLI a terminal user's Ctrl-C
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 180
         while True:  # wait until rows are being written to the temporary file
